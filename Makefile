@@ -1,0 +1,48 @@
+# ecs-localdisk-csi
+BINARY   := ecs-localdisk-csi
+VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS  := -X main.version=$(VERSION)
+IMAGE    ?= ecs-localdisk-csi:$(VERSION)
+GO       ?= go
+GOFLAGS  ?=
+TESTFLAGS ?= -race -count=1 -timeout 20m
+
+.DEFAULT_GOAL := help
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+build: ## Build bin/ecs-localdisk-csi with the version stamped in
+	$(GO) build $(GOFLAGS) -ldflags "$(LDFLAGS)" -o bin/$(BINARY) ./cmd/$(BINARY)
+
+demo: build ## Run the driver on three loop-device disks and walk volumes through their life (root)
+	$(GO) run ./tests/demo --driver bin/$(BINARY)
+
+test: vet ## Everything CI runs: unit, loop-device integration and csi-sanity tests (root)
+	$(GO) test $(TESTFLAGS) ./...
+
+unit: ## Unit tests only (no root needed)
+	$(GO) test -count=1 ./pkg/... ./cmd/...
+
+sanity: ## csi-sanity against the real server on loop devices, mount and block (root)
+	$(GO) test -count=1 -v ./tests/sanity/... 2>&1 | tail -40
+
+bench: ## Benchmarks, printing their figures
+	$(GO) test -run '^$$' -bench . -benchmem ./...
+
+vet: ## go vet and gofmt
+	$(GO) vet ./...
+	@out=$$(gofmt -l cmd pkg internal tests); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+
+lint: vet ## Static checks (vet, gofmt)
+
+image: ## Build the container image (needs a Docker engine)
+	docker build --build-arg VERSION=$(VERSION) -t $(IMAGE) .
+
+deploy: ## Render the static overlay of the manifests
+	kubectl kustomize deploy/kubernetes/overlays/static
+
+clean: ## Remove build output
+	rm -rf bin
+
+.PHONY: help build demo test unit sanity bench vet lint image deploy clean

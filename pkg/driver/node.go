@@ -1,0 +1,398 @@
+package driver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"golang.org/x/sys/unix"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"k8s.io/klog/v2"
+	mount "k8s.io/mount-utils"
+)
+
+// NodeStageVolume formats the volume's disk if it is blank and mounts it at
+// the staging path; block volumes need nothing here.
+func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRequest) (*csi.NodeStageVolumeResponse, error) {
+	id, staging, vc := req.GetVolumeId(), req.GetStagingTargetPath(), req.GetVolumeCapability()
+	if err := requireArgs(id, "staging_target_path", staging, vc); err != nil {
+		return nil, err
+	}
+	fsType, err := checkCapabilities([]*csi.VolumeCapability{vc}, "")
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	release, err := d.locks.acquire(id)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	v, dev, err := d.cfg.Inventory.Device(ctx, id)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	if vc.GetBlock() != nil {
+		return &csi.NodeStageVolumeResponse{}, nil
+	}
+	stored := v.Parameters[ctxFSType]
+	if fsType != "" && stored != "" && fsType != stored {
+		return nil, status.Errorf(codes.InvalidArgument, "volume_capability: fs_type %q conflicts with the volume's %q", fsType, stored)
+	}
+	fsType = orDefault(firstNonEmpty(fsType, stored))
+	flags := vc.GetMount().GetMountFlags()
+	if readOnlyMode(vc) {
+		flags = append(flags, "ro")
+	}
+	err = d.stageFilesystem(ctx, id, dev, staging, fsType, v.FSUUID, strings.Fields(v.Parameters[ParamMkfsOptions]), flags)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &csi.NodeStageVolumeResponse{}, nil
+}
+
+func (d *Driver) stageFilesystem(ctx context.Context, id, dev, staging, fsType, uuid string, mkfsArgs, flags []string) error {
+	if m, err := d.mountAt(staging); err != nil {
+		return err
+	} else if m != nil {
+		if same, err := d.sameDevice(m, dev); err != nil || !same {
+			return fmt.Errorf("%w: %s is already a mount of %s", errConflict, staging, m.Source)
+		}
+		return nil // already staged
+	}
+	if err := os.MkdirAll(staging, 0o750); err != nil {
+		return err
+	}
+	probe, err := d.cfg.Mounter.Probe(ctx, dev)
+	if err != nil {
+		return err
+	}
+	switch {
+	case len(probe.Signatures) == 0:
+		if err := ValidateMkfsOptions(fsType, mkfsArgs); err != nil {
+			return err
+		}
+		klog.InfoS("Formatting blank disk", "volumeID", id, "device", dev, "fsType", fsType, "mkfsOptions", mkfsArgs)
+		if err := d.cfg.Mounter.Format(ctx, dev, fsType, uuid, mkfsArgs); err != nil {
+			return err
+		}
+	case probe.FSType == fsType:
+		if probe.UUID != uuid {
+			klog.InfoS("Disk holds a filesystem the driver did not create for this volume; mounting it as it is", "volumeID", id, "device", dev, "fsUUID", probe.UUID)
+		}
+	default:
+		return fmt.Errorf("%w: %s carries %s, the volume needs %s; the driver never formats over existing data",
+			errPrecondition, dev, strings.Join(probe.Signatures, ","), fsType)
+	}
+	return d.cfg.Mounter.Mount(dev, staging, fsType, flags)
+}
+
+// NodeUnstageVolume unmounts the staging path. It is idempotent.
+func (d *Driver) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolumeRequest) (*csi.NodeUnstageVolumeResponse, error) {
+	id, staging := req.GetVolumeId(), req.GetStagingTargetPath()
+	if id == "" || staging == "" {
+		return nil, status.Error(codes.InvalidArgument, "volume_id and staging_target_path are required")
+	}
+	release, err := d.locks.acquire(id)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	if err := d.unmountAll(staging); err != nil {
+		return nil, toStatus(err)
+	}
+	return &csi.NodeUnstageVolumeResponse{}, nil
+}
+
+// NodePublishVolume bind-mounts the staging directory (filesystem) or the
+// device node (block) onto the target, read-only when asked.
+func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolumeRequest) (*csi.NodePublishVolumeResponse, error) {
+	id, target, vc := req.GetVolumeId(), req.GetTargetPath(), req.GetVolumeCapability()
+	if err := requireArgs(id, "target_path", target, vc); err != nil {
+		return nil, err
+	}
+	staging := req.GetStagingTargetPath()
+	if staging == "" {
+		return nil, status.Error(codes.InvalidArgument, "staging_target_path: required")
+	}
+	if _, err := checkCapabilities([]*csi.VolumeCapability{vc}, ""); err != nil {
+		return nil, toStatus(err)
+	}
+	if err := checkTargetPath(target); err != nil {
+		return nil, toStatus(err)
+	}
+	release, err := d.locks.acquire(id)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	_, dev, err := d.cfg.Inventory.Device(ctx, id)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	ro := req.GetReadonly() || readOnlyMode(vc)
+	if vc.GetBlock() != nil {
+		err = d.publishBlock(dev, target, ro)
+	} else {
+		err = d.publishMount(dev, staging, target, ro)
+	}
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &csi.NodePublishVolumeResponse{}, nil
+}
+
+func (d *Driver) publishBlock(dev, target string, ro bool) error {
+	if m, err := d.mountAt(target); err != nil {
+		return err
+	} else if m != nil {
+		if same, err := d.sameDeviceNode(target, dev); err != nil || !same || readOnly(m) != ro {
+			return fmt.Errorf("%w: %s is already published differently", errConflict, target)
+		}
+		return nil
+	}
+	if err := os.MkdirAll(filepath.Dir(target), 0o750); err != nil {
+		return err
+	}
+	f, err := os.OpenFile(target, os.O_CREATE|os.O_RDONLY, 0o640)
+	if err != nil {
+		return fmt.Errorf("creating block target %s: %w", target, err)
+	}
+	f.Close()
+	return d.cfg.Mounter.BindMount(dev, target, ro)
+}
+
+func (d *Driver) publishMount(dev, staging, target string, ro bool) error {
+	sm, err := d.mountAt(staging)
+	if err != nil {
+		return err
+	}
+	if sm == nil {
+		return fmt.Errorf("%w: volume is not staged at %s", errPrecondition, staging)
+	}
+	if same, err := d.sameDevice(sm, dev); err != nil || !same {
+		return fmt.Errorf("%w: %s holds another device", errPrecondition, staging)
+	}
+	if m, err := d.mountAt(target); err != nil {
+		return err
+	} else if m != nil {
+		if same, err := d.sameDevice(m, dev); err != nil || !same || readOnly(m) != ro {
+			return fmt.Errorf("%w: %s is already published differently", errConflict, target)
+		}
+		return nil
+	}
+	if err := os.MkdirAll(target, 0o750); err != nil {
+		return err
+	}
+	return d.cfg.Mounter.BindMount(staging, target, ro)
+}
+
+// NodeUnpublishVolume unmounts the target and removes it. It is idempotent.
+func (d *Driver) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublishVolumeRequest) (*csi.NodeUnpublishVolumeResponse, error) {
+	id, target := req.GetVolumeId(), req.GetTargetPath()
+	if id == "" || target == "" {
+		return nil, status.Error(codes.InvalidArgument, "volume_id and target_path are required")
+	}
+	release, err := d.locks.acquire(id)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	if err := d.unmountAll(target); err != nil {
+		return nil, toStatus(err)
+	}
+	if err := os.Remove(target); err != nil && !os.IsNotExist(err) {
+		return nil, status.Errorf(codes.Internal, "removing %s: %v", target, err)
+	}
+	return &csi.NodeUnpublishVolumeResponse{}, nil
+}
+
+// maxStackedMounts bounds how many mounts stacked on one path are undone.
+const maxStackedMounts = 8
+
+// unmountAll unmounts path until nothing is mounted there.
+func (d *Driver) unmountAll(path string) error {
+	for i := 0; i < maxStackedMounts; i++ {
+		m, err := d.mountAt(path)
+		if err != nil || m == nil {
+			return err
+		}
+		if err := d.cfg.Mounter.Unmount(path); err != nil {
+			return err
+		}
+	}
+	return fmt.Errorf("%s still mounted after %d unmounts", path, maxStackedMounts)
+}
+
+// NodeGetVolumeStats reports usage of a published or staged volume and its
+// condition: abnormal when its disk is gone or its filesystem turned read-only.
+func (d *Driver) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVolumeStatsRequest) (*csi.NodeGetVolumeStatsResponse, error) {
+	id, path := req.GetVolumeId(), req.GetVolumePath()
+	if id == "" || path == "" {
+		return nil, status.Error(codes.InvalidArgument, "volume_id and volume_path are required")
+	}
+	if _, err := d.cfg.Inventory.Lookup(id); err != nil {
+		return nil, toStatus(err)
+	}
+	m, err := d.mountAt(path)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	if m == nil {
+		return nil, status.Errorf(codes.NotFound, "volume %s is not mounted at %s", id, path)
+	}
+	_, dev, devErr := d.cfg.Inventory.Device(ctx, id)
+	if devErr != nil {
+		return &csi.NodeGetVolumeStatsResponse{VolumeCondition: &csi.VolumeCondition{
+			Abnormal: true, Message: devErr.Error()}}, nil
+	}
+	if d.isBlock(path) {
+		if same, err := d.sameDeviceNode(path, dev); err != nil || !same {
+			return nil, status.Errorf(codes.NotFound, "volume %s is not at %s", id, path)
+		}
+		size, err := d.cfg.Mounter.DeviceSize(path)
+		if err != nil {
+			return nil, toStatus(err)
+		}
+		return &csi.NodeGetVolumeStatsResponse{
+			Usage:           []*csi.VolumeUsage{{Unit: csi.VolumeUsage_BYTES, Total: size}},
+			VolumeCondition: &csi.VolumeCondition{Message: "ok"},
+		}, nil
+	}
+	if same, err := d.sameDevice(m, dev); err != nil || !same {
+		return nil, status.Errorf(codes.NotFound, "volume %s is not at %s", id, path)
+	}
+	st, err := d.cfg.Mounter.FSStats(path)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &csi.NodeGetVolumeStatsResponse{
+		Usage: []*csi.VolumeUsage{
+			{Unit: csi.VolumeUsage_BYTES, Total: st.TotalBytes, Used: st.UsedBytes, Available: st.AvailableBytes},
+			{Unit: csi.VolumeUsage_INODES, Total: st.TotalInodes, Used: st.UsedInodes, Available: st.FreeInodes},
+		},
+		VolumeCondition: fsCondition(m),
+	}, nil
+}
+
+// fsCondition is abnormal when the filesystem itself went read-only (the
+// kernel's reaction to I/O or metadata errors) while the mount is read-write.
+func fsCondition(m *mount.MountInfo) *csi.VolumeCondition {
+	if hasOpt(m.SuperOptions, "ro") && hasOpt(m.MountOptions, "rw") {
+		return &csi.VolumeCondition{Abnormal: true, Message: "filesystem on " + m.Source + " turned read-only (I/O or filesystem errors); check the kernel log"}
+	}
+	return &csi.VolumeCondition{Message: "ok"}
+}
+
+// NodeGetInfo reports the node ID, the disk count as the volume limit, and the
+// topology segment naming this node.
+func (d *Driver) NodeGetInfo(context.Context, *csi.NodeGetInfoRequest) (*csi.NodeGetInfoResponse, error) {
+	return &csi.NodeGetInfoResponse{
+		NodeId:             d.cfg.NodeID,
+		MaxVolumesPerNode:  int64(d.cfg.Inventory.ManagedDisks()),
+		AccessibleTopology: d.topology(),
+	}, nil
+}
+
+// NodeGetCapabilities advertises staging, volume stats and volume condition.
+func (d *Driver) NodeGetCapabilities(context.Context, *csi.NodeGetCapabilitiesRequest) (*csi.NodeGetCapabilitiesResponse, error) {
+	var caps []*csi.NodeServiceCapability
+	for _, t := range []csi.NodeServiceCapability_RPC_Type{
+		csi.NodeServiceCapability_RPC_STAGE_UNSTAGE_VOLUME,
+		csi.NodeServiceCapability_RPC_GET_VOLUME_STATS,
+		csi.NodeServiceCapability_RPC_VOLUME_CONDITION,
+	} {
+		caps = append(caps, &csi.NodeServiceCapability{Type: &csi.NodeServiceCapability_Rpc{
+			Rpc: &csi.NodeServiceCapability_RPC{Type: t}}})
+	}
+	return &csi.NodeGetCapabilitiesResponse{Capabilities: caps}, nil
+}
+
+func requireArgs(id, pathName, path string, vc *csi.VolumeCapability) error {
+	switch {
+	case id == "":
+		return status.Error(codes.InvalidArgument, "volume_id: required")
+	case path == "":
+		return status.Errorf(codes.InvalidArgument, "%s: required", pathName)
+	case vc == nil:
+		return status.Error(codes.InvalidArgument, "volume_capability: required")
+	}
+	if !filepath.IsAbs(path) || filepath.Clean(path) != strings.TrimSuffix(path, "/") {
+		return status.Errorf(codes.InvalidArgument, "%s: %q must be an absolute, clean path", pathName, path)
+	}
+	return nil
+}
+
+// checkTargetPath refuses a target that is a symlink: a bind mount through it
+// would land outside the path the CO owns.
+func checkTargetPath(target string) error {
+	fi, err := os.Lstat(target)
+	if err == nil && fi.Mode()&os.ModeSymlink != 0 {
+		return invalid("target_path: %s is a symbolic link", target)
+	}
+	return nil
+}
+
+// mountAt returns the topmost mount at path, or nil.
+func (d *Driver) mountAt(path string) (*mount.MountInfo, error) {
+	infos, err := d.cfg.Mounter.MountInfo()
+	if err != nil {
+		return nil, err
+	}
+	path = filepath.Clean(path)
+	var top *mount.MountInfo
+	for i := range infos {
+		if infos[i].MountPoint == path {
+			top = &infos[i]
+		}
+	}
+	return top, nil
+}
+
+// sameDevice says whether a filesystem mount is of the block device dev.
+func (d *Driver) sameDevice(m *mount.MountInfo, dev string) (bool, error) {
+	r, err := d.cfg.Mounter.DeviceNumber(dev)
+	if err != nil {
+		return false, err
+	}
+	return uint32(m.Major) == unix.Major(r) && uint32(m.Minor) == unix.Minor(r), nil
+}
+
+// sameDeviceNode says whether path is (a bind mount of) the device node dev.
+func (d *Driver) sameDeviceNode(path, dev string) (bool, error) {
+	a, errA := d.cfg.Mounter.DeviceNumber(path)
+	b, errB := d.cfg.Mounter.DeviceNumber(dev)
+	if err := errors.Join(errA, errB); err != nil {
+		return false, err
+	}
+	return a == b, nil
+}
+
+func (d *Driver) isBlock(path string) bool {
+	_, err := d.cfg.Mounter.DeviceNumber(path)
+	return err == nil
+}
+
+func readOnly(m *mount.MountInfo) bool { return hasOpt(m.MountOptions, "ro") }
+
+func hasOpt(opts []string, o string) bool {
+	for _, x := range opts {
+		if x == o {
+			return true
+		}
+	}
+	return false
+}
+
+func firstNonEmpty(s ...string) string {
+	for _, x := range s {
+		if x != "" {
+			return x
+		}
+	}
+	return ""
+}

@@ -1,0 +1,240 @@
+package driver
+
+import (
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"unicode"
+
+	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/mounter"
+)
+
+// StorageClass parameter keys.
+const (
+	ParamFSType        = "csi.storage.k8s.io/fstype"
+	ParamMkfsOptions   = "mkfsOptions"
+	ParamCleanupPolicy = "cleanupPolicy"
+	ParamMedia         = "media"
+
+	// reservedPrefix marks keys set by Kubernetes sidecars (for example
+	// --extra-create-metadata's pvc/name); they are accepted and not stored.
+	reservedPrefix = "csi.storage.k8s.io/"
+)
+
+// Volume context keys handed from CreateVolume to NodeStage.
+const (
+	ctxFSType      = "fsType"
+	ctxMkfsOptions = "mkfsOptions"
+	ctxDisk        = "disk"
+	ctxIdentity    = "diskIdentity"
+	ctxMedia       = "media"
+)
+
+const (
+	maxParams      = 32
+	maxParamKey    = 128
+	maxParamValue  = 1024
+	maxMountFlags  = 64
+	maxMountFlagSz = 256
+	defaultFSType  = "ext4"
+)
+
+// errInvalid marks caller mistakes; the driver answers INVALID_ARGUMENT.
+var errInvalid = errors.New("invalid argument")
+
+func invalid(format string, a ...any) error {
+	return fmt.Errorf("%w: %s", errInvalid, fmt.Sprintf(format, a...))
+}
+
+// Params are the validated StorageClass parameters of a volume.
+type Params struct {
+	// FSType is "ext4", "xfs", or "" when the class does not say.
+	FSType string
+	// MkfsOptions are extra mkfs arguments, validated for FSType (or ext4).
+	MkfsOptions []string
+	// CleanupPolicy applies when the volume is deleted.
+	CleanupPolicy mounter.CleanupPolicy
+	// Media is "ssd", "hdd" or "" for any.
+	Media string
+}
+
+// ParseParams validates StorageClass parameters. Unknown keys are rejected so
+// that a typo in a class fails the claim instead of being silently ignored.
+func ParseParams(in map[string]string) (Params, error) {
+	p := Params{CleanupPolicy: mounter.CleanupSignatures}
+	if len(in) > maxParams {
+		return p, invalid("parameters: %d keys, at most %d allowed", len(in), maxParams)
+	}
+	keys := make([]string, 0, len(in))
+	for k := range in {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		v := in[k]
+		if len(k) > maxParamKey || len(v) > maxParamValue {
+			return p, invalid("parameter %.40q: key or value too long (key at most %d, value at most %d bytes)", k, maxParamKey, maxParamValue)
+		}
+		switch {
+		case k == ParamFSType:
+			fs, err := parseFSType(v)
+			if err != nil {
+				return p, err
+			}
+			p.FSType = fs
+		case k == ParamMkfsOptions:
+			p.MkfsOptions = strings.Fields(v)
+		case k == ParamCleanupPolicy:
+			switch c := mounter.CleanupPolicy(v); c {
+			case mounter.CleanupSignatures, mounter.CleanupDiscard, mounter.CleanupZero, mounter.CleanupShred:
+				p.CleanupPolicy = c
+			default:
+				return p, invalid("parameter %s: %q is not one of signatures, discard, zero, shred", k, v)
+			}
+		case k == ParamMedia:
+			switch v {
+			case "ssd", "hdd":
+				p.Media = v
+			case "any", "":
+			default:
+				return p, invalid("parameter %s: %q is not one of ssd, hdd, any", k, v)
+			}
+		case strings.HasPrefix(k, reservedPrefix):
+			// Set by the provisioner (pvc/name, pv/name, ...): not ours to check.
+		default:
+			return p, invalid("unknown parameter %q (known: %s, %s, %s, %s)", k, ParamFSType, ParamMkfsOptions, ParamCleanupPolicy, ParamMedia)
+		}
+	}
+	fs := p.FSType
+	if fs == "" {
+		fs = defaultFSType
+	}
+	if err := ValidateMkfsOptions(fs, p.MkfsOptions); err != nil {
+		return p, err
+	}
+	return p, nil
+}
+
+func parseFSType(v string) (string, error) {
+	switch v {
+	case "ext4", "xfs":
+		return v, nil
+	case "":
+		return "", nil
+	}
+	return "", invalid("filesystem type %q is not supported (ext4, xfs)", v)
+}
+
+// stored is the canonical form kept with the volume and compared when a
+// CreateVolume is retried.
+func (p Params) stored() map[string]string {
+	m := map[string]string{ParamCleanupPolicy: string(p.CleanupPolicy)}
+	if p.FSType != "" {
+		m[ctxFSType] = p.FSType
+	}
+	if len(p.MkfsOptions) > 0 {
+		m[ParamMkfsOptions] = strings.Join(p.MkfsOptions, " ")
+	}
+	if p.Media != "" {
+		m[ParamMedia] = p.Media
+	}
+	return m
+}
+
+// mkfsSpec describes which options of one mkfs tool are allowed.
+type mkfsSpec struct {
+	withArg, noArg string
+	// badSub lists sub-option prefixes (inside an option's value) that name
+	// another device or file, per option letter.
+	badSub map[byte][]string
+}
+
+var mkfsSpecs = map[string]mkfsSpec{
+	// mke2fs: refused are -F (force over existing data), -U (the driver sets
+	// the UUID), -S (rewrite superblocks only), -n (dry run), -c/-l (bad-block
+	// scans that scale with the disk), -d (copy a host directory), -z (undo
+	// file elsewhere), -t (type comes from the class), -V.
+	"ext4": {withArg: "bCeEgGiIJLmMNoOrT", noArg: "jqvKD",
+		badSub: map[byte][]string{'J': {"device="}}},
+	// mkfs.xfs: refused are -f (force), -p (protofile), -c (config file),
+	// -N (dry run), -V, and sub-options naming other devices or files.
+	"xfs": {withArg: "bdilnmrsL", noArg: "qK",
+		badSub: map[byte][]string{
+			'd': {"name=", "file"}, 'l': {"logdev=", "name=", "file"},
+			'r': {"rtdev=", "name=", "file"}, 'm': {"uuid="},
+		}},
+}
+
+// ValidateMkfsOptions checks extra mkfs arguments for fsType. Every argument
+// must be a known option; nothing may name a device or force a format.
+func ValidateMkfsOptions(fsType string, args []string) error {
+	spec, ok := mkfsSpecs[fsType]
+	if !ok {
+		return invalid("filesystem type %q is not supported (ext4, xfs)", fsType)
+	}
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		if len(a) < 2 || a[0] != '-' || a[1] == '-' {
+			return invalid("%s: argument %q is not an option; mkfsOptions may not name a device or pass positional arguments", ParamMkfsOptions, a)
+		}
+		for j := 1; j < len(a); j++ {
+			c := a[j]
+			switch {
+			case strings.IndexByte(spec.noArg, c) >= 0:
+				continue
+			case strings.IndexByte(spec.withArg, c) >= 0:
+				val := a[j+1:]
+				if val == "" {
+					if i+1 >= len(args) {
+						return invalid("%s: option -%c needs a value", ParamMkfsOptions, c)
+					}
+					i++
+					val = args[i]
+				}
+				for _, sub := range strings.Split(val, ",") {
+					for _, bad := range spec.badSub[c] {
+						if strings.HasPrefix(sub, bad) {
+							return invalid("%s: -%c %s would point mkfs at another device or file", ParamMkfsOptions, c, sub)
+						}
+					}
+				}
+				j = len(a)
+			default:
+				return invalid("%s: option -%c is not allowed for %s (it could format over data, name another device, or defeat the driver's defaults)", ParamMkfsOptions, c, fsType)
+			}
+		}
+	}
+	return nil
+}
+
+// forbiddenMountFlags change what is mounted rather than how.
+var forbiddenMountFlags = map[string]bool{
+	"bind": true, "rbind": true, "remount": true, "move": true, "loop": true,
+	"make-shared": true, "make-private": true, "make-slave": true, "make-unbindable": true,
+	"make-rshared": true, "make-rprivate": true, "make-rslave": true, "make-runbindable": true,
+}
+
+// ValidateMountFlags checks the mount options of a volume capability.
+func ValidateMountFlags(flags []string) error {
+	if len(flags) > maxMountFlags {
+		return invalid("mount_flags: %d options, at most %d allowed", len(flags), maxMountFlags)
+	}
+	for _, f := range flags {
+		if len(f) > maxMountFlagSz {
+			return invalid("mount_flags: option %.40q... longer than %d bytes", f, maxMountFlagSz)
+		}
+		for _, o := range strings.Split(f, ",") {
+			name, _, _ := strings.Cut(o, "=")
+			switch {
+			case o == "":
+				return invalid("mount_flags: empty option in %q", f)
+			case strings.IndexFunc(o, func(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) }) >= 0:
+				return invalid("mount_flags: option %q contains white space or control characters", o)
+			case forbiddenMountFlags[name] || name == "offset" || name == "sizelimit":
+				return invalid("mount_flags: option %q is not allowed (it changes what is mounted)", o)
+			}
+		}
+	}
+	return nil
+}

@@ -1,0 +1,564 @@
+// Package inventory is the node's allocator: it joins the disks discovered on
+// the node with the persisted state record, hands out one whole free disk per
+// volume, and cleans disks in the background after their volume is deleted.
+// Every change of ownership is persisted before it is reported, and all
+// ownership changes are serialised by one short-held mutex; slow device work
+// (wiping) runs outside it.
+package inventory
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"os"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+	"k8s.io/klog/v2"
+
+	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/disk"
+	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/mounter"
+	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/state"
+)
+
+// Config wires an Inventory to its node, devices and storage.
+type Config struct {
+	// Node is this node's ID, embedded in every volume ID.
+	Node string
+	// Source discovers the node's disks.
+	Source disk.Source
+	// Store persists the state record.
+	Store *state.Store
+	// Mounter wipes devices and lists mounts.
+	Mounter mounter.Interface
+	// RetryInterval is how long a failed cleanup waits before it is retried.
+	RetryInterval time.Duration
+}
+
+// Filter selects disks by media and cloud category; empty fields match all.
+type Filter struct {
+	Media    string
+	Category string
+}
+
+func (f Filter) match(d *state.Disk) bool {
+	return (f.Media == "" || f.Media == d.Media) && (f.Category == "" || f.Category == d.Category)
+}
+
+// Request asks for a volume.
+type Request struct {
+	// Name is the CreateVolume name; the same name always gets the same disk.
+	Name string
+	// RequiredBytes and LimitBytes bound the disk size; 0 means unbounded.
+	RequiredBytes, LimitBytes int64
+	Filter                    Filter
+	// Parameters are the validated class parameters, stored with the volume
+	// and compared on a retry.
+	Parameters map[string]string
+	// CleanupPolicy is applied when the volume is deleted.
+	CleanupPolicy string
+}
+
+// Volume is a volume and the disk it lives on.
+type Volume struct {
+	state.Volume
+	Disk state.Disk
+	// Device is the disk as discovered now; empty Path when the disk is missing.
+	Device disk.Disk
+}
+
+// Excluded is a discovered device the driver will not use, and why.
+type Excluded struct {
+	Disk   disk.Disk
+	Reason string
+}
+
+// Inventory is the node's allocator. It is safe for concurrent use.
+type Inventory struct {
+	cfg Config
+
+	mu       sync.Mutex
+	rec      *state.Record
+	devices  map[string]disk.Disk // present devices by disk ID
+	excluded []Excluded
+	ready    bool
+	startErr error
+
+	ctx     context.Context
+	cancel  context.CancelFunc
+	cleaner sync.WaitGroup
+	active  map[string]bool // disk IDs with a cleaner running
+}
+
+// New returns an inventory that is not ready until Start succeeds.
+func New(cfg Config) *Inventory {
+	if cfg.RetryInterval == 0 {
+		cfg.RetryInterval = time.Minute
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Inventory{cfg: cfg, devices: map[string]disk.Disk{}, ctx: ctx, cancel: cancel, active: map[string]bool{}}
+}
+
+// Start loads the state record, discovers the devices, reconciles the two,
+// persists the result and resumes any cleaning. The inventory is ready only
+// when Start returns nil.
+func (inv *Inventory) Start(ctx context.Context) error {
+	err := inv.start(ctx)
+	inv.mu.Lock()
+	inv.startErr = err
+	inv.ready = err == nil
+	inv.mu.Unlock()
+	return err
+}
+
+func (inv *Inventory) start(ctx context.Context) error {
+	rec, err := inv.cfg.Store.Load()
+	if err != nil {
+		return fmt.Errorf("loading node state %s: %w; the driver will not hand out any disk until the file is repaired or removed by an operator who has checked the disks", inv.cfg.Store.Path(), err)
+	}
+	if rec == nil {
+		klog.InfoS("No node state yet, starting fresh", "path", inv.cfg.Store.Path(), "node", inv.cfg.Node)
+		rec = state.New(inv.cfg.Node)
+	}
+	if rec.Node != inv.cfg.Node {
+		return fmt.Errorf("node state %s belongs to node %q, not %q", inv.cfg.Store.Path(), rec.Node, inv.cfg.Node)
+	}
+	found, problems, err := inv.cfg.Source.Discover(ctx)
+	if err != nil {
+		return fmt.Errorf("discovering disks: %w", err)
+	}
+	for _, p := range problems {
+		klog.InfoS("Disk discovery problem", "node", inv.cfg.Node, "problem", p.Error())
+	}
+	inv.mu.Lock()
+	defer inv.mu.Unlock()
+	next := rec.Clone()
+	devices, excluded := reconcile(next, found)
+	if err := inv.cfg.Store.Save(next); err != nil {
+		return fmt.Errorf("saving node state: %w", err)
+	}
+	inv.rec, inv.devices, inv.excluded = next, devices, excluded
+	for _, e := range excluded {
+		klog.InfoS("Disk excluded", "disk", e.Disk.ID, "device", e.Disk.Path, "identity", e.Disk.Identity, "reason", e.Reason)
+	}
+	for _, d := range next.Disks {
+		klog.InfoS("Disk managed", "disk", d.ID, "device", devices[d.ID].Path, "identity", d.Identity,
+			"status", d.Status, "sizeBytes", d.SizeBytes, "media", d.Media)
+		if d.Status == state.Cleaning || d.Status == state.Failed {
+			inv.startCleanerLocked(d.ID)
+		}
+	}
+	return nil
+}
+
+// reconcile joins the record with the devices found now. It changes rec in
+// place and returns the present managed devices and the excluded ones.
+func reconcile(rec *state.Record, found []disk.Disk) (map[string]disk.Disk, []Excluded) {
+	devices := map[string]disk.Disk{}
+	var excluded []Excluded
+	seen := map[string]bool{}
+	for _, d := range found {
+		if seen[d.ID] {
+			excluded = append(excluded, Excluded{d, "another device has the same identity " + d.Identity})
+			delete(devices, d.ID)
+			continue
+		}
+		seen[d.ID] = true
+		r := rec.Disks[d.ID]
+		if r == nil || r.Status == state.Free {
+			if reason := exclusionReason(d); reason != "" {
+				// A free disk that now carries foreign data or is in use
+				// elsewhere stops being managed; nothing of ours is on it.
+				delete(rec.Disks, d.ID)
+				excluded = append(excluded, Excluded{d, reason})
+				continue
+			}
+		}
+		if r == nil {
+			r = &state.Disk{ID: d.ID, Status: state.Free, UpdatedAt: time.Now().UTC()}
+			rec.Disks[d.ID] = r
+		}
+		r.Identity, r.SizeBytes, r.Media, r.Category = d.Identity, d.SizeBytes, string(d.Media), d.Category
+		devices[d.ID] = d
+	}
+	for id, r := range rec.Disks {
+		if _, ok := devices[id]; ok {
+			continue
+		}
+		if r.Status == state.Free {
+			delete(rec.Disks, id) // nothing of ours was on it
+			continue
+		}
+		klog.ErrorS(nil, "Disk holding a volume is missing", "disk", id, "identity", r.Identity, "status", r.Status)
+	}
+	return devices, excluded
+}
+
+// exclusionReason says why a device that holds no volume of ours must not be
+// used, or "" when it is a blank, unused whole disk.
+func exclusionReason(d disk.Disk) string {
+	f := d.Facts
+	switch {
+	case f.System:
+		return "system disk"
+	case f.DeviceMapper:
+		return "device-mapper device"
+	case f.Mounted:
+		return "mounted"
+	case f.Partitioned:
+		return "has partitions"
+	case len(f.Holders) > 0:
+		return "in use by " + strings.Join(f.Holders, ",")
+	case f.ReadOnly:
+		return "read-only device"
+	case len(f.Signatures) > 0:
+		return "carries signatures the driver did not create: " + strings.Join(f.Signatures, ",")
+	case d.SizeBytes <= 0:
+		return "zero size"
+	}
+	return ""
+}
+
+// Stop ends background cleaning and waits for it.
+func (inv *Inventory) Stop() {
+	inv.cancel()
+	inv.cleaner.Wait()
+}
+
+// Ready reports whether the inventory is loaded, and the start-up error if not.
+func (inv *Inventory) Ready() (bool, error) {
+	inv.mu.Lock()
+	defer inv.mu.Unlock()
+	return inv.ready, inv.startErr
+}
+
+// Node is the node ID the inventory serves.
+func (inv *Inventory) Node() string { return inv.cfg.Node }
+
+// Allocate returns the volume named req.Name, allocating the smallest free
+// matching disk that satisfies the capacity range if the name is new. The
+// allocation is persisted before Allocate returns.
+func (inv *Inventory) Allocate(req Request) (Volume, error) {
+	inv.mu.Lock()
+	defer inv.mu.Unlock()
+	if !inv.ready {
+		return Volume{}, ErrNotReady
+	}
+	if v, ok := inv.byNameLocked(req.Name); ok {
+		return v, compatible(v, req)
+	}
+	var best *state.Disk
+	fits := false
+	for _, d := range inv.rec.Disks {
+		if !req.Filter.match(d) || !inRange(d.SizeBytes, req.RequiredBytes, req.LimitBytes) {
+			continue
+		}
+		fits = true
+		if _, present := inv.devices[d.ID]; !present || d.Status != state.Free {
+			continue
+		}
+		if best == nil || d.SizeBytes < best.SizeBytes || (d.SizeBytes == best.SizeBytes && d.ID < best.ID) {
+			best = d
+		}
+	}
+	switch {
+	case best != nil:
+	case fits:
+		return Volume{}, fmt.Errorf("%w: %d free of %d managed disks on node %s", ErrExhausted, inv.countLocked(state.Free), len(inv.rec.Disks), inv.cfg.Node)
+	default:
+		return Volume{}, fmt.Errorf("%w: %s", ErrOutOfRange, inv.sizesLocked(req.Filter))
+	}
+	next := inv.rec.Clone()
+	d := next.Disks[best.ID]
+	id := VolumeID{Node: inv.cfg.Node, Disk: d.ID, Nonce: newNonce()}.String()
+	d.Status, d.UpdatedAt, d.Reason = state.Allocated, time.Now().UTC(), ""
+	d.CleanupPolicy = req.CleanupPolicy
+	d.Volume = &state.Volume{
+		ID: id, Name: req.Name, CapacityBytes: d.SizeBytes, Parameters: req.Parameters,
+		FSUUID: fsUUID(id), CreatedAt: d.UpdatedAt,
+	}
+	if err := inv.commitLocked(next); err != nil {
+		return Volume{}, err
+	}
+	klog.InfoS("Disk allocated", "volumeID", id, "name", req.Name, "disk", d.ID, "device", inv.devices[d.ID].Path, "sizeBytes", d.SizeBytes)
+	return inv.volumeLocked(d), nil
+}
+
+func inRange(size, required, limit int64) bool {
+	return size >= required && (limit == 0 || size <= limit)
+}
+
+func compatible(v Volume, req Request) error {
+	if !inRange(v.CapacityBytes, req.RequiredBytes, req.LimitBytes) {
+		return fmt.Errorf("%w: volume %s has %d bytes, outside the requested range", ErrExists, v.ID, v.CapacityBytes)
+	}
+	if !equalParams(v.Parameters, req.Parameters) || v.Disk.CleanupPolicy != req.CleanupPolicy {
+		return fmt.Errorf("%w: volume %s was created with other parameters", ErrExists, v.ID)
+	}
+	return nil
+}
+
+func equalParams(a, b map[string]string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if w, ok := b[k]; !ok || w != v {
+			return false
+		}
+	}
+	return true
+}
+
+// fsUUID derives the UUID of the filesystem the driver creates for a volume,
+// so the driver can later recognise its own filesystem.
+func fsUUID(volumeID string) string {
+	s := sha256.Sum256([]byte("ecs-localdisk-csi:" + volumeID))
+	s[6] = (s[6] & 0x0f) | 0x50 // version 5 layout
+	s[8] = (s[8] & 0x3f) | 0x80 // RFC 4122 variant
+	return fmt.Sprintf("%x-%x-%x-%x-%x", s[0:4], s[4:6], s[6:8], s[8:10], s[10:16])
+}
+
+func (inv *Inventory) commitLocked(next *state.Record) error {
+	if err := inv.cfg.Store.Save(next); err != nil {
+		return fmt.Errorf("saving node state: %w", err)
+	}
+	inv.rec = next
+	return nil
+}
+
+func (inv *Inventory) countLocked(s state.Status) int {
+	n := 0
+	for _, d := range inv.rec.Disks {
+		if d.Status == s {
+			n++
+		}
+	}
+	return n
+}
+
+func (inv *Inventory) sizesLocked(f Filter) string {
+	var sizes []string
+	for _, d := range inv.rec.Disks {
+		if f.match(d) {
+			sizes = append(sizes, fmt.Sprint(d.SizeBytes))
+		}
+	}
+	sort.Strings(sizes)
+	if len(sizes) == 0 {
+		return "no managed disk matches the class"
+	}
+	return "matching disk sizes in bytes: " + strings.Join(sizes, ",")
+}
+
+func (inv *Inventory) byNameLocked(name string) (Volume, bool) {
+	for _, d := range inv.rec.Disks {
+		if d.Volume != nil && d.Volume.Name == name && d.Status == state.Allocated {
+			return inv.volumeLocked(d), true
+		}
+	}
+	return Volume{}, false
+}
+
+func (inv *Inventory) volumeLocked(d *state.Disk) Volume {
+	return Volume{Volume: *d.Volume, Disk: *d, Device: inv.devices[d.ID]}
+}
+
+// Lookup returns the allocated volume with this ID.
+func (inv *Inventory) Lookup(volumeID string) (Volume, error) {
+	inv.mu.Lock()
+	defer inv.mu.Unlock()
+	if !inv.ready {
+		return Volume{}, ErrNotReady
+	}
+	return inv.lookupLocked(volumeID)
+}
+
+func (inv *Inventory) lookupLocked(volumeID string) (Volume, error) {
+	id, err := ParseVolumeID(volumeID)
+	if err != nil || id.Node != inv.cfg.Node {
+		return Volume{}, fmt.Errorf("%w: %s", ErrNotFound, volumeID)
+	}
+	d := inv.rec.Disks[id.Disk]
+	if d == nil || d.Volume == nil || d.Volume.ID != volumeID || d.Status != state.Allocated {
+		return Volume{}, fmt.Errorf("%w: %s", ErrNotFound, volumeID)
+	}
+	return inv.volumeLocked(d), nil
+}
+
+// Device returns the volume and the path of its device now, after checking
+// that the device at that path still has the disk's identity. A device that
+// was renamed is found again by a fresh discovery.
+func (inv *Inventory) Device(ctx context.Context, volumeID string) (Volume, string, error) {
+	v, err := inv.Lookup(volumeID)
+	if err != nil {
+		return Volume{}, "", err
+	}
+	if v.Device.Path != "" {
+		id, identity, err := inv.cfg.Source.Identify(ctx, v.Device.Path)
+		if err == nil && id == v.Disk.ID {
+			return v, v.Device.Path, nil
+		}
+		klog.InfoS("Device changed since discovery, rediscovering", "volumeID", volumeID, "disk", v.Disk.ID,
+			"device", v.Device.Path, "foundIdentity", identity, "err", err)
+	}
+	path, err := inv.rediscover(ctx, v.Disk.ID)
+	if err != nil {
+		return Volume{}, "", err
+	}
+	if path == "" {
+		if v.Device.Path != "" {
+			_, identity, _ := inv.cfg.Source.Identify(ctx, v.Device.Path)
+			return Volume{}, "", fmt.Errorf("%w: volume %s needs disk %s but %s is now %q", ErrIdentityMismatch, volumeID, v.Disk.Identity, v.Device.Path, identity)
+		}
+		return Volume{}, "", fmt.Errorf("%w: disk %s (%s) of volume %s", ErrDeviceMissing, v.Disk.ID, v.Disk.Identity, volumeID)
+	}
+	v.Device = inv.device(v.Disk.ID)
+	return v, path, nil
+}
+
+// rediscover runs discovery again, updates the paths of managed devices and
+// returns the path of the wanted disk ("" when it is absent).
+func (inv *Inventory) rediscover(ctx context.Context, diskID string) (string, error) {
+	found, _, err := inv.cfg.Source.Discover(ctx)
+	if err != nil {
+		return "", fmt.Errorf("rediscovering disks: %w", err)
+	}
+	inv.mu.Lock()
+	defer inv.mu.Unlock()
+	for _, d := range found {
+		if _, managed := inv.rec.Disks[d.ID]; managed {
+			inv.devices[d.ID] = d
+		}
+	}
+	for id, d := range inv.devices {
+		if !containsID(found, id) || d.ID != id {
+			delete(inv.devices, id)
+		}
+	}
+	return inv.devices[diskID].Path, nil
+}
+
+func containsID(ds []disk.Disk, id string) bool {
+	for _, d := range ds {
+		if d.ID == id {
+			return true
+		}
+	}
+	return false
+}
+
+func (inv *Inventory) device(id string) disk.Disk {
+	inv.mu.Lock()
+	defer inv.mu.Unlock()
+	return inv.devices[id]
+}
+
+// Release marks the volume's disk for cleaning and starts the cleaner. A
+// volume that does not exist is already released. A volume whose device is
+// still mounted is refused with ErrInUse.
+func (inv *Inventory) Release(ctx context.Context, volumeID string) error {
+	inv.mu.Lock()
+	defer inv.mu.Unlock()
+	if !inv.ready {
+		return ErrNotReady
+	}
+	v, err := inv.lookupLocked(volumeID)
+	if err != nil {
+		return nil // already deleted, or never ours
+	}
+	if path := inv.devices[v.Disk.ID].Path; path != "" {
+		if mounts, err := inv.mountsOf(path); err != nil {
+			return err
+		} else if len(mounts) > 0 {
+			return fmt.Errorf("%w: %s is mounted at %s", ErrInUse, path, strings.Join(mounts, ", "))
+		}
+	}
+	next := inv.rec.Clone()
+	d := next.Disks[v.Disk.ID]
+	d.Status, d.UpdatedAt = state.Cleaning, time.Now().UTC()
+	if err := inv.commitLocked(next); err != nil {
+		return err
+	}
+	klog.InfoS("Volume deleted, disk cleaning", "volumeID", volumeID, "disk", d.ID, "cleanupPolicy", d.CleanupPolicy)
+	inv.startCleanerLocked(d.ID)
+	return nil
+}
+
+// mountsOf lists the mount points of the device at path.
+func (inv *Inventory) mountsOf(path string) ([]string, error) {
+	rdev, err := inv.cfg.Mounter.DeviceNumber(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	infos, err := inv.cfg.Mounter.MountInfo()
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, m := range infos {
+		if uint32(m.Major) == unix.Major(rdev) && uint32(m.Minor) == unix.Minor(rdev) {
+			out = append(out, m.MountPoint)
+		}
+	}
+	return out, nil
+}
+
+// Capacity sums the free matching disks and finds the largest one.
+func (inv *Inventory) Capacity(f Filter) (available, maximum int64, err error) {
+	inv.mu.Lock()
+	defer inv.mu.Unlock()
+	if !inv.ready {
+		return 0, 0, ErrNotReady
+	}
+	for _, d := range inv.rec.Disks {
+		if _, present := inv.devices[d.ID]; !present || d.Status != state.Free || !f.match(d) {
+			continue
+		}
+		available += d.SizeBytes
+		maximum = max(maximum, d.SizeBytes)
+	}
+	return available, maximum, nil
+}
+
+// Volumes lists the allocated volumes sorted by ID.
+func (inv *Inventory) Volumes() ([]Volume, error) {
+	inv.mu.Lock()
+	defer inv.mu.Unlock()
+	if !inv.ready {
+		return nil, ErrNotReady
+	}
+	var out []Volume
+	for _, d := range inv.rec.Disks {
+		if d.Status == state.Allocated && d.Volume != nil {
+			out = append(out, inv.volumeLocked(d))
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out, nil
+}
+
+// ManagedDisks is the number of disks the node manages, in use or free.
+func (inv *Inventory) ManagedDisks() int {
+	inv.mu.Lock()
+	defer inv.mu.Unlock()
+	return len(inv.rec.Disks)
+}
+
+// Snapshot returns a copy of the state record and the excluded devices, for
+// status reporting and tests.
+func (inv *Inventory) Snapshot() (*state.Record, []Excluded) {
+	inv.mu.Lock()
+	defer inv.mu.Unlock()
+	if inv.rec == nil {
+		return state.New(inv.cfg.Node), nil
+	}
+	return inv.rec.Clone(), append([]Excluded(nil), inv.excluded...)
+}

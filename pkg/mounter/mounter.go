@@ -1,0 +1,65 @@
+// Package mounter is the driver's only way to format, mount, wipe and measure
+// block devices and filesystems. Everything goes through Interface so that node
+// logic can be tested with Fake, and the real implementation runs every tool with
+// an argument vector, never through a shell.
+package mounter
+
+import (
+	"context"
+
+	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/disk"
+	mount "k8s.io/mount-utils"
+)
+
+// CleanupPolicy says how a disk is cleaned after its volume is deleted.
+type CleanupPolicy string
+
+const (
+	// CleanupSignatures erases filesystem, RAID and partition-table signatures.
+	CleanupSignatures CleanupPolicy = "signatures"
+	// CleanupDiscard discards (TRIMs) the whole device, then erases signatures.
+	CleanupDiscard CleanupPolicy = "discard"
+	// CleanupZero writes zeroes over the whole device.
+	CleanupZero CleanupPolicy = "zero"
+	// CleanupShred overwrites the whole device with random data, then zeroes.
+	CleanupShred CleanupPolicy = "shred"
+)
+
+// FSStats is the usage of a mounted filesystem.
+type FSStats struct {
+	TotalBytes, UsedBytes, AvailableBytes int64
+	TotalInodes, UsedInodes, FreeInodes   int64
+}
+
+// Interface is everything the node does to devices and mounts.
+type Interface interface {
+	disk.Prober
+
+	// Format creates a filesystem of fsType ("ext4" or "xfs") on device with the
+	// given filesystem UUID and extra mkfs arguments (already validated). The
+	// defaults avoid work proportional to the device size (no discard, lazy
+	// inode table and journal initialisation); extra arguments may override
+	// them. Format refuses a device that carries any signature.
+	Format(ctx context.Context, device, fsType, uuid string, extraArgs []string) error
+	// Mount mounts device at target with fsType and options.
+	Mount(device, target, fsType string, options []string) error
+	// BindMount bind-mounts source (a directory or a device node) onto target,
+	// read-only when readOnly is set.
+	BindMount(source, target string, readOnly bool) error
+	// Unmount unmounts target once.
+	Unmount(target string) error
+	// MountInfo lists the mounts of this mount namespace.
+	MountInfo() ([]mount.MountInfo, error)
+	// Wipe cleans device according to policy and fails if the device still
+	// carries a signature afterwards.
+	Wipe(ctx context.Context, device string, policy CleanupPolicy) error
+	// FSStats measures the filesystem mounted at path.
+	FSStats(path string) (FSStats, error)
+	// DeviceSize returns the size in bytes of the block device at path (a device
+	// node, or a file a device node is bind-mounted onto).
+	DeviceSize(path string) (int64, error)
+	// DeviceNumber returns the device number (major:minor as in stat's
+	// st_rdev) of the block device node at path, or of the device node
+	// bind-mounted onto path; an error when path is not a block device.
+	DeviceNumber(path string) (uint64, error)
+}

@@ -1,0 +1,82 @@
+// Package options holds the command-line options of the driver binary and
+// their validation.
+package options
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+)
+
+// DefaultDriverName is the CSI driver name used when --driver-name is not set.
+const DefaultDriverName = "localdisk.csi.alibabacloud.com"
+
+// Options are the driver's settings.
+type Options struct {
+	Endpoint   string
+	NodeID     string
+	DriverName string
+	StateDir   string
+	DiskSource string
+	Devices    string
+	Version    bool
+}
+
+// AddFlags registers the options on fs, with defaults from the environment
+// where Kubernetes sets one (NODE_NAME).
+func (o *Options) AddFlags(fs *flag.FlagSet) {
+	fs.StringVar(&o.Endpoint, "endpoint", "unix:///csi/csi.sock", "CSI endpoint: unix:///path/to/csi.sock")
+	fs.StringVar(&o.NodeID, "node-id", os.Getenv("NODE_NAME"), "this node's ID, the Kubernetes node name (default: env NODE_NAME)")
+	fs.StringVar(&o.DriverName, "driver-name", DefaultDriverName, "CSI driver name")
+	fs.StringVar(&o.StateDir, "state-dir", "/var/lib/kubelet/plugins/"+DefaultDriverName+"/state", "directory of the node state record")
+	fs.StringVar(&o.DiskSource, "disk-source", "static", "where the node's disks come from: static")
+	fs.StringVar(&o.Devices, "devices", "", "static source: comma-separated device paths or globs, e.g. /dev/vd[b-z],/dev/nvme*n1")
+	fs.BoolVar(&o.Version, "version", false, "print the version and exit")
+}
+
+// Validate reports every problem with the options at once.
+func (o *Options) Validate() error {
+	var errs []error
+	if !strings.HasPrefix(o.Endpoint, "unix://") && !strings.HasPrefix(o.Endpoint, "unix:/") && !strings.HasPrefix(o.Endpoint, "tcp://") {
+		errs = append(errs, fmt.Errorf("--endpoint %q must start with unix:// (or tcp:// for tests)", o.Endpoint))
+	}
+	if o.NodeID == "" {
+		errs = append(errs, errors.New("--node-id is required (or set NODE_NAME)"))
+	}
+	if o.DriverName == "" || strings.ContainsAny(o.DriverName, "/ ") {
+		errs = append(errs, fmt.Errorf("--driver-name %q is not a valid CSI driver name", o.DriverName))
+	}
+	if !filepath.IsAbs(o.StateDir) {
+		errs = append(errs, fmt.Errorf("--state-dir %q must be an absolute path", o.StateDir))
+	}
+	switch o.DiskSource {
+	case "static":
+		if len(o.DevicePatterns()) == 0 {
+			errs = append(errs, errors.New("--disk-source=static needs --devices"))
+		}
+		for _, p := range o.DevicePatterns() {
+			if !filepath.IsAbs(p) {
+				errs = append(errs, fmt.Errorf("--devices entry %q must be an absolute path or glob", p))
+			} else if _, err := filepath.Match(p, p); err != nil {
+				errs = append(errs, fmt.Errorf("--devices entry %q: %v", p, err))
+			}
+		}
+	default:
+		errs = append(errs, fmt.Errorf("--disk-source %q is not supported (static)", o.DiskSource))
+	}
+	return errors.Join(errs...)
+}
+
+// DevicePatterns splits --devices into its entries.
+func (o *Options) DevicePatterns() []string {
+	var out []string
+	for _, p := range strings.Split(o.Devices, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}

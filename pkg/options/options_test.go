@@ -1,0 +1,57 @@
+package options
+
+import (
+	"flag"
+	"strings"
+	"testing"
+)
+
+func parse(t *testing.T, args ...string) Options {
+	t.Helper()
+	t.Setenv("NODE_NAME", "env-node")
+	var o Options
+	fs := flag.NewFlagSet("t", flag.ContinueOnError)
+	o.AddFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		t.Fatal(err)
+	}
+	return o
+}
+
+func TestDefaults(t *testing.T) {
+	o := parse(t, "--devices=/dev/vdb")
+	if o.NodeID != "env-node" || o.DriverName != DefaultDriverName || o.DiskSource != "static" || o.Endpoint != "unix:///csi/csi.sock" {
+		t.Fatalf("defaults: %+v", o)
+	}
+	if err := o.Validate(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestDevicePatterns(t *testing.T) {
+	o := parse(t, "--devices= /dev/vd[b-z] ,,/dev/nvme*n1")
+	got := strings.Join(o.DevicePatterns(), "|")
+	if got != "/dev/vd[b-z]|/dev/nvme*n1" {
+		t.Fatalf("patterns %q", got)
+	}
+}
+
+func TestValidateRejects(t *testing.T) {
+	cases := map[string][]string{
+		"--endpoint":      {"--devices=/dev/vdb", "--endpoint=/csi/csi.sock"},
+		"--node-id":       {"--devices=/dev/vdb", "--node-id="},
+		"--driver-name":   {"--devices=/dev/vdb", "--driver-name=a/b"},
+		"--state-dir":     {"--devices=/dev/vdb", "--state-dir=relative"},
+		"--disk-source":   {"--devices=/dev/vdb", "--disk-source=nfs"},
+		"needs --devices": {},
+		"absolute path":   {"--devices=vdb"},
+		"syntax error":    {"--devices=/dev/vd[b"},
+	}
+	for want, args := range cases {
+		o := parse(t, args...)
+		err := o.Validate()
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%v: %v; want an error naming %q", args, err, want)
+		}
+	}
+}

@@ -1,0 +1,218 @@
+// Package state keeps the node's record of which volume owns which disk and
+// where each disk is in its lifecycle. The record is one small JSON file written
+// crash-safely: a reader after any crash sees either the old or the new record,
+// never a mix.
+package state
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+)
+
+// FormatVersion is the version of the record's layout.
+const FormatVersion = 1
+
+// Status is where a disk is in its lifecycle.
+type Status string
+
+const (
+	// Free disks are blank and may be allocated.
+	Free Status = "free"
+	// Allocated disks belong to exactly one volume.
+	Allocated Status = "allocated"
+	// Cleaning disks are being wiped after their volume was deleted.
+	Cleaning Status = "cleaning"
+	// Failed disks could not be cleaned; they are retried and never allocated.
+	Failed Status = "failed"
+)
+
+// Volume is what the node remembers of a volume living on a disk.
+type Volume struct {
+	// ID is the CSI volume ID.
+	ID string `json:"id"`
+	// Name is the CreateVolume name, kept so that a retry gets the same disk.
+	Name string `json:"name"`
+	// CapacityBytes is the size reported to the CO (the whole disk).
+	CapacityBytes int64 `json:"capacityBytes"`
+	// Parameters are the validated StorageClass parameters the volume was created with.
+	Parameters map[string]string `json:"parameters,omitempty"`
+	// FSUUID is the UUID the driver gives the filesystem it creates for this
+	// volume, so the driver can recognise its own filesystem on the device.
+	FSUUID string `json:"fsUUID"`
+	// CreatedAt is when the disk was allocated.
+	CreatedAt time.Time `json:"createdAt"`
+}
+
+// Disk is the record of one disk the driver manages.
+type Disk struct {
+	// ID is the disk's stable key (see disk.Disk.ID).
+	ID string `json:"id"`
+	// Identity is the human-readable identity (serial, WWN, backing file).
+	Identity string `json:"identity"`
+	// SizeBytes, Media and Category are the last values seen on the device.
+	SizeBytes int64  `json:"sizeBytes"`
+	Media     string `json:"media"`
+	Category  string `json:"category,omitempty"`
+	// Status is the lifecycle state.
+	Status Status `json:"status"`
+	// Volume is set while Status is Allocated or Cleaning.
+	Volume *Volume `json:"volume,omitempty"`
+	// CleanupPolicy is the policy being applied while Cleaning or Failed.
+	CleanupPolicy string `json:"cleanupPolicy,omitempty"`
+	// Reason explains a Failed status (or the last cleaning error).
+	Reason string `json:"reason,omitempty"`
+	// UpdatedAt is the time of the last change of Status.
+	UpdatedAt time.Time `json:"updatedAt"`
+}
+
+// Record is the whole node state.
+type Record struct {
+	Version int `json:"version"`
+	// Node is the node ID the record belongs to.
+	Node string `json:"node"`
+	// Disks maps disk ID to its record.
+	Disks map[string]*Disk `json:"disks"`
+}
+
+// New returns an empty record for node.
+func New(node string) *Record {
+	return &Record{Version: FormatVersion, Node: node, Disks: map[string]*Disk{}}
+}
+
+// Clone returns a deep copy of r.
+func (r *Record) Clone() *Record {
+	b, err := json.Marshal(r)
+	if err != nil {
+		panic(err) // only plain data: cannot fail
+	}
+	var c Record
+	if err := json.Unmarshal(b, &c); err != nil {
+		panic(err)
+	}
+	if c.Disks == nil {
+		c.Disks = map[string]*Disk{}
+	}
+	return &c
+}
+
+// ErrCorrupt is returned by Load when the file exists but cannot be trusted.
+var ErrCorrupt = errors.New("node state file is corrupt")
+
+// envelope carries the record with a checksum, so that a file damaged on disk
+// is told apart from a valid one.
+type envelope struct {
+	Checksum string          `json:"checksum"`
+	Record   json.RawMessage `json:"record"`
+}
+
+// Store reads and writes the record at one path.
+type Store struct {
+	path string
+}
+
+// NewStore returns a store for the file state.json in dir.
+func NewStore(dir string) *Store {
+	return &Store{path: filepath.Join(dir, "state.json")}
+}
+
+// Path is the file the store writes.
+func (s *Store) Path() string { return s.path }
+
+// Load reads the record. A missing file gives (nil, nil): the node has never
+// stored anything. A file that fails its checksum or does not decode gives an
+// error wrapping ErrCorrupt.
+func (s *Store) Load() (*Record, error) {
+	b, err := os.ReadFile(s.path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	return Decode(b)
+}
+
+// Decode parses the bytes of a state file.
+func Decode(b []byte) (*Record, error) {
+	var env envelope
+	if err := json.Unmarshal(b, &env); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrCorrupt, err)
+	}
+	if env.Checksum != checksum(env.Record) {
+		return nil, fmt.Errorf("%w: checksum mismatch", ErrCorrupt)
+	}
+	var r Record
+	if err := json.Unmarshal(env.Record, &r); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrCorrupt, err)
+	}
+	if r.Version != FormatVersion {
+		return nil, fmt.Errorf("%w: unsupported version %d", ErrCorrupt, r.Version)
+	}
+	if r.Disks == nil {
+		r.Disks = map[string]*Disk{}
+	}
+	for id, d := range r.Disks {
+		if d == nil || d.ID != id {
+			return nil, fmt.Errorf("%w: disk entry %q is inconsistent", ErrCorrupt, id)
+		}
+	}
+	return &r, nil
+}
+
+// Encode renders a record as the bytes of a state file.
+func Encode(r *Record) ([]byte, error) {
+	rec, err := json.MarshalIndent(r, "  ", "  ")
+	if err != nil {
+		return nil, err
+	}
+	return json.MarshalIndent(envelope{Checksum: checksum(rec), Record: rec}, "", "  ")
+}
+
+func checksum(b []byte) string {
+	sum := sha256.Sum256(b)
+	return "sha256:" + hex.EncodeToString(sum[:])
+}
+
+// Save replaces the record on disk crash-safely: write a temporary file, fsync
+// it, rename it over the old one, fsync the directory.
+func (s *Store) Save(r *Record) error {
+	b, err := Encode(r)
+	if err != nil {
+		return err
+	}
+	dir := filepath.Dir(s.path)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(dir, ".state-*.tmp")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name()) // no-op after a successful rename
+	if _, err := tmp.Write(b); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp.Name(), s.path); err != nil {
+		return err
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
