@@ -70,11 +70,19 @@ func Attach(backing string) (Loop, error) {
 		return Loop{}, &execError{"losetup --find --show " + backing, string(out), err}
 	}
 	abs, _ := filepath.Abs(backing)
-	return Loop{Path: strings.TrimSpace(string(out)), Backing: abs}, nil
+	l := Loop{Path: strings.TrimSpace(string(out)), Backing: abs}
+	// A reused loop device keeps the read-only flag a test may have set.
+	if out, err := exec.Command("blockdev", "--setrw", l.Path).CombinedOutput(); err != nil {
+		Detach(l.Path)
+		return Loop{}, &execError{"blockdev --setrw " + l.Path, string(out), err}
+	}
+	return l, nil
 }
 
-// Detach detaches a loop device, ignoring one that is already gone.
+// Detach clears the read-only flag of a loop device and detaches it,
+// ignoring one that is already gone.
 func Detach(path string) {
+	_ = exec.Command("blockdev", "--setrw", path).Run()
 	_ = exec.Command("losetup", "--detach", path).Run()
 }
 

@@ -22,6 +22,9 @@ func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 	if req.GetVolumeContentSource() != nil {
 		return nil, status.Error(codes.InvalidArgument, "volume_content_source: snapshots and clones are not supported")
 	}
+	if len(req.GetVolumeCapabilities()) == 0 {
+		return nil, status.Error(codes.InvalidArgument, "volume_capabilities: required")
+	}
 	params, err := ParseParams(req.GetParameters())
 	if err != nil {
 		return nil, toStatus(err)

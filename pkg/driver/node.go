@@ -44,10 +44,7 @@ func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 		return nil, status.Errorf(codes.InvalidArgument, "volume_capability: fs_type %q conflicts with the volume's %q", fsType, stored)
 	}
 	fsType = orDefault(firstNonEmpty(fsType, stored))
-	flags := vc.GetMount().GetMountFlags()
-	if readOnlyMode(vc) {
-		flags = append(flags, "ro")
-	}
+	flags := mountFlags(fsType, vc)
 	err = d.stageFilesystem(ctx, id, dev, staging, fsType, v.FSUUID, strings.Fields(v.Parameters[ParamMkfsOptions]), flags)
 	if err != nil {
 		return nil, toStatus(err)
@@ -163,7 +160,40 @@ func (d *Driver) publishBlock(dev, target string, ro bool) error {
 		return fmt.Errorf("creating block target %s: %w", target, err)
 	}
 	f.Close()
-	return d.cfg.Mounter.BindMount(dev, target, ro)
+	if err := d.cfg.Mounter.BindMount(dev, target, ro); err != nil {
+		return err
+	}
+	return d.syncBlockReadOnly(dev)
+}
+
+// syncBlockReadOnly makes the device read-only exactly while it is published
+// and every publication of it is read-only: a read-only bind mount alone does
+// not stop writes through a device node.
+func (d *Driver) syncBlockReadOnly(dev string) error {
+	want, err := d.cfg.Mounter.DeviceNumber(dev)
+	if err != nil {
+		return err
+	}
+	infos, err := d.cfg.Mounter.MountInfo()
+	if err != nil {
+		return err
+	}
+	anyRO, anyRW := false, false
+	for i := range infos {
+		m := &infos[i]
+		if m.FsType != "devtmpfs" && m.FsType != "tmpfs" {
+			continue // device nodes live on these; never stat other filesystems
+		}
+		if n, err := d.cfg.Mounter.DeviceNumber(m.MountPoint); err != nil || n != want {
+			continue
+		}
+		if readOnly(m) {
+			anyRO = true
+		} else {
+			anyRW = true
+		}
+	}
+	return d.cfg.Mounter.SetDeviceReadOnly(dev, anyRO && !anyRW)
 }
 
 func (d *Driver) publishMount(dev, staging, target string, ro bool) error {
@@ -202,11 +232,19 @@ func (d *Driver) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublish
 		return nil, err
 	}
 	defer release()
+	wasBlock := d.isBlock(target)
 	if err := d.unmountAll(target); err != nil {
 		return nil, toStatus(err)
 	}
 	if err := os.Remove(target); err != nil && !os.IsNotExist(err) {
 		return nil, status.Errorf(codes.Internal, "removing %s: %v", target, err)
+	}
+	if wasBlock {
+		if _, dev, err := d.cfg.Inventory.Device(ctx, id); err == nil {
+			if err := d.syncBlockReadOnly(dev); err != nil {
+				return nil, toStatus(err)
+			}
+		}
 	}
 	return &csi.NodeUnpublishVolumeResponse{}, nil
 }
@@ -279,10 +317,27 @@ func (d *Driver) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVolumeS
 	}, nil
 }
 
+// mountFlags are the capability's mount options, plus "ro" for read-only
+// access, plus errors=remount-ro for ext4 unless the class chose an errors=
+// behaviour: a filesystem with errors stops taking writes, and the volume
+// condition reports it, instead of corrupting further.
+func mountFlags(fsType string, vc *csi.VolumeCapability) []string {
+	flags := append([]string(nil), vc.GetMount().GetMountFlags()...)
+	if readOnlyMode(vc) {
+		flags = append(flags, "ro")
+	}
+	if fsType == "ext4" && !strings.Contains(","+strings.Join(flags, ",")+",", ",errors=") {
+		flags = append(flags, "errors=remount-ro")
+	}
+	return flags
+}
+
 // fsCondition is abnormal when the filesystem itself went read-only (the
-// kernel's reaction to I/O or metadata errors) while the mount is read-write.
+// kernel's reaction to I/O or metadata errors; newer kernels say
+// emergency_ro) while the mount is read-write.
 func fsCondition(m *mount.MountInfo) *csi.VolumeCondition {
-	if hasOpt(m.SuperOptions, "ro") && hasOpt(m.MountOptions, "rw") {
+	superRO := hasOpt(m.SuperOptions, "ro") || hasOpt(m.SuperOptions, "emergency_ro")
+	if superRO && hasOpt(m.MountOptions, "rw") {
 		return &csi.VolumeCondition{Abnormal: true, Message: "filesystem on " + m.Source + " turned read-only (I/O or filesystem errors); check the kernel log"}
 	}
 	return &csi.VolumeCondition{Message: "ok"}

@@ -35,9 +35,10 @@ type Fake struct {
 
 // FakeDevice is one fake block device.
 type FakeDevice struct {
-	Size  int64
-	Rdev  uint64
-	Probe disk.Probe
+	Size     int64
+	Rdev     uint64
+	Probe    disk.Probe
+	ReadOnly bool
 }
 
 // NewFake returns an empty fake.
@@ -295,4 +296,19 @@ func (f *Fake) deviceAtLocked(path string) (*FakeDevice, error) {
 		return nil, err
 	}
 	return nil, fmt.Errorf("%w: %s", ErrNotBlockDevice, path)
+}
+
+// SetDeviceReadOnly records the device's read-only flag.
+func (f *Fake) SetDeviceReadOnly(device string, readOnly bool) error {
+	err := f.begin("setro", device, fmt.Sprintf("setro %s %v", device, readOnly))
+	defer f.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	d, ok := f.devices[device]
+	if !ok {
+		return fmt.Errorf("setro %s: %w", device, os.ErrNotExist)
+	}
+	d.ReadOnly = readOnly
+	return nil
 }

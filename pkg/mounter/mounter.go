@@ -62,4 +62,8 @@ type Interface interface {
 	// st_rdev) of the block device node at path, or of the device node
 	// bind-mounted onto path; an error when path is not a block device.
 	DeviceNumber(path string) (uint64, error)
+	// SetDeviceReadOnly sets or clears the kernel's read-only flag of the
+	// block device at path. A read-only bind mount does not stop writes
+	// through a device node; this flag does.
+	SetDeviceReadOnly(device string, readOnly bool) error
 }

@@ -263,3 +263,13 @@ func (r *Real) DeviceNumber(path string) (uint64, error) {
 	}
 	return st.Rdev, nil
 }
+
+// SetDeviceReadOnly flips the device's read-only flag with blockdev.
+func (r *Real) SetDeviceReadOnly(device string, readOnly bool) error {
+	flag := "--setrw"
+	if readOnly {
+		flag = "--setro"
+	}
+	_, err := r.run(context.Background(), "blockdev", flag, device)
+	return err
+}

@@ -16,6 +16,10 @@ const zeroChunk = 4 << 20
 // Wipe cleans device by policy and checks that no signature is left.
 func (r *Real) Wipe(ctx context.Context, device string, policy CleanupPolicy) error {
 	start := time.Now()
+	// A crash while a volume was published read-only can leave the flag set.
+	if err := r.SetDeviceReadOnly(device, false); err != nil {
+		return err
+	}
 	var err error
 	switch policy {
 	case CleanupSignatures:

@@ -161,11 +161,24 @@ func TestReadOnlyPublish(t *testing.T) {
 	btarget := e.path("pod/ro-block")
 	e.stage(b, bc, e.path("staging-b"))
 	e.publish(b, bc, e.path("staging-b"), btarget, true)
-	if f, err := os.OpenFile(btarget, os.O_WRONLY, 0); err == nil {
-		f.Close()
-		t.Fatal("read-only block publish opened for writing")
+	if err := writeAt(btarget, []byte("x"), 0); err == nil {
+		t.Fatal("wrote through a read-only block publish")
+	}
+	// A second, read-write publication of the same volume makes it writable;
+	// removing it makes it read-only again.
+	rw := e.path("pod/rw-block")
+	e.publish(b, bc, e.path("staging-b"), rw, false)
+	if err := writeAt(rw, []byte("x"), 0); err != nil {
+		t.Fatalf("read-write publication not writable: %v", err)
+	}
+	e.unpublish(b, rw)
+	if err := writeAt(btarget, []byte("x"), 0); err == nil {
+		t.Fatal("wrote through a read-only block publish after the read-write one left")
 	}
 	e.unpublish(b, btarget)
+	if err := writeAt(e.device(b), []byte("x"), 0); err != nil {
+		t.Fatalf("device still read-only after its last publication left: %v", err)
+	}
 }
 
 // TestVolumeStatsAndCondition reports usage and flags a filesystem that the
@@ -249,6 +262,18 @@ func TestCleanupPolicies(t *testing.T) {
 			}
 		})
 	}
+}
+
+func writeAt(path string, b []byte, off int64) error {
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if _, err := f.WriteAt(b, off); err != nil {
+		return err
+	}
+	return f.Sync()
 }
 
 // allZero reads the whole device and returns the offset of the first non-zero

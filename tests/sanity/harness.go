@@ -17,7 +17,7 @@ import (
 	"github.com/kubernetes-csi/csi-test/v5/pkg/sanity"
 	"github.com/onsi/ginkgo/v2"
 	"github.com/onsi/ginkgo/v2/types"
-	"google.golang.org/grpc"
+	"k8s.io/klog/v2"
 
 	"github.com/ecs-localdisk/ecs-localdisk-csi/internal/testutil"
 	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/disk"
@@ -71,6 +71,7 @@ func Run(t *testing.T, accessType string) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
+	logTo(t, filepath.Join(os.TempDir(), "sanity-"+accessType+".log"))
 	var patterns []string
 	for i := 0; i < Disks; i++ {
 		patterns = append(patterns, testutil.NewLoop(t, dir, DiskSize).Path)
@@ -109,7 +110,6 @@ func Run(t *testing.T, accessType string) {
 	cfg.TestVolumeAccessType = accessType
 	cfg.TestNodeVolumeAttachLimit = true
 	cfg.IdempotentCount = 2
-	cfg.DialOptions = []grpc.DialOption{}
 	sanity.Test(t, cfg)
 
 	// After the suite every volume was deleted: every disk must come back
@@ -136,6 +136,25 @@ func Run(t *testing.T, accessType string) {
 			t.Errorf("disk %s not clean after the run: %v %v", p, probe.Signatures, err)
 		}
 	}
+}
+
+// logTo sends the driver's log to a file, so that the suite's report stays
+// readable; the path is printed for a failed run.
+func logTo(t *testing.T, path string) {
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	klog.LogToStderr(false)
+	klog.SetOutput(f)
+	t.Cleanup(func() {
+		klog.Flush()
+		klog.LogToStderr(true)
+		f.Close()
+		if t.Failed() {
+			t.Logf("driver log: %s", path)
+		}
+	})
 }
 
 func cleanersDone(t *testing.T, inv *inventory.Inventory) {
