@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"k8s.io/klog/v2"
 )
 
 // RequireRoot stops a test that needs root and loop devices when they are not
@@ -105,4 +107,21 @@ type execError struct {
 	err      error
 }
 
-func (e *execError) Error() string { return e.cmd + ": " + e.err.Error() + ": " + strings.TrimSpace(e.out) }
+func (e *execError) Error() string {
+	return e.cmd + ": " + e.err.Error() + ": " + strings.TrimSpace(e.out)
+}
+
+// QuietLogs sends klog output of a test binary to a file in the temporary
+// directory (named after the package) instead of stderr, so that test reports
+// stay readable; TEST_LOGS=1 keeps logs on stderr. Call it from TestMain.
+func QuietLogs(pkg string) {
+	if os.Getenv("TEST_LOGS") != "" {
+		return
+	}
+	f, err := os.Create(filepath.Join(os.TempDir(), "ecs-localdisk-csi-"+pkg+".log"))
+	if err != nil {
+		return
+	}
+	klog.LogToStderr(false)
+	klog.SetOutput(f)
+}

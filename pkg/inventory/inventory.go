@@ -412,8 +412,9 @@ func (inv *Inventory) Device(ctx context.Context, volumeID string) (Volume, stri
 	}
 	if path == "" {
 		if v.Device.Path != "" {
-			_, identity, _ := inv.cfg.Source.Identify(ctx, v.Device.Path)
-			return Volume{}, "", fmt.Errorf("%w: volume %s needs disk %s but %s is now %q", ErrIdentityMismatch, volumeID, v.Disk.Identity, v.Device.Path, identity)
+			if _, identity, err := inv.cfg.Source.Identify(ctx, v.Device.Path); err == nil {
+				return Volume{}, "", fmt.Errorf("%w: volume %s needs disk %s but %s is now %s", ErrIdentityMismatch, volumeID, v.Disk.Identity, v.Device.Path, identity)
+			}
 		}
 		return Volume{}, "", fmt.Errorf("%w: disk %s (%s) of volume %s", ErrDeviceMissing, v.Disk.ID, v.Disk.Identity, volumeID)
 	}

@@ -1,0 +1,13 @@
+package driver
+
+import (
+	"os"
+	"testing"
+
+	"github.com/ecs-localdisk/ecs-localdisk-csi/internal/testutil"
+)
+
+func TestMain(m *testing.M) {
+	testutil.QuietLogs("driver")
+	os.Exit(m.Run())
+}

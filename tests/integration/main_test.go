@@ -1,0 +1,13 @@
+package integration
+
+import (
+	"os"
+	"testing"
+
+	"github.com/ecs-localdisk/ecs-localdisk-csi/internal/testutil"
+)
+
+func TestMain(m *testing.M) {
+	testutil.QuietLogs("integration")
+	os.Exit(m.Run())
+}
