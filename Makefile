@@ -27,8 +27,9 @@ unit: ## Unit tests only (no root needed)
 sanity: ## csi-sanity against the real server on loop devices, mount and block (root)
 	$(GO) test -count=1 -v ./tests/sanity/... 2>&1 | tail -40
 
-bench: ## Benchmarks, printing their figures
-	$(GO) test -run '^$$' -bench . -benchmem ./...
+bench: ## Benchmarks, printing their figures (the loop-device ones need root)
+	$(GO) test -run '^$$' -bench . -benchmem ./pkg/...
+	$(GO) test -run '^$$' -bench . -benchtime 3x ./tests/integration/
 
 vet: ## go vet and gofmt
 	$(GO) vet ./...

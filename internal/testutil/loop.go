@@ -123,5 +123,5 @@ func QuietLogs(pkg string) {
 		return
 	}
 	klog.LogToStderr(false)
-	klog.SetOutput(f)
+	klog.SetOutputBySeverity("INFO", f)
 }

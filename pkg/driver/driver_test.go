@@ -27,7 +27,7 @@ const (
 
 // fixture is a driver on fake disks: disks[i] is /dev/fake<i>.
 type fixture struct {
-	t     *testing.T
+	t     testing.TB
 	dir   string
 	src   *disk.FakeSource
 	m     *mounter.Fake
@@ -41,7 +41,7 @@ func fakeDisk(i int, size int64, media disk.Media) disk.Disk {
 		Path: fmt.Sprintf("/dev/fake%d", i), Name: fmt.Sprintf("fake%d", i), SizeBytes: size, Media: media}
 }
 
-func newFixture(t *testing.T, disks ...disk.Disk) *fixture {
+func newFixture(t testing.TB, disks ...disk.Disk) *fixture {
 	t.Helper()
 	f := &fixture{t: t, dir: t.TempDir(), src: disk.NewFakeSource(disks...), m: mounter.NewFake(), disks: disks}
 	for i, d := range disks {

@@ -8,6 +8,9 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	testutil.QuietLogs("driver")
+	testOutput()
 	os.Exit(m.Run())
 }
+
+// testOutput restores the test binary's log destination.
+func testOutput() { testutil.QuietLogs("driver") }

@@ -2,9 +2,11 @@ package mounter
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"strings"
+	"syscall"
 	"time"
 
 	"k8s.io/klog/v2"
@@ -65,10 +67,10 @@ func writeZeroes(ctx context.Context, device string) error {
 			return err
 		}
 		n, err := f.Write(buf)
+		if errors.Is(err, syscall.ENOSPC) {
+			break // reached the end of the device
+		}
 		if err != nil {
-			if n == 0 && isNoSpace(err) {
-				break // end of device
-			}
 			return fmt.Errorf("zeroing %s: %w", device, err)
 		}
 		if n < len(buf) {
@@ -76,8 +78,4 @@ func writeZeroes(ctx context.Context, device string) error {
 		}
 	}
 	return f.Sync()
-}
-
-func isNoSpace(err error) bool {
-	return strings.Contains(err.Error(), "no space left")
 }

@@ -25,7 +25,7 @@ const node = "itest-node"
 
 // env is one node: loop disks, the real mounter, an inventory and a driver.
 type env struct {
-	t     *testing.T
+	t     testing.TB
 	dir   string
 	loops []testutil.Loop
 	m     *mounter.Real
@@ -35,7 +35,7 @@ type env struct {
 
 // newEnv attaches one loop device per size and starts a driver on them.
 // prepare, when set, runs on the loop devices before the driver starts.
-func newEnv(t *testing.T, sizes []int64, prepare func([]testutil.Loop)) *env {
+func newEnv(t testing.TB, sizes []int64, prepare func([]testutil.Loop)) *env {
 	t.Helper()
 	testutil.RequireRoot(t)
 	e := &env{t: t, dir: t.TempDir(), m: mounter.New()}
@@ -190,7 +190,7 @@ func (e *env) device(v *csi.Volume) string {
 	return dev
 }
 
-func run(t *testing.T, name string, args ...string) string {
+func run(t testing.TB, name string, args ...string) string {
 	t.Helper()
 	out, err := exec.Command(name, args...).CombinedOutput()
 	if err != nil {

@@ -146,7 +146,7 @@ func logTo(t *testing.T, path string) {
 		t.Fatal(err)
 	}
 	klog.LogToStderr(false)
-	klog.SetOutput(f)
+	klog.SetOutputBySeverity("INFO", f)
 	t.Cleanup(func() {
 		klog.Flush()
 		klog.LogToStderr(true)

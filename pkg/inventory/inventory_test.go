@@ -1,0 +1,207 @@
+package inventory
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/disk"
+	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/mounter"
+	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/state"
+)
+
+func dsk(i int, size int64) disk.Disk {
+	return disk.Disk{ID: fmt.Sprintf("serial-%d", i), Identity: fmt.Sprintf("serial:%d", i), Path: fmt.Sprintf("/dev/f%d", i), SizeBytes: size, Media: disk.MediaSSD}
+}
+
+func start(t *testing.T, dir string, src *disk.FakeSource, m *mounter.Fake) *Inventory {
+	t.Helper()
+	inv := New(Config{Node: "n1", Source: src, Store: state.NewStore(dir), Mounter: m, RetryInterval: 10 * time.Millisecond})
+	if err := inv.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(inv.Stop)
+	return inv
+}
+
+func TestReconcileExcludesWhatIsNotOurs(t *testing.T) {
+	good := dsk(0, 100)
+	sys, mnt, part, dm, held, ro, sig, zero := dsk(1, 100), dsk(2, 100), dsk(3, 100), dsk(4, 100), dsk(5, 100), dsk(6, 100), dsk(7, 100), dsk(8, 0)
+	sys.Facts.System = true
+	mnt.Facts.Mounted = true
+	part.Facts.Partitioned = true
+	dm.Facts.DeviceMapper = true
+	held.Facts.Holders = []string{"dm-3"}
+	ro.Facts.ReadOnly = true
+	sig.Facts.Signatures = []string{"gpt"}
+	dup := dsk(0, 100)
+	dup.Path = "/dev/other"
+	src := disk.NewFakeSource(good, sys, mnt, part, dm, held, ro, sig, zero)
+	inv := start(t, t.TempDir(), src, mounter.NewFake())
+	rec, excluded := inv.Snapshot()
+	if len(rec.Disks) != 1 || rec.Disks["serial-0"] == nil {
+		t.Fatalf("managed: %v", rec.Disks)
+	}
+	want := []string{"system disk", "mounted", "has partitions", "device-mapper", "in use by dm-3", "read-only", "gpt", "zero size"}
+	if len(excluded) != len(want) {
+		t.Fatalf("excluded %d: %+v", len(excluded), excluded)
+	}
+	for i, e := range excluded {
+		if !strings.Contains(e.Reason, want[i]) {
+			t.Errorf("excluded[%d] = %q, want it to mention %q", i, e.Reason, want[i])
+		}
+	}
+	// Two devices claiming one identity: neither is used.
+	src.Set(good, dup)
+	inv2 := start(t, t.TempDir(), src, mounter.NewFake())
+	if n := inv2.ManagedDisks(); n != 0 {
+		t.Fatalf("managed %d disks with a duplicated identity", n)
+	}
+}
+
+func TestReconcileKeepsOwnedDisks(t *testing.T) {
+	dir := t.TempDir()
+	a, b := dsk(0, 100), dsk(1, 100)
+	src := disk.NewFakeSource(a, b)
+	inv := start(t, dir, src, mounter.NewFake())
+	v, err := inv.Allocate(Request{Name: "v", CleanupPolicy: "signatures"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	inv.Stop()
+	// The allocated disk now carries its filesystem and is mounted; the free
+	// one gained a foreign filesystem; both are expected or excluded accordingly.
+	owned := a
+	if v.Disk.ID == b.ID {
+		owned = b
+	}
+	owned.Facts = disk.Facts{Mounted: true, Signatures: []string{"ext4"}}
+	other := a
+	if owned.ID == a.ID {
+		other = b
+	}
+	other.Facts.Signatures = []string{"xfs"}
+	src.Set(owned, other)
+	inv = start(t, dir, src, mounter.NewFake())
+	if _, err := inv.Lookup(v.ID); err != nil {
+		t.Fatalf("owned volume lost: %v", err)
+	}
+	rec, excluded := inv.Snapshot()
+	if len(rec.Disks) != 1 || len(excluded) != 1 || excluded[0].Disk.ID != other.ID {
+		t.Fatalf("disks %v excluded %+v", rec.Disks, excluded)
+	}
+	// The owned disk vanishes: its record stays, the volume is missing.
+	inv.Stop()
+	src.Set()
+	inv = start(t, dir, src, mounter.NewFake())
+	if _, _, err := inv.Device(context.Background(), v.ID); !errors.Is(err, ErrDeviceMissing) {
+		t.Fatalf("Device of a vanished disk: %v", err)
+	}
+	if inv.ManagedDisks() != 1 {
+		t.Fatal("record of a vanished, allocated disk dropped")
+	}
+}
+
+func TestAllocationIsPersistedBeforeItIsReturned(t *testing.T) {
+	dir := t.TempDir()
+	inv := start(t, dir, disk.NewFakeSource(dsk(0, 100)), mounter.NewFake())
+	v, err := inv.Allocate(Request{Name: "pvc", CleanupPolicy: "zero", Parameters: map[string]string{"k": "v"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec, err := state.NewStore(dir).Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := rec.Disks["serial-0"]
+	if d.Status != state.Allocated || d.Volume.ID != v.ID || d.Volume.Name != "pvc" || d.CleanupPolicy != "zero" || d.Volume.FSUUID == "" {
+		t.Fatalf("on disk: %+v %+v", d, d.Volume)
+	}
+}
+
+func TestFailedSaveAllocatesNothing(t *testing.T) {
+	dir := t.TempDir()
+	inv := start(t, filepath.Join(dir, "state"), disk.NewFakeSource(dsk(0, 100)), mounter.NewFake())
+	// Make the state directory unwritable by replacing it with a file.
+	inv.cfg.Store = state.NewStore(filepath.Join(dir, "state", "state.json", "sub"))
+	if _, err := inv.Allocate(Request{Name: "pvc"}); err == nil {
+		t.Fatal("allocation succeeded without being saved")
+	}
+	if a, _, _ := inv.Capacity(Filter{}); a != 100 {
+		t.Fatalf("capacity %d after a failed save, want 100", a)
+	}
+}
+
+// TestConcurrentAllocation: many parallel requests for distinct names on a
+// node with 4 disks give exactly 4 volumes on 4 different disks; many parallel
+// requests for one name give one disk.
+func TestConcurrentAllocation(t *testing.T) {
+	var disks []disk.Disk
+	for i := 0; i < 4; i++ {
+		disks = append(disks, dsk(i, 100))
+	}
+	inv := start(t, t.TempDir(), disk.NewFakeSource(disks...), mounter.NewFake())
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	got, exhausted := map[string]string{}, 0
+	for i := 0; i < 100; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			v, err := inv.Allocate(Request{Name: fmt.Sprintf("pvc-%d", i)})
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case err == nil:
+				got[v.Disk.ID] = v.Name
+			case errors.Is(err, ErrExhausted):
+				exhausted++
+			default:
+				t.Errorf("unexpected %v", err)
+			}
+		}(i)
+	}
+	wg.Wait()
+	if len(got) != 4 || exhausted != 96 {
+		t.Fatalf("%d disks given, %d exhausted; want 4 and 96", len(got), exhausted)
+	}
+	inv2 := start(t, t.TempDir(), disk.NewFakeSource(disks...), mounter.NewFake())
+	ids := map[string]bool{}
+	for i := 0; i < 50; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			v, err := inv2.Allocate(Request{Name: "same"})
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			mu.Lock()
+			ids[v.ID] = true
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	if a, _, _ := inv2.Capacity(Filter{}); len(ids) != 1 || a != 300 {
+		t.Fatalf("one name gave %d volumes, capacity left %d", len(ids), a)
+	}
+}
+
+func TestParseVolumeID(t *testing.T) {
+	id := VolumeID{Node: "cn-hangzhou.192.168.0.1", Disk: "serial-bp1abc", Nonce: "0123456789ab"}
+	got, err := ParseVolumeID(id.String())
+	if err != nil || got != id {
+		t.Fatalf("%v %v", got, err)
+	}
+	for _, bad := range []string{"", "ld", "ld:a:b", "xx:n:d:0123456789ab", "ld:n:d:XYZ", "ld:n:d/..:0123456789ab",
+		"ld::d:0123456789ab", "ld:n:d:0123456789ab:extra", "ld:" + strings.Repeat("n", 200) + ":d:0123456789ab"} {
+		if _, err := ParseVolumeID(bad); err == nil {
+			t.Errorf("ParseVolumeID(%q) accepted", bad)
+		}
+	}
+}
