@@ -630,3 +630,38 @@ func TestSlowFormatDoesNotBlockOtherDisks(t *testing.T) {
 	close(gate)
 	wg.Wait()
 }
+
+// TestDeleteRefusesPublishedBlockVolume: a raw block publication is a bind
+// mount of the device node, not a mount of the device; it must still stop
+// DeleteVolume from wiping the disk.
+func TestDeleteRefusesPublishedBlockVolume(t *testing.T) {
+	f := newFixture(t, fakeDisk(0, gib, disk.MediaSSD))
+	ctx := context.Background()
+	r, err := f.d.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "b", VolumeCapabilities: []*csi.VolumeCapability{blkCap()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := r.Volume
+	staging, target := filepath.Join(f.dir, "s"), filepath.Join(f.dir, "pod", "dev")
+	if _, err := f.d.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: v.VolumeId, StagingTargetPath: staging, VolumeCapability: blkCap()}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.d.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: v.VolumeId, StagingTargetPath: staging, TargetPath: target, VolumeCapability: blkCap(), Readonly: true}); err != nil {
+		t.Fatal(err)
+	}
+	if dev, _ := f.m.Device("/dev/fake0"); !dev.ReadOnly {
+		t.Fatal("read-only block publish left the device writable")
+	}
+	_, err = f.d.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: v.VolumeId})
+	wantCode(t, err, codes.FailedPrecondition, target)
+	if _, err := f.d.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: v.VolumeId, TargetPath: target}); err != nil {
+		t.Fatal(err)
+	}
+	if dev, _ := f.m.Device("/dev/fake0"); dev.ReadOnly {
+		t.Fatal("device still read-only after its last publication left")
+	}
+	if _, err := f.d.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: v.VolumeId}); err != nil {
+		t.Fatal(err)
+	}
+	f.waitFree("serial-D0")
+}

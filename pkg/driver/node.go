@@ -14,6 +14,8 @@ import (
 	"google.golang.org/grpc/status"
 	"k8s.io/klog/v2"
 	mount "k8s.io/mount-utils"
+
+	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/mounter"
 )
 
 // NodeStageVolume formats the volume's disk if it is blank and mounts it at
@@ -170,24 +172,16 @@ func (d *Driver) publishBlock(dev, target string, ro bool) error {
 // and every publication of it is read-only: a read-only bind mount alone does
 // not stop writes through a device node.
 func (d *Driver) syncBlockReadOnly(dev string) error {
-	want, err := d.cfg.Mounter.DeviceNumber(dev)
-	if err != nil {
-		return err
-	}
-	infos, err := d.cfg.Mounter.MountInfo()
+	uses, err := mounter.Uses(d.cfg.Mounter, dev)
 	if err != nil {
 		return err
 	}
 	anyRO, anyRW := false, false
-	for i := range infos {
-		m := &infos[i]
-		if m.FsType != "devtmpfs" && m.FsType != "tmpfs" {
-			continue // device nodes live on these; never stat other filesystems
-		}
-		if n, err := d.cfg.Mounter.DeviceNumber(m.MountPoint); err != nil || n != want {
+	for i := range uses {
+		if !uses[i].DeviceNode {
 			continue
 		}
-		if readOnly(m) {
+		if readOnly(&uses[i].MountInfo) {
 			anyRO = true
 		} else {
 			anyRW = true

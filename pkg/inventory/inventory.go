@@ -17,7 +17,6 @@ import (
 	"sync"
 	"time"
 
-	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
 
 	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/disk"
@@ -490,24 +489,19 @@ func (inv *Inventory) Release(ctx context.Context, volumeID string) error {
 	return nil
 }
 
-// mountsOf lists the mount points of the device at path.
+// mountsOf lists where the device at path is in use: filesystem mounts and
+// bind mounts of its device node. A device that is gone has no mounts.
 func (inv *Inventory) mountsOf(path string) ([]string, error) {
-	rdev, err := inv.cfg.Mounter.DeviceNumber(path)
+	uses, err := mounter.Uses(inv.cfg.Mounter, path)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
 	}
 	if err != nil {
 		return nil, err
 	}
-	infos, err := inv.cfg.Mounter.MountInfo()
-	if err != nil {
-		return nil, err
-	}
 	var out []string
-	for _, m := range infos {
-		if uint32(m.Major) == unix.Major(rdev) && uint32(m.Minor) == unix.Minor(rdev) {
-			out = append(out, m.MountPoint)
-		}
+	for _, u := range uses {
+		out = append(out, u.MountPoint)
 	}
 	return out, nil
 }

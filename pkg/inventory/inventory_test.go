@@ -205,3 +205,33 @@ func TestParseVolumeID(t *testing.T) {
 		}
 	}
 }
+
+// TestCleaningResumesAfterRestart: a disk recorded as cleaning (the process
+// died mid-wipe) is wiped at start-up and freed.
+func TestCleaningResumesAfterRestart(t *testing.T) {
+	dir := t.TempDir()
+	rec := state.New("n1")
+	rec.Disks["serial-0"] = &state.Disk{ID: "serial-0", Identity: "serial:0", SizeBytes: 100, Media: "ssd", Status: state.Cleaning,
+		CleanupPolicy: "discard", Volume: &state.Volume{ID: "ld:n1:serial-0:0123456789ab", Name: "old"}}
+	if err := state.NewStore(dir).Save(rec); err != nil {
+		t.Fatal(err)
+	}
+	m := mounter.NewFake()
+	m.AddDevice("/dev/f0", 100, 8, 0)
+	m.SetSignatures("/dev/f0", disk.Probe{Signatures: []string{"ext4"}, FSType: "ext4"})
+	d := dsk(0, 100)
+	d.Facts.Signatures = []string{"ext4"} // its old filesystem: ours, being cleaned
+	inv := start(t, dir, disk.NewFakeSource(d), m)
+	if err := inv.WaitIdle(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if a, _, _ := inv.Capacity(Filter{}); a != 100 {
+		t.Fatalf("capacity %d after resumed cleaning", a)
+	}
+	if calls := strings.Join(m.Calls(), ";"); !strings.Contains(calls, "wipe /dev/f0 discard") {
+		t.Fatalf("no wipe with the recorded policy: %s", calls)
+	}
+	if _, err := inv.Lookup("ld:n1:serial-0:0123456789ab"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("old volume still found: %v", err)
+	}
+}

@@ -363,3 +363,31 @@ func TestRestartKeepsAllocations(t *testing.T) {
 		t.Fatalf("capacity after delete: %v %v", c, err)
 	}
 }
+
+// TestDeleteRefusesPublishedBlockVolume: DeleteVolume of a raw block volume
+// still bind-mounted into a pod is refused and the data stays.
+func TestDeleteRefusesPublishedBlockVolume(t *testing.T) {
+	e := newEnv(t, []int64{32 << 20}, nil)
+	bc := blockCap()
+	v := e.create("pvc-busy", bc, nil)
+	target := e.path("pod/dev")
+	e.stage(v, bc, e.path("staging"))
+	e.publish(v, bc, e.path("staging"), target, false)
+	if err := writeAt(target, []byte("keep me"), 4096); err != nil {
+		t.Fatal(err)
+	}
+	_, err := e.drv.DeleteVolume(context.Background(), &csi.DeleteVolumeRequest{VolumeId: v.VolumeId})
+	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), target) {
+		t.Fatalf("DeleteVolume of a published block volume: %v", err)
+	}
+	got := make([]byte, 7)
+	f, _ := os.Open(e.device(v))
+	f.ReadAt(got, 4096)
+	f.Close()
+	if string(got) != "keep me" {
+		t.Fatalf("data changed: %q", got)
+	}
+	e.unpublish(v, target)
+	e.unstage(v, e.path("staging"))
+	e.delete(v)
+}
