@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/ecs-localdisk/ecs-localdisk-csi/internal/testutil"
 	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/disk"
 	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/inventory"
 	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/mounter"
@@ -71,22 +72,8 @@ func (f *fixture) restart() {
 	f.t.Cleanup(inv.Stop)
 }
 
-func fsCap(fs string, flags ...string) *csi.VolumeCapability {
-	return &csi.VolumeCapability{
-		AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{FsType: fs, MountFlags: flags}},
-		AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER},
-	}
-}
-
-func blkCap() *csi.VolumeCapability {
-	return &csi.VolumeCapability{
-		AccessType: &csi.VolumeCapability_Block{Block: &csi.VolumeCapability_BlockVolume{}},
-		AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER},
-	}
-}
-
 func createReq(name string, required, limit int64, params map[string]string) *csi.CreateVolumeRequest {
-	return &csi.CreateVolumeRequest{Name: name, Parameters: params, VolumeCapabilities: []*csi.VolumeCapability{fsCap("")},
+	return &csi.CreateVolumeRequest{Name: name, Parameters: params, VolumeCapabilities: []*csi.VolumeCapability{testutil.MountCap("")},
 		CapacityRange: &csi.CapacityRange{RequiredBytes: required, LimitBytes: limit}}
 }
 
@@ -150,7 +137,7 @@ func TestCreateVolumeBestFitAndIdempotent(t *testing.T) {
 func TestCreateVolumeErrors(t *testing.T) {
 	f := newFixture(t, fakeDisk(0, 2*gib, disk.MediaSSD), fakeDisk(1, 4*gib, disk.MediaHDD))
 	ctx := context.Background()
-	multi := fsCap("")
+	multi := testutil.MountCap("")
 	multi.AccessMode.Mode = csi.VolumeCapability_AccessMode_MULTI_NODE_MULTI_WRITER
 	other := &csi.TopologyRequirement{Requisite: []*csi.Topology{{Segments: map[string]string{f.d.TopologyKey(): "node-2"}}}}
 	mine := &csi.TopologyRequirement{Requisite: []*csi.Topology{{Segments: map[string]string{f.d.TopologyKey(): testNode}}}}
@@ -168,14 +155,14 @@ func TestCreateVolumeErrors(t *testing.T) {
 		{"negative", createReq("x", -1, 0, nil), codes.InvalidArgument, "capacity_range"},
 		{"multi-node", &csi.CreateVolumeRequest{Name: "x", VolumeCapabilities: []*csi.VolumeCapability{multi}}, codes.InvalidArgument, "access mode"},
 		{"no access type", &csi.CreateVolumeRequest{Name: "x", VolumeCapabilities: []*csi.VolumeCapability{{AccessMode: multi.AccessMode}}}, codes.InvalidArgument, ""},
-		{"fs conflict", &csi.CreateVolumeRequest{Name: "x", Parameters: map[string]string{ParamFSType: "xfs"}, VolumeCapabilities: []*csi.VolumeCapability{fsCap("ext4")}}, codes.InvalidArgument, "conflicts"},
-		{"bad mount flag", &csi.CreateVolumeRequest{Name: "x", VolumeCapabilities: []*csi.VolumeCapability{fsCap("", "bind")}}, codes.InvalidArgument, "mount_flags"},
+		{"fs conflict", &csi.CreateVolumeRequest{Name: "x", Parameters: map[string]string{ParamFSType: "xfs"}, VolumeCapabilities: []*csi.VolumeCapability{testutil.MountCap("ext4")}}, codes.InvalidArgument, "conflicts"},
+		{"bad mount flag", &csi.CreateVolumeRequest{Name: "x", VolumeCapabilities: []*csi.VolumeCapability{testutil.MountCap("", "bind")}}, codes.InvalidArgument, "mount_flags"},
 		{"xfs mkfs option on ext4", createReq("x", 0, 0, map[string]string{ParamMkfsOptions: "-K -f"}), codes.InvalidArgument, "-f"},
-		{"content source", &csi.CreateVolumeRequest{Name: "x", VolumeCapabilities: []*csi.VolumeCapability{fsCap("")}, VolumeContentSource: &csi.VolumeContentSource{}}, codes.InvalidArgument, "volume_content_source"},
+		{"content source", &csi.CreateVolumeRequest{Name: "x", VolumeCapabilities: []*csi.VolumeCapability{testutil.MountCap("")}, VolumeContentSource: &csi.VolumeContentSource{}}, codes.InvalidArgument, "volume_content_source"},
 		{"never fits", createReq("x", 5*gib, 0, nil), codes.OutOfRange, "4294967296"},
 		{"limit below every disk", createReq("x", 0, gib, nil), codes.OutOfRange, ""},
 		{"no matching media fits", createReq("x", 3*gib, 0, map[string]string{ParamMedia: "ssd"}), codes.OutOfRange, ""},
-		{"other node", &csi.CreateVolumeRequest{Name: "x", VolumeCapabilities: []*csi.VolumeCapability{fsCap("")}, AccessibilityRequirements: other}, codes.ResourceExhausted, "node-1"},
+		{"other node", &csi.CreateVolumeRequest{Name: "x", VolumeCapabilities: []*csi.VolumeCapability{testutil.MountCap("")}, AccessibilityRequirements: other}, codes.ResourceExhausted, "node-1"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -184,7 +171,7 @@ func TestCreateVolumeErrors(t *testing.T) {
 		})
 	}
 	// Fill both disks, then: exhausted now, though one could fit later.
-	if _, err := f.d.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "a", VolumeCapabilities: []*csi.VolumeCapability{fsCap("")}, AccessibilityRequirements: mine}); err != nil {
+	if _, err := f.d.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "a", VolumeCapabilities: []*csi.VolumeCapability{testutil.MountCap("")}, AccessibilityRequirements: mine}); err != nil {
 		t.Fatal(err)
 	}
 	f.create("b", 0, nil)
@@ -247,7 +234,7 @@ func TestDeleteVolumeCleansThenFrees(t *testing.T) {
 	v := f.create("pvc", 0, map[string]string{ParamCleanupPolicy: "zero"})
 	// A mounted volume is refused.
 	staging := filepath.Join(f.dir, "staging")
-	if _, err := f.d.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: v.VolumeId, StagingTargetPath: staging, VolumeCapability: fsCap("")}); err != nil {
+	if _, err := f.d.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: v.VolumeId, StagingTargetPath: staging, VolumeCapability: testutil.MountCap("")}); err != nil {
 		t.Fatal(err)
 	}
 	_, err := f.d.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: v.VolumeId})
@@ -404,17 +391,17 @@ func TestValidateVolumeCapabilities(t *testing.T) {
 	f := newFixture(t, fakeDisk(0, gib, disk.MediaSSD))
 	ctx := context.Background()
 	v := f.create("v", 0, nil)
-	r, err := f.d.ValidateVolumeCapabilities(ctx, &csi.ValidateVolumeCapabilitiesRequest{VolumeId: v.VolumeId, VolumeCapabilities: []*csi.VolumeCapability{fsCap(""), blkCap()}})
+	r, err := f.d.ValidateVolumeCapabilities(ctx, &csi.ValidateVolumeCapabilitiesRequest{VolumeId: v.VolumeId, VolumeCapabilities: []*csi.VolumeCapability{testutil.MountCap(""), testutil.BlockCap()}})
 	if err != nil || r.Confirmed == nil {
 		t.Fatalf("confirm: %v %v", r, err)
 	}
-	multi := blkCap()
+	multi := testutil.BlockCap()
 	multi.AccessMode.Mode = csi.VolumeCapability_AccessMode_MULTI_NODE_READER_ONLY
 	r, err = f.d.ValidateVolumeCapabilities(ctx, &csi.ValidateVolumeCapabilitiesRequest{VolumeId: v.VolumeId, VolumeCapabilities: []*csi.VolumeCapability{multi}})
 	if err != nil || r.Confirmed != nil || r.Message == "" {
 		t.Fatalf("multi-node confirmed: %v %v", r, err)
 	}
-	_, err = f.d.ValidateVolumeCapabilities(ctx, &csi.ValidateVolumeCapabilitiesRequest{VolumeId: "ld:node-1:serial-D0:0123456789ab", VolumeCapabilities: []*csi.VolumeCapability{blkCap()}})
+	_, err = f.d.ValidateVolumeCapabilities(ctx, &csi.ValidateVolumeCapabilitiesRequest{VolumeId: "ld:node-1:serial-D0:0123456789ab", VolumeCapabilities: []*csi.VolumeCapability{testutil.BlockCap()}})
 	wantCode(t, err, codes.NotFound, "")
 	_, err = f.d.ValidateVolumeCapabilities(ctx, &csi.ValidateVolumeCapabilitiesRequest{VolumeId: v.VolumeId})
 	wantCode(t, err, codes.InvalidArgument, "volume_capabilities")
@@ -446,7 +433,7 @@ func (f *fixture) stageFS(v *csi.Volume, vc *csi.VolumeCapability) (string, stri
 func TestNodeStageFormatsOnlyBlankDisks(t *testing.T) {
 	f := newFixture(t, fakeDisk(0, gib, disk.MediaSSD))
 	v := f.create("v", 0, map[string]string{ParamFSType: "xfs", ParamMkfsOptions: "-L data"})
-	vc := fsCap("", "noatime")
+	vc := testutil.MountCap("", "noatime")
 	staging, target := f.stageFS(v, vc)
 	f.stageFS(v, vc) // idempotent
 	var formats []string
@@ -487,7 +474,7 @@ func TestNodeStageRefusesForeignData(t *testing.T) {
 	v := f.create("v", 0, nil)
 	// Something else appeared on the allocated disk: never format over it.
 	f.m.SetSignatures("/dev/fake0", disk.Probe{Signatures: []string{"xfs"}, FSType: "xfs"})
-	_, err := f.d.NodeStageVolume(context.Background(), &csi.NodeStageVolumeRequest{VolumeId: v.VolumeId, StagingTargetPath: filepath.Join(f.dir, "s"), VolumeCapability: fsCap("ext4")})
+	_, err := f.d.NodeStageVolume(context.Background(), &csi.NodeStageVolumeRequest{VolumeId: v.VolumeId, StagingTargetPath: filepath.Join(f.dir, "s"), VolumeCapability: testutil.MountCap("ext4")})
 	wantCode(t, err, codes.FailedPrecondition, "xfs")
 	for _, c := range f.m.Calls() {
 		if strings.HasPrefix(c, "format") || strings.HasPrefix(c, "mount") {
@@ -508,7 +495,7 @@ func TestNodeStageIdentityMismatch(t *testing.T) {
 	swapped := d1
 	swapped.Path = d0.Path
 	f.src.Set(swapped)
-	_, err := f.d.NodeStageVolume(context.Background(), &csi.NodeStageVolumeRequest{VolumeId: v.VolumeId, StagingTargetPath: filepath.Join(f.dir, "s"), VolumeCapability: fsCap("")})
+	_, err := f.d.NodeStageVolume(context.Background(), &csi.NodeStageVolumeRequest{VolumeId: v.VolumeId, StagingTargetPath: filepath.Join(f.dir, "s"), VolumeCapability: testutil.MountCap("")})
 	wantCode(t, err, codes.FailedPrecondition, "serial:D0")
 	if !strings.Contains(err.Error(), "serial:D1") {
 		t.Fatalf("message does not name the found identity: %v", err)
@@ -519,7 +506,7 @@ func TestNodeStageIdentityMismatch(t *testing.T) {
 	f.src.Set(renamed, swapped)
 	f.m.AddDevice(d1.Path, gib, 253, 7)
 	f.m.AddDevice(d0.Path, gib, 253, 8)
-	if _, err := f.d.NodeStageVolume(context.Background(), &csi.NodeStageVolumeRequest{VolumeId: v.VolumeId, StagingTargetPath: filepath.Join(f.dir, "s"), VolumeCapability: blkCap()}); err != nil {
+	if _, err := f.d.NodeStageVolume(context.Background(), &csi.NodeStageVolumeRequest{VolumeId: v.VolumeId, StagingTargetPath: filepath.Join(f.dir, "s"), VolumeCapability: testutil.BlockCap()}); err != nil {
 		t.Fatalf("stage after rename: %v", err)
 	}
 }
@@ -533,31 +520,31 @@ func TestNodeArgumentErrors(t *testing.T) {
 	check := func(name string, err error, code codes.Code, msg string) {
 		t.Run(name, func(t *testing.T) { wantCode(t, err, code, msg) })
 	}
-	_, err := f.d.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{StagingTargetPath: p, VolumeCapability: fsCap("")})
+	_, err := f.d.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{StagingTargetPath: p, VolumeCapability: testutil.MountCap("")})
 	check("stage no id", err, codes.InvalidArgument, "volume_id")
-	_, err = f.d.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: v.VolumeId, VolumeCapability: fsCap("")})
+	_, err = f.d.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: v.VolumeId, VolumeCapability: testutil.MountCap("")})
 	check("stage no path", err, codes.InvalidArgument, "staging_target_path")
 	_, err = f.d.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: v.VolumeId, StagingTargetPath: p})
 	check("stage no capability", err, codes.InvalidArgument, "volume_capability")
-	_, err = f.d.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: v.VolumeId, StagingTargetPath: "rel/path", VolumeCapability: fsCap("")})
+	_, err = f.d.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: v.VolumeId, StagingTargetPath: "rel/path", VolumeCapability: testutil.MountCap("")})
 	check("stage relative", err, codes.InvalidArgument, "absolute")
-	_, err = f.d.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: v.VolumeId, StagingTargetPath: p + "/../x", VolumeCapability: fsCap("")})
+	_, err = f.d.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: v.VolumeId, StagingTargetPath: p + "/../x", VolumeCapability: testutil.MountCap("")})
 	check("stage dotdot", err, codes.InvalidArgument, "clean")
-	_, err = f.d.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: unknown, StagingTargetPath: p, VolumeCapability: fsCap("")})
+	_, err = f.d.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: unknown, StagingTargetPath: p, VolumeCapability: testutil.MountCap("")})
 	check("stage unknown", err, codes.NotFound, "")
-	_, err = f.d.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: "garbage", StagingTargetPath: p, VolumeCapability: fsCap("")})
+	_, err = f.d.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: "garbage", StagingTargetPath: p, VolumeCapability: testutil.MountCap("")})
 	check("stage garbage id", err, codes.NotFound, "")
-	_, err = f.d.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: v.VolumeId, StagingTargetPath: p, VolumeCapability: fsCap("btrfs")})
+	_, err = f.d.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: v.VolumeId, StagingTargetPath: p, VolumeCapability: testutil.MountCap("btrfs")})
 	check("stage bad fs", err, codes.InvalidArgument, "btrfs")
 	_, err = f.d.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: unknown, TargetPath: p})
 	check("publish nil capability", err, codes.InvalidArgument, "volume_capability")
-	_, err = f.d.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: v.VolumeId, TargetPath: p, VolumeCapability: fsCap("")})
+	_, err = f.d.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: v.VolumeId, TargetPath: p, VolumeCapability: testutil.MountCap("")})
 	check("publish no staging", err, codes.InvalidArgument, "staging_target_path")
-	_, err = f.d.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: v.VolumeId, StagingTargetPath: filepath.Join(f.dir, "s"), TargetPath: p, VolumeCapability: fsCap("")})
+	_, err = f.d.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: v.VolumeId, StagingTargetPath: filepath.Join(f.dir, "s"), TargetPath: p, VolumeCapability: testutil.MountCap("")})
 	check("publish not staged", err, codes.FailedPrecondition, "not staged")
 	link := filepath.Join(f.dir, "link")
 	os.Symlink("/etc", link)
-	_, err = f.d.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: v.VolumeId, StagingTargetPath: filepath.Join(f.dir, "s"), TargetPath: link, VolumeCapability: blkCap()})
+	_, err = f.d.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: v.VolumeId, StagingTargetPath: filepath.Join(f.dir, "s"), TargetPath: link, VolumeCapability: testutil.BlockCap()})
 	check("publish symlink", err, codes.InvalidArgument, "symbolic link")
 	_, err = f.d.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: v.VolumeId})
 	check("unpublish no path", err, codes.InvalidArgument, "target_path")
@@ -574,8 +561,8 @@ func TestNodeArgumentErrors(t *testing.T) {
 func TestNodeStageConflict(t *testing.T) {
 	f := newFixture(t, fakeDisk(0, gib, disk.MediaSSD), fakeDisk(1, gib, disk.MediaSSD))
 	a, b := f.create("a", 0, nil), f.create("b", 0, nil)
-	staging, _ := f.stageFS(a, fsCap(""))
-	_, err := f.d.NodeStageVolume(context.Background(), &csi.NodeStageVolumeRequest{VolumeId: b.VolumeId, StagingTargetPath: staging, VolumeCapability: fsCap("")})
+	staging, _ := f.stageFS(a, testutil.MountCap(""))
+	_, err := f.d.NodeStageVolume(context.Background(), &csi.NodeStageVolumeRequest{VolumeId: b.VolumeId, StagingTargetPath: staging, VolumeCapability: testutil.MountCap("")})
 	wantCode(t, err, codes.AlreadyExists, staging)
 }
 
@@ -583,7 +570,7 @@ func TestVolumeStatsAndCondition(t *testing.T) {
 	f := newFixture(t, fakeDisk(0, gib, disk.MediaSSD))
 	ctx := context.Background()
 	v := f.create("v", 0, nil)
-	_, target := f.stageFS(v, fsCap(""))
+	_, target := f.stageFS(v, testutil.MountCap(""))
 	r, err := f.d.NodeGetVolumeStats(ctx, &csi.NodeGetVolumeStatsRequest{VolumeId: v.VolumeId, VolumePath: target})
 	if err != nil || r.Usage[0].Total != 100 || r.Usage[0].Available != 90 || r.Usage[1].Used != 5 || r.VolumeCondition.Abnormal {
 		t.Fatalf("%v %v", r, err)
@@ -618,12 +605,12 @@ func TestSlowFormatDoesNotBlockOtherDisks(t *testing.T) {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		f.stageFS(slow, fsCap(""))
+		f.stageFS(slow, testutil.MountCap(""))
 	}()
 	<-entered
-	_, err := f.d.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: slow.VolumeId, StagingTargetPath: filepath.Join(f.dir, "x"), VolumeCapability: fsCap("")})
+	_, err := f.d.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: slow.VolumeId, StagingTargetPath: filepath.Join(f.dir, "x"), VolumeCapability: testutil.MountCap("")})
 	wantCode(t, err, codes.Aborted, "in progress")
-	f.stageFS(fast, fsCap("")) // completes while disk 0 is still formatting
+	f.stageFS(fast, testutil.MountCap("")) // completes while disk 0 is still formatting
 	if _, err := f.d.GetCapacity(ctx, &csi.GetCapacityRequest{}); err != nil {
 		t.Fatal(err)
 	}
@@ -637,16 +624,16 @@ func TestSlowFormatDoesNotBlockOtherDisks(t *testing.T) {
 func TestDeleteRefusesPublishedBlockVolume(t *testing.T) {
 	f := newFixture(t, fakeDisk(0, gib, disk.MediaSSD))
 	ctx := context.Background()
-	r, err := f.d.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "b", VolumeCapabilities: []*csi.VolumeCapability{blkCap()}})
+	r, err := f.d.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "b", VolumeCapabilities: []*csi.VolumeCapability{testutil.BlockCap()}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	v := r.Volume
 	staging, target := filepath.Join(f.dir, "s"), filepath.Join(f.dir, "pod", "dev")
-	if _, err := f.d.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: v.VolumeId, StagingTargetPath: staging, VolumeCapability: blkCap()}); err != nil {
+	if _, err := f.d.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: v.VolumeId, StagingTargetPath: staging, VolumeCapability: testutil.BlockCap()}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := f.d.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: v.VolumeId, StagingTargetPath: staging, TargetPath: target, VolumeCapability: blkCap(), Readonly: true}); err != nil {
+	if _, err := f.d.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: v.VolumeId, StagingTargetPath: staging, TargetPath: target, VolumeCapability: testutil.BlockCap(), Readonly: true}); err != nil {
 		t.Fatal(err)
 	}
 	if dev, _ := f.m.Device("/dev/fake0"); !dev.ReadOnly {

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/status"
 	"k8s.io/klog/v2"
 
+	"github.com/ecs-localdisk/ecs-localdisk-csi/internal/testutil"
 	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/disk"
 )
 
@@ -50,7 +51,7 @@ func TestServerLogsEveryCallWithoutSecrets(t *testing.T) {
 	ctl := csi.NewControllerClient(conn)
 	secret := "s3cr3t-value-never-logged"
 	_, err = ctl.CreateVolume(context.Background(), &csi.CreateVolumeRequest{Name: "pvc-secret",
-		VolumeCapabilities: []*csi.VolumeCapability{fsCap("")}, Secrets: map[string]string{"token": secret}})
+		VolumeCapabilities: []*csi.VolumeCapability{testutil.MountCap("")}, Secrets: map[string]string{"token": secret}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	"github.com/ecs-localdisk/ecs-localdisk-csi/internal/testutil"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 )
@@ -159,22 +160,8 @@ func (d *demo) showNode(ctx context.Context) error {
 	return nil
 }
 
-func mountCap(fs string, flags ...string) *csi.VolumeCapability {
-	return &csi.VolumeCapability{
-		AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{FsType: fs, MountFlags: flags}},
-		AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER},
-	}
-}
-
-func blockCap() *csi.VolumeCapability {
-	return &csi.VolumeCapability{
-		AccessType: &csi.VolumeCapability_Block{Block: &csi.VolumeCapability_BlockVolume{}},
-		AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER},
-	}
-}
-
 func (d *demo) filesystemVolume(ctx context.Context) error {
-	vc := mountCap("ext4", "noatime")
+	vc := testutil.MountCap("ext4", "noatime")
 	params := map[string]string{"media": "ssd", "mkfsOptions": "-m 0 -L demo", "cleanupPolicy": "zero"}
 	cv, err := d.ctl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "pvc-demo-fs", Parameters: params,
 		VolumeCapabilities: []*csi.VolumeCapability{vc}, CapacityRange: &csi.CapacityRange{RequiredBytes: 512 << 20}})
@@ -231,7 +218,7 @@ func (d *demo) filesystemVolume(ctx context.Context) error {
 }
 
 func (d *demo) blockVolume(ctx context.Context) error {
-	vc := blockCap()
+	vc := testutil.BlockCap()
 	cv, err := d.ctl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "pvc-demo-block", Parameters: map[string]string{"media": "hdd"},
 		VolumeCapabilities: []*csi.VolumeCapability{vc}})
 	if err != nil {

@@ -5,6 +5,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ecs-localdisk/ecs-localdisk-csi/internal/testutil"
 )
 
 const tib = int64(1) << 40
@@ -23,7 +25,7 @@ func allocated(t testing.TB, path string) int64 {
 // took.
 func stageOnce(t testing.TB, size int64, fsType string) (int64, time.Duration) {
 	e := newEnv(t, []int64{size}, nil)
-	vc := mountCap(fsType)
+	vc := testutil.MountCap(fsType)
 	v := e.create("pvc-big", vc, nil)
 	before := allocated(t, e.loops[0].Backing)
 	start := time.Now()

@@ -51,7 +51,7 @@ func TestFilesystemLifecycle(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.fs, func(t *testing.T) {
 			e := newEnv(t, []int64{diskSize}, nil)
-			vc := mountCap(c.fs, c.flags...)
+			vc := testutil.MountCap(c.fs, c.flags...)
 			v := e.create("pvc-"+c.fs, vc, map[string]string{"mkfsOptions": c.mkfs})
 			if v.CapacityBytes != diskSize {
 				t.Fatalf("capacity %d, want the whole disk %d", v.CapacityBytes, diskSize)
@@ -101,7 +101,7 @@ func TestFilesystemLifecycle(t *testing.T) {
 // the device what was written through the published file.
 func TestBlockPublishReadBack(t *testing.T) {
 	e := newEnv(t, []int64{64 << 20}, nil)
-	vc := blockCap()
+	vc := testutil.BlockCap()
 	v := e.create("pvc-block", vc, nil)
 	staging, target := e.path("staging"), e.path("pod/dev")
 	e.stage(v, vc, staging)
@@ -138,7 +138,7 @@ func TestBlockPublishReadBack(t *testing.T) {
 // TestReadOnlyPublish refuses writes through a read-only publish of both kinds.
 func TestReadOnlyPublish(t *testing.T) {
 	e := newEnv(t, []int64{64 << 20, 64 << 20}, nil)
-	fsCap := mountCap("ext4")
+	fsCap := testutil.MountCap("ext4")
 	v := e.create("pvc-ro", fsCap, nil)
 	staging, target := e.path("staging"), e.path("pod/ro")
 	e.stage(v, fsCap, staging)
@@ -156,7 +156,7 @@ func TestReadOnlyPublish(t *testing.T) {
 	e.unpublish(v, target)
 	e.unstage(v, staging)
 
-	bc := blockCap()
+	bc := testutil.BlockCap()
 	b := e.create("pvc-ro-block", bc, nil)
 	btarget := e.path("pod/ro-block")
 	e.stage(b, bc, e.path("staging-b"))
@@ -185,7 +185,7 @@ func TestReadOnlyPublish(t *testing.T) {
 // kernel turned read-only after an error.
 func TestVolumeStatsAndCondition(t *testing.T) {
 	e := newEnv(t, []int64{128 << 20}, nil)
-	vc := mountCap("ext4")
+	vc := testutil.MountCap("ext4")
 	v := e.create("pvc-stats", vc, nil)
 	staging, target := e.path("staging"), e.path("pod/m")
 	e.stage(v, vc, staging)
@@ -237,7 +237,7 @@ func TestCleanupPolicies(t *testing.T) {
 		t.Run(policy, func(t *testing.T) {
 			e := newEnv(t, []int64{32 << 20}, nil)
 			// A filesystem, then random data after the superblock region.
-			vc := mountCap("ext4")
+			vc := testutil.MountCap("ext4")
 			v := e.create("pvc-"+policy, vc, map[string]string{"cleanupPolicy": policy})
 			e.stage(v, vc, e.path("staging"))
 			e.unstage(v, e.path("staging"))
@@ -324,7 +324,7 @@ func TestForeignFilesystemNeverTouched(t *testing.T) {
 	if info.MaxVolumesPerNode != 1 {
 		t.Fatalf("max_volumes_per_node = %d, want 1 (the foreign disk is not managed)", info.MaxVolumesPerNode)
 	}
-	bc := blockCap()
+	bc := testutil.BlockCap()
 	v := e.create("pvc-1", bc, nil)
 	if dev := e.device(v); dev == foreign.Path {
 		t.Fatal("the foreign disk was allocated")
@@ -350,7 +350,7 @@ func TestForeignFilesystemNeverTouched(t *testing.T) {
 // volume, and a volume deleted just before the restart is cleaned.
 func TestRestartKeepsAllocations(t *testing.T) {
 	e := newEnv(t, []int64{32 << 20, 32 << 20}, nil)
-	bc := blockCap()
+	bc := testutil.BlockCap()
 	v := e.create("pvc-keep", bc, nil)
 	e.start()
 	again := e.create("pvc-keep", bc, nil)
@@ -368,7 +368,7 @@ func TestRestartKeepsAllocations(t *testing.T) {
 // still bind-mounted into a pod is refused and the data stays.
 func TestDeleteRefusesPublishedBlockVolume(t *testing.T) {
 	e := newEnv(t, []int64{32 << 20}, nil)
-	bc := blockCap()
+	bc := testutil.BlockCap()
 	v := e.create("pvc-busy", bc, nil)
 	target := e.path("pod/dev")
 	e.stage(v, bc, e.path("staging"))
