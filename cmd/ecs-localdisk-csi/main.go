@@ -15,6 +15,7 @@ import (
 
 	"k8s.io/klog/v2"
 
+	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/cloud"
 	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/disk"
 	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/driver"
 	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/inventory"
@@ -60,11 +61,32 @@ func run(args []string) int {
 	return 0
 }
 
+// newSource builds the disk source the options ask for.
+func newSource(o options.Options, m *mounter.Real) (disk.Source, error) {
+	if o.DiskSource == "static" {
+		return disk.NewStatic(disk.StaticConfig{Patterns: o.DevicePatterns(), Prober: m})
+	}
+	patterns := o.DevicePatterns()
+	if len(patterns) == 0 {
+		patterns = cloud.DefaultDevicePatterns
+	}
+	devices, err := disk.NewStatic(disk.StaticConfig{Patterns: patterns, Prober: m, SkipPartitions: true})
+	if err != nil {
+		return nil, err
+	}
+	md := cloud.NewMetadata(o.MetadataEndpoint)
+	return cloud.NewSource(cloud.SourceConfig{Metadata: md, API: &lazyAPI{opts: o, md: md}, Devices: devices,
+		CachePath: cloud.CachePathIn(o.StateDir)})
+}
+
 func serve(o options.Options) error {
 	m := mounter.New()
-	src, err := disk.NewStatic(disk.StaticConfig{Patterns: o.DevicePatterns(), Prober: m})
+	src, err := newSource(o, m)
 	if err != nil {
 		return err
+	}
+	if c, ok := src.(interface{ Close() }); ok {
+		defer c.Close()
 	}
 	inv := inventory.New(inventory.Config{Node: o.NodeID, Source: src, Store: state.NewStore(o.StateDir), Mounter: m})
 	defer inv.Stop()

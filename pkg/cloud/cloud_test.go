@@ -148,12 +148,23 @@ func fakeDisks(f *Fake, n int) {
 func TestLocalDisksPaginationAndFiltering(t *testing.T) {
 	f := newFake(t)
 	fakeDisks(f, 250) // three pages of 100
-	disks, err := newAPI(t, f, nil).LocalDisks(context.Background(), testInstance.ID)
+	disks, err := newAPI(t, f, nil).InstanceDisks(context.Background(), testInstance.ID)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(disks) != 250 || disks[0].ID != "d-bp1local000" || disks[0].Serial != "bp1local000" || disks[249].Category != "local_ssd_pro" {
-		t.Fatalf("%d disks, first %+v", len(disks), disks[0])
+	local := 0
+	for _, d := range disks {
+		if d.Local {
+			local++
+		} else if d.Category == "local_ssd_pro" {
+			t.Fatalf("local disk not marked: %+v", d)
+		}
+		if d.ID == "d-bp1other" {
+			t.Fatal("another instance's disk listed")
+		}
+	}
+	if len(disks) != 252 || local != 250 || disks[0].ID != "d-bp1local000" || disks[0].Serial != "bp1local000" {
+		t.Fatalf("%d disks (%d local), first %+v", len(disks), local, disks[0])
 	}
 	calls := f.APICalls()
 	if len(calls) != 3 || calls[1]["NextToken"] != "100" || calls[0]["InstanceId"] != testInstance.ID || calls[0]["AccessKeyId"] != "LTAItest" {
@@ -199,8 +210,8 @@ func TestAPIFaults(t *testing.T) {
 			f := newFake(t)
 			fakeDisks(f, 2)
 			f.SetFaults(c.throttle, c.fail, c.bad, c.delay)
-			disks, err := newAPI(t, f, nil).LocalDisks(ctx, testInstance.ID)
-			if c.wantErr == "" && (err != nil || len(disks) != 2) {
+			disks, err := newAPI(t, f, nil).InstanceDisks(ctx, testInstance.ID)
+			if c.wantErr == "" && (err != nil || len(disks) != 4) {
 				t.Fatalf("%v %v", disks, err)
 			}
 			if c.wantErr != "" && (err == nil || !strings.Contains(err.Error(), c.wantErr)) {
@@ -218,7 +229,7 @@ func TestAPIFaults(t *testing.T) {
 	a.cfg.BaseDelay, a.cfg.MaxDelay = time.Hour, time.Hour
 	cctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
 	defer cancel()
-	if _, err := a.LocalDisks(cctx, testInstance.ID); err == nil || !strings.Contains(err.Error(), "deadline") {
+	if _, err := a.InstanceDisks(cctx, testInstance.ID); err == nil || !strings.Contains(err.Error(), "deadline") {
 		t.Fatalf("err = %v", err)
 	}
 }
@@ -254,7 +265,7 @@ func TestSecretsNeverLogged(t *testing.T) {
 		c, _ := p.Get(ctx)
 		klog.InfoS("credentials in use", "credentials", c) // a careless log line
 		f.SetFaults(1, 1, 0, 0)
-		if _, err := newAPI(t, f, p).LocalDisks(ctx, testInstance.ID); err != nil {
+		if _, err := newAPI(t, f, p).InstanceDisks(ctx, testInstance.ID); err != nil {
 			t.Fatal(err)
 		}
 		for _, fault := range [][3]int{{-1, 0, 0}, {0, 0, -1}, {0, 0, 0}} {
@@ -263,7 +274,7 @@ func TestSecretsNeverLogged(t *testing.T) {
 				delay = time.Second // time out
 			}
 			f.SetFaults(fault[0], fault[1], fault[2], delay)
-			_, err = newAPI(t, f, p).LocalDisks(ctx, testInstance.ID)
+			_, err = newAPI(t, f, p).InstanceDisks(ctx, testInstance.ID)
 			klog.ErrorS(err, "expected failure")
 		}
 		f.SetFaults(0, 0, 0, 0)

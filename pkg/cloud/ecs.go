@@ -21,10 +21,13 @@ var LocalCategories = map[string]bool{
 	"local_ssd_pro": true, "local_hdd_pro": true, "ephemeral": true, "ephemeral_ssd": true,
 }
 
-// CloudDisk is one local disk as the ECS API describes it.
+// CloudDisk is one disk of the instance as the ECS API describes it.
 type CloudDisk struct {
 	ID       string
 	Category string
+	// Local is set for local disks (LocalCategories); the rest are cloud
+	// disks (system disk, attached data disks) that the driver never uses.
+	Local   bool
 	SizeGiB  int
 	// Serial is what the guest sees as the disk's serial: the API's
 	// SerialNumber, else the disk ID without its "d-" prefix.
@@ -182,9 +185,9 @@ const pageSize = 100
 // maxPages bounds pagination, in case a server keeps returning a token.
 const maxPages = 100
 
-// LocalDisks lists the local disks of an instance, following pagination.
-// Cloud disks and other categories are left out.
-func (a *API) LocalDisks(ctx context.Context, instanceID string) ([]CloudDisk, error) {
+// InstanceDisks lists every disk of an instance, following pagination, with
+// local disks marked.
+func (a *API) InstanceDisks(ctx context.Context, instanceID string) ([]CloudDisk, error) {
 	var out []CloudDisk
 	token := ""
 	for page := 0; page < maxPages; page++ {
@@ -200,14 +203,14 @@ func (a *API) LocalDisks(ctx context.Context, instanceID string) ([]CloudDisk, e
 			return nil, err
 		}
 		for _, d := range resp.Disks.Disk {
-			if !LocalCategories[d.Category] || (d.InstanceId != "" && d.InstanceId != instanceID) {
+			if d.InstanceId != "" && d.InstanceId != instanceID {
 				continue
 			}
 			serial := d.SerialNumber
 			if serial == "" {
 				serial = strings.TrimPrefix(d.DiskId, "d-")
 			}
-			out = append(out, CloudDisk{ID: d.DiskId, Category: d.Category, SizeGiB: d.Size, Serial: serial, Status: d.Status})
+			out = append(out, CloudDisk{ID: d.DiskId, Category: d.Category, Local: LocalCategories[d.Category], SizeGiB: d.Size, Serial: serial, Status: d.Status})
 		}
 		if token = resp.NextToken; token == "" {
 			return out, nil

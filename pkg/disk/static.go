@@ -24,6 +24,9 @@ type StaticConfig struct {
 	MountInfoPath string
 	// Prober reads signatures; required.
 	Prober Prober
+	// SkipPartitions leaves out partitions that a glob matched instead of
+	// reporting them as problems (for broad globs like /dev/vd*).
+	SkipPartitions bool
 }
 
 // Static is the static Source.
@@ -83,6 +86,9 @@ func (s *Static) Discover(ctx context.Context) ([]Disk, []error, error) {
 		}
 		for _, path := range matches {
 			name, err := s.kernelName(path)
+			if errors.Is(err, errPartition) && s.cfg.SkipPartitions {
+				continue
+			}
 			if err != nil {
 				problems = append(problems, err)
 				continue
@@ -104,6 +110,8 @@ func (s *Static) Discover(ctx context.Context) ([]Disk, []error, error) {
 	return disks, problems, nil
 }
 
+var errPartition = errors.New("is partition")
+
 // kernelName resolves a device path to the kernel name of a whole disk.
 func (s *Static) kernelName(path string) (string, error) {
 	var st unix.Stat_t
@@ -118,7 +126,7 @@ func (s *Static) kernelName(path string) (string, error) {
 		return "", fmt.Errorf("%s: %w", path, err)
 	}
 	if parent != "" {
-		return "", fmt.Errorf("%s: is partition %s of %s; the driver uses whole disks only", path, name, parent)
+		return "", fmt.Errorf("%s: %w %s of %s; the driver uses whole disks only", path, errPartition, name, parent)
 	}
 	return name, nil
 }

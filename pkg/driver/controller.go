@@ -51,7 +51,7 @@ func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 	defer release()
 	v, err := d.cfg.Inventory.Allocate(inventory.Request{
 		Name: name, RequiredBytes: required, LimitBytes: limit,
-		Filter:     inventory.Filter{Media: params.Media},
+		Filter:     params.filter(),
 		Parameters: params.stored(), CleanupPolicy: string(params.CleanupPolicy),
 	})
 	if err != nil {
@@ -71,6 +71,9 @@ func orDefault(fsType string) string {
 // format and which disk to expect.
 func (d *Driver) csiVolume(v inventory.Volume) *csi.Volume {
 	vc := map[string]string{ctxDisk: v.Disk.ID, ctxIdentity: v.Disk.Identity, ctxMedia: v.Disk.Media}
+	if v.Disk.CloudID != "" {
+		vc[ctxCloudDiskID], vc[ctxCategory] = v.Disk.CloudID, v.Disk.Category
+	}
 	if fs := v.Parameters[ctxFSType]; fs != "" {
 		vc[ctxFSType] = fs
 	}
@@ -142,7 +145,7 @@ func (d *Driver) GetCapacity(ctx context.Context, req *csi.GetCapacityRequest) (
 	if seg := req.GetAccessibleTopology().GetSegments(); len(seg) > 0 && !d.matchesSegment(seg) {
 		return &csi.GetCapacityResponse{AvailableCapacity: 0}, nil
 	}
-	avail, maxSize, err := d.cfg.Inventory.Capacity(inventory.Filter{Media: params.Media})
+	avail, maxSize, err := d.cfg.Inventory.Capacity(params.filter())
 	if err != nil {
 		return nil, toStatus(err)
 	}

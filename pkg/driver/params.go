@@ -7,6 +7,7 @@ import (
 	"strings"
 	"unicode"
 
+	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/inventory"
 	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/mounter"
 )
 
@@ -16,6 +17,7 @@ const (
 	ParamMkfsOptions   = "mkfsOptions"
 	ParamCleanupPolicy = "cleanupPolicy"
 	ParamMedia         = "media"
+	ParamDiskCategory  = "diskCategory"
 
 	// reservedPrefix marks keys set by Kubernetes sidecars (for example
 	// --extra-create-metadata's pvc/name); they are accepted and not stored.
@@ -29,6 +31,8 @@ const (
 	ctxDisk        = "disk"
 	ctxIdentity    = "diskIdentity"
 	ctxMedia       = "media"
+	ctxCategory    = "diskCategory"
+	ctxCloudDiskID = "ecsDiskId"
 )
 
 const (
@@ -57,6 +61,8 @@ type Params struct {
 	CleanupPolicy mounter.CleanupPolicy
 	// Media is "ssd", "hdd" or "" for any.
 	Media string
+	// DiskCategory is an ECS local disk category, or "" for any.
+	DiskCategory string
 }
 
 // ParseParams validates StorageClass parameters. Unknown keys are rejected so
@@ -100,10 +106,18 @@ func ParseParams(in map[string]string) (Params, error) {
 			default:
 				return p, invalid("parameter %s: %q is not one of ssd, hdd, any", k, v)
 			}
+		case k == ParamDiskCategory:
+			switch v {
+			case "local_ssd_pro", "local_hdd_pro":
+				p.DiskCategory = v
+			case "any", "":
+			default:
+				return p, invalid("parameter %s: %q is not one of local_ssd_pro, local_hdd_pro, any", k, v)
+			}
 		case strings.HasPrefix(k, reservedPrefix):
 			// Set by the provisioner (pvc/name, pv/name, ...): not ours to check.
 		default:
-			return p, invalid("unknown parameter %q (known: %s, %s, %s, %s)", k, ParamFSType, ParamMkfsOptions, ParamCleanupPolicy, ParamMedia)
+			return p, invalid("unknown parameter %q (known: %s, %s, %s, %s, %s)", k, ParamFSType, ParamMkfsOptions, ParamCleanupPolicy, ParamMedia, ParamDiskCategory)
 		}
 	}
 	fs := p.FSType
@@ -126,6 +140,11 @@ func parseFSType(v string) (string, error) {
 	return "", invalid("filesystem type %q is not supported (ext4, xfs)", v)
 }
 
+// filter selects the disks the class may use.
+func (p Params) filter() inventory.Filter {
+	return inventory.Filter{Media: p.Media, Category: p.DiskCategory}
+}
+
 // stored is the canonical form kept with the volume and compared when a
 // CreateVolume is retried.
 func (p Params) stored() map[string]string {
@@ -138,6 +157,9 @@ func (p Params) stored() map[string]string {
 	}
 	if p.Media != "" {
 		m[ParamMedia] = p.Media
+	}
+	if p.DiskCategory != "" {
+		m[ParamDiskCategory] = p.DiskCategory
 	}
 	return m
 }

@@ -126,16 +126,56 @@ func (inv *Inventory) start(ctx context.Context) error {
 	if rec.Node != inv.cfg.Node {
 		return fmt.Errorf("node state %s belongs to node %q, not %q", inv.cfg.Store.Path(), rec.Node, inv.cfg.Node)
 	}
+	inv.mu.Lock()
+	inv.rec = rec
+	inv.mu.Unlock()
+	if err := inv.refresh(ctx); err != nil {
+		return err
+	}
+	if n, ok := inv.cfg.Source.(notifier); ok {
+		inv.cleaner.Add(1)
+		go inv.watch(n)
+	}
+	return nil
+}
+
+// notifier is a source that can say its view changed (the cloud answered
+// after being unreachable).
+type notifier interface {
+	Changed() <-chan struct{}
+}
+
+// watch re-discovers whenever the source says its view changed.
+func (inv *Inventory) watch(n notifier) {
+	defer inv.cleaner.Done()
+	for {
+		select {
+		case <-inv.ctx.Done():
+			return
+		case <-n.Changed():
+			if err := inv.refresh(inv.ctx); err != nil {
+				klog.ErrorS(err, "Refreshing the disk inventory")
+			}
+		}
+	}
+}
+
+// refresh discovers the devices, reconciles them with the record, persists
+// the result and starts cleaners for disks that need them.
+func (inv *Inventory) refresh(ctx context.Context) error {
 	found, problems, err := inv.cfg.Source.Discover(ctx)
 	if err != nil {
 		return fmt.Errorf("discovering disks: %w", err)
 	}
+	var texts []string
 	for _, p := range problems {
-		klog.InfoS("Disk discovery problem", "node", inv.cfg.Node, "problem", p.Error())
+		klog.ErrorS(p, "Disk discovery problem", "node", inv.cfg.Node)
+		texts = append(texts, p.Error())
 	}
 	inv.mu.Lock()
 	defer inv.mu.Unlock()
-	next := rec.Clone()
+	next := inv.rec.Clone()
+	next.Problems = texts
 	devices, excluded := reconcile(next, found)
 	if err := inv.cfg.Store.Save(next); err != nil {
 		return fmt.Errorf("saving node state: %w", err)
@@ -146,7 +186,7 @@ func (inv *Inventory) start(ctx context.Context) error {
 	}
 	for _, d := range next.Disks {
 		klog.InfoS("Disk managed", "disk", d.ID, "device", devices[d.ID].Path, "identity", d.Identity,
-			"status", d.Status, "sizeBytes", d.SizeBytes, "media", d.Media)
+			"status", d.Status, "sizeBytes", d.SizeBytes, "media", d.Media, "category", d.Category, "cloudID", d.CloudID)
 		if d.Status == state.Cleaning || d.Status == state.Failed {
 			inv.startCleanerLocked(d.ID)
 		}
@@ -181,7 +221,7 @@ func reconcile(rec *state.Record, found []disk.Disk) (map[string]disk.Disk, []Ex
 			r = &state.Disk{ID: d.ID, Status: state.Free, UpdatedAt: time.Now().UTC()}
 			rec.Disks[d.ID] = r
 		}
-		r.Identity, r.SizeBytes, r.Media, r.Category = d.Identity, d.SizeBytes, string(d.Media), d.Category
+		r.Identity, r.SizeBytes, r.Media, r.Category, r.CloudID = d.Identity, d.SizeBytes, string(d.Media), d.Category, d.CloudID
 		devices[d.ID] = d
 	}
 	for id, r := range rec.Disks {

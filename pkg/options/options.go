@@ -23,6 +23,12 @@ type Options struct {
 	DiskSource string
 	Devices    string
 	Version    bool
+
+	// ECS source.
+	MetadataEndpoint string
+	ECSEndpoint      string
+	CredentialsFile  string
+	RAMRole          string
 }
 
 // AddFlags registers the options on fs, with defaults from the environment
@@ -32,8 +38,12 @@ func (o *Options) AddFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.NodeID, "node-id", os.Getenv("NODE_NAME"), "this node's ID, the Kubernetes node name (default: env NODE_NAME)")
 	fs.StringVar(&o.DriverName, "driver-name", DefaultDriverName, "CSI driver name")
 	fs.StringVar(&o.StateDir, "state-dir", "/var/lib/kubelet/plugins/"+DefaultDriverName+"/state", "directory of the node state record")
-	fs.StringVar(&o.DiskSource, "disk-source", "static", "where the node's disks come from: static")
-	fs.StringVar(&o.Devices, "devices", "", "static source: comma-separated device paths or globs, e.g. /dev/vd[b-z],/dev/nvme*n1")
+	fs.StringVar(&o.DiskSource, "disk-source", "static", "where the node's disks come from: static (--devices) or ecs (the instance's local disks, matched by serial)")
+	fs.StringVar(&o.Devices, "devices", "", "comma-separated device paths or globs, e.g. /dev/vd[b-z],/dev/nvme*n1; required for static, optional for ecs (default /dev/vd*,/dev/nvme*n*,/dev/sd*,/dev/xvd*)")
+	fs.StringVar(&o.MetadataEndpoint, "metadata-endpoint", os.Getenv("ALIBABA_CLOUD_METADATA_ENDPOINT"), "ecs: instance metadata server (default http://100.100.100.200; env ALIBABA_CLOUD_METADATA_ENDPOINT)")
+	fs.StringVar(&o.ECSEndpoint, "ecs-endpoint", os.Getenv("ALIBABA_CLOUD_ECS_ENDPOINT"), "ecs: ECS OpenAPI endpoint, a host or URL, e.g. ecs-vpc.cn-hangzhou.aliyuncs.com (default: the region's public endpoint; env ALIBABA_CLOUD_ECS_ENDPOINT)")
+	fs.StringVar(&o.CredentialsFile, "credentials-file", "", "ecs: file or Secret directory with ALIBABA_CLOUD_ACCESS_KEY_ID/SECRET (and SECURITY_TOKEN); re-read when it changes")
+	fs.StringVar(&o.RAMRole, "ram-role", "", "ecs: RAM role to take from instance metadata (default: the one attached to the instance)")
 	fs.BoolVar(&o.Version, "version", false, "print the version and exit")
 }
 
@@ -64,8 +74,22 @@ func (o *Options) Validate() error {
 				errs = append(errs, fmt.Errorf("--devices entry %q: %v", p, err))
 			}
 		}
+		for name, v := range map[string]string{"--metadata-endpoint": o.MetadataEndpoint, "--ecs-endpoint": o.ECSEndpoint, "--credentials-file": o.CredentialsFile, "--ram-role": o.RAMRole} {
+			if v != "" {
+				errs = append(errs, fmt.Errorf("%s only applies to --disk-source=ecs", name))
+			}
+		}
+	case "ecs":
+		for _, p := range o.DevicePatterns() {
+			if !filepath.IsAbs(p) {
+				errs = append(errs, fmt.Errorf("--devices entry %q must be an absolute path or glob", p))
+			}
+		}
+		if o.CredentialsFile != "" && !filepath.IsAbs(o.CredentialsFile) {
+			errs = append(errs, fmt.Errorf("--credentials-file %q must be an absolute path", o.CredentialsFile))
+		}
 	default:
-		errs = append(errs, fmt.Errorf("--disk-source %q is not supported (static)", o.DiskSource))
+		errs = append(errs, fmt.Errorf("--disk-source %q is not supported (static, ecs)", o.DiskSource))
 	}
 	return errors.Join(errs...)
 }

@@ -59,6 +59,8 @@ type Disk struct {
 	SizeBytes int64  `json:"sizeBytes"`
 	Media     string `json:"media"`
 	Category  string `json:"category,omitempty"`
+	// CloudID is the cloud's ID of the disk (an ECS disk ID), when known.
+	CloudID string `json:"cloudID,omitempty"`
 	// Status is the lifecycle state.
 	Status Status `json:"status"`
 	// Volume is set while Status is Allocated or Cleaning.
@@ -78,6 +80,9 @@ type Record struct {
 	Node string `json:"node"`
 	// Disks maps disk ID to its record.
 	Disks map[string]*Disk `json:"disks"`
+	// Problems are what the last discovery found wrong (devices the cloud
+	// does not know, cloud disks without a device, ...), for operators.
+	Problems []string `json:"problems,omitempty"`
 }
 
 // New returns an empty record for node.
@@ -179,14 +184,20 @@ func checksum(b []byte) string {
 	return "sha256:" + hex.EncodeToString(sum[:])
 }
 
-// Save replaces the record on disk crash-safely: write a temporary file, fsync
-// it, rename it over the old one, fsync the directory.
+// Save replaces the record on disk crash-safely.
 func (s *Store) Save(r *Record) error {
 	b, err := Encode(r)
 	if err != nil {
 		return err
 	}
-	dir := filepath.Dir(s.path)
+	return WriteFileAtomic(s.path, b)
+}
+
+// WriteFileAtomic replaces path with data crash-safely: write a temporary
+// file, fsync it, rename it over the old one, fsync the directory. A reader
+// after a crash sees the old or the new content, never a mix.
+func WriteFileAtomic(path string, b []byte) error {
+	dir := filepath.Dir(path)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
@@ -206,7 +217,7 @@ func (s *Store) Save(r *Record) error {
 	if err := tmp.Close(); err != nil {
 		return err
 	}
-	if err := os.Rename(tmp.Name(), s.path); err != nil {
+	if err := os.Rename(tmp.Name(), path); err != nil {
 		return err
 	}
 	d, err := os.Open(dir)

@@ -1,0 +1,57 @@
+package main
+
+import (
+	"context"
+	"sync"
+
+	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/cloud"
+	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/options"
+)
+
+// lazyAPI builds the ECS API client on first use: the region and the RAM
+// role come from the metadata server, which may be unreachable at start.
+type lazyAPI struct {
+	opts options.Options
+	md   *cloud.Metadata
+
+	mu  sync.Mutex
+	api *cloud.API
+}
+
+func (l *lazyAPI) get(ctx context.Context) (*cloud.API, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.api != nil {
+		return l.api, nil
+	}
+	in, err := l.md.Instance(ctx)
+	if err != nil {
+		return nil, err
+	}
+	creds, err := cloud.NewCredentialProvider(cloud.CredentialConfig{File: l.opts.CredentialsFile, RAMRole: l.opts.RAMRole, Metadata: l.md})
+	if err != nil {
+		return nil, err
+	}
+	api, err := cloud.NewAPI(cloud.APIConfig{Region: in.Region, Endpoint: l.opts.ECSEndpoint, Credentials: creds})
+	if err != nil {
+		return nil, err
+	}
+	l.api = api
+	return api, nil
+}
+
+func (l *lazyAPI) InstanceDisks(ctx context.Context, id string) ([]cloud.CloudDisk, error) {
+	api, err := l.get(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return api.InstanceDisks(ctx, id)
+}
+
+func (l *lazyAPI) InstanceType(ctx context.Context, name string) (cloud.InstanceType, error) {
+	api, err := l.get(ctx)
+	if err != nil {
+		return cloud.InstanceType{}, err
+	}
+	return api.InstanceType(ctx, name)
+}

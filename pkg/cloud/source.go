@@ -1,0 +1,292 @@
+package cloud
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"k8s.io/klog/v2"
+
+	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/disk"
+	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/state"
+)
+
+// DefaultDevicePatterns are where the ECS source looks for local disks:
+// virtio, NVMe, SCSI and Xen names. Partitions are skipped.
+var DefaultDevicePatterns = []string{"/dev/vd*", "/dev/nvme*n*", "/dev/sd*", "/dev/xvd*"}
+
+// cloudAPI is what the source needs of the ECS OpenAPI.
+type cloudAPI interface {
+	InstanceDisks(ctx context.Context, instanceID string) ([]CloudDisk, error)
+	InstanceType(ctx context.Context, name string) (InstanceType, error)
+}
+
+// SourceConfig wires the ECS disk source.
+type SourceConfig struct {
+	Metadata *Metadata
+	API      cloudAPI
+	// Devices lists the candidate block devices with their identities.
+	Devices disk.Source
+	// CachePath keeps the last inventory the cloud confirmed, so that the node
+	// can serve its disks while the cloud is unreachable.
+	CachePath string
+	// DiscoverTimeout bounds the cloud calls of one discovery; default 30s.
+	DiscoverTimeout time.Duration
+	// RetryInterval is how often an unreachable cloud is retried in the
+	// background; default 30s.
+	RetryInterval time.Duration
+}
+
+// Source is the ECS disk source: it serves exactly the block devices whose
+// serial the ECS API lists as a local disk of this instance.
+type Source struct {
+	cfg SourceConfig
+
+	mu        sync.Mutex
+	confirmed *confirmed // nil until the cloud answered in this process
+	retrying  bool
+	changed   chan struct{}
+	ctx       context.Context
+	cancel    context.CancelFunc
+	wg        sync.WaitGroup
+}
+
+// confirmed is what the cloud said, as cached on disk.
+type confirmed struct {
+	InstanceID string      `json:"instanceID"`
+	Expected   int         `json:"expected"` // LocalStorageAmount of the type, -1 unknown
+	Disks      []CloudDisk `json:"disks"`
+	At         time.Time   `json:"at"`
+}
+
+var _ disk.Source = (*Source)(nil)
+
+// NewSource returns the ECS source.
+func NewSource(cfg SourceConfig) (*Source, error) {
+	if cfg.Metadata == nil || cfg.API == nil || cfg.Devices == nil || cfg.CachePath == "" {
+		return nil, errors.New("ECS disk source: metadata, API, devices and cache path are required")
+	}
+	if cfg.DiscoverTimeout == 0 {
+		cfg.DiscoverTimeout = 30 * time.Second
+	}
+	if cfg.RetryInterval == 0 {
+		cfg.RetryInterval = 30 * time.Second
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Source{cfg: cfg, changed: make(chan struct{}, 1), ctx: ctx, cancel: cancel}, nil
+}
+
+// Close stops the background retries.
+func (s *Source) Close() {
+	s.cancel()
+	s.wg.Wait()
+}
+
+// Changed receives a value when the cloud confirmed the inventory after an
+// earlier discovery had to do without it: discovery is worth running again.
+func (s *Source) Changed() <-chan struct{} { return s.changed }
+
+// fromCloud asks the metadata server and the API.
+func (s *Source) fromCloud(ctx context.Context) (*confirmed, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.DiscoverTimeout)
+	defer cancel()
+	in, err := s.cfg.Metadata.Instance(ctx)
+	if err != nil {
+		return nil, err
+	}
+	disks, err := s.cfg.API.InstanceDisks(ctx, in.ID)
+	if err != nil {
+		return nil, err
+	}
+	c := &confirmed{InstanceID: in.ID, Expected: -1, Disks: disks, At: time.Now().UTC()}
+	if t, err := s.cfg.API.InstanceType(ctx, in.Type); err != nil {
+		klog.ErrorS(err, "Cannot learn the instance type's local disk count", "instanceType", in.Type)
+	} else {
+		c.Expected = t.LocalStorageAmount
+	}
+	return c, nil
+}
+
+// current returns what the cloud confirmed: asked once per process, else
+// the cache on disk while the cloud is unreachable (retried in background).
+func (s *Source) current(ctx context.Context) (*confirmed, string, error) {
+	s.mu.Lock()
+	c := s.confirmed
+	s.mu.Unlock()
+	if c != nil {
+		return c, "cloud", nil
+	}
+	c, err := s.fromCloud(ctx)
+	if err == nil {
+		s.remember(c)
+		return c, "cloud", nil
+	}
+	s.startRetry()
+	cached, cerr := s.loadCache()
+	switch {
+	case cerr == nil:
+		return cached, "cache", fmt.Errorf("cloud unreachable, serving the inventory it confirmed at %s: %w", cached.At.Format(time.RFC3339), err)
+	case os.IsNotExist(cerr):
+		return nil, "none", fmt.Errorf("cloud unreachable and no inventory confirmed before; no disk is served until it answers: %w", err)
+	default:
+		return nil, "none", fmt.Errorf("cloud unreachable (%v) and the cached inventory is unreadable: %w", err, cerr)
+	}
+}
+
+func (s *Source) remember(c *confirmed) {
+	s.mu.Lock()
+	s.confirmed = c
+	s.mu.Unlock()
+	b, err := json.MarshalIndent(c, "", "  ")
+	if err == nil {
+		err = state.WriteFileAtomic(s.cfg.CachePath, b)
+	}
+	if err != nil {
+		klog.ErrorS(err, "Saving the confirmed ECS inventory", "path", s.cfg.CachePath)
+	}
+}
+
+func (s *Source) loadCache() (*confirmed, error) {
+	b, err := os.ReadFile(s.cfg.CachePath)
+	if err != nil {
+		return nil, err
+	}
+	var c confirmed
+	if err := json.Unmarshal(b, &c); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+// startRetry asks the cloud in the background until it answers, then
+// signals Changed.
+func (s *Source) startRetry() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.retrying {
+		return
+	}
+	s.retrying = true
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		for {
+			select {
+			case <-s.ctx.Done():
+				return
+			case <-time.After(s.cfg.RetryInterval):
+			}
+			c, err := s.fromCloud(s.ctx)
+			if err != nil {
+				klog.ErrorS(err, "ECS still unreachable, retrying", "retryIn", s.cfg.RetryInterval)
+				continue
+			}
+			s.remember(c)
+			s.mu.Lock()
+			s.retrying = false
+			s.mu.Unlock()
+			klog.InfoS("ECS answered, inventory confirmed", "instanceID", c.InstanceID, "localDisks", len(c.Disks))
+			select {
+			case s.changed <- struct{}{}:
+			default:
+			}
+			return
+		}
+	}()
+}
+
+// Discover returns the devices whose serial the cloud lists as this
+// instance's local disks, with their ECS disk ID and category. Devices the
+// cloud does not list, and local disks without a device, are reported as
+// problems; cloud disks (system, data) are left out quietly.
+func (s *Source) Discover(ctx context.Context) ([]disk.Disk, []error, error) {
+	c, from, cerr := s.current(ctx)
+	devices, problems, err := s.cfg.Devices.Discover(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	if cerr != nil {
+		problems = append(problems, cerr)
+	}
+	if c == nil {
+		return nil, problems, nil
+	}
+	bySerial := map[string]CloudDisk{}
+	local := 0
+	for _, d := range c.Disks {
+		bySerial[d.Serial] = d
+		if d.Local {
+			local++
+		}
+	}
+	var out []disk.Disk
+	matched := map[string]bool{}
+	for _, d := range devices {
+		serial := SerialOf(d.Identity)
+		cd, ok := bySerial[serial]
+		switch {
+		case ok && cd.Local:
+			d.ID, d.Identity = disk.MakeID("serial", serial), "serial:"+serial
+			d.CloudID, d.Category = cd.ID, cd.Category
+			out = append(out, d)
+			matched[cd.ID] = true
+		case ok:
+			// A cloud disk of this instance (system or data disk): not ours.
+		default:
+			problems = append(problems, fmt.Errorf("device %s (%s) is not a local disk of instance %s according to ECS; it is not used", d.Path, d.Identity, c.InstanceID))
+		}
+	}
+	for _, d := range c.Disks {
+		if d.Local && !matched[d.ID] {
+			problems = append(problems, fmt.Errorf("ECS lists local disk %s (%s, serial %s) but no device has that serial", d.ID, d.Category, d.Serial))
+		}
+	}
+	if c.Expected >= 0 && c.Expected != local {
+		problems = append(problems, fmt.Errorf("instance type expects %d local disks, ECS lists %d", c.Expected, local))
+	}
+	klog.InfoS("ECS disk discovery", "instanceID", c.InstanceID, "from", from, "expected", c.Expected, "cloudLocalDisks", local, "matched", len(out), "problems", len(problems))
+	return out, problems, nil
+}
+
+// Identify reads the serial of the device now at path.
+func (s *Source) Identify(ctx context.Context, path string) (string, string, error) {
+	_, identity, err := s.cfg.Devices.Identify(ctx, path)
+	if err != nil {
+		return "", "", err
+	}
+	serial := SerialOf(identity)
+	if serial == "" {
+		return "", "", fmt.Errorf("%s: no serial (%s)", path, identity)
+	}
+	return disk.MakeID("serial", serial), "serial:" + serial, nil
+}
+
+// SerialOf extracts the serial from a device identity: a serial as is; a
+// by-id link's serial part (virtio-<serial>, nvme-<model>_<serial>); and, for
+// loop devices standing in for disks in tests and demos, the backing file.
+func SerialOf(identity string) string {
+	kind, value, _ := strings.Cut(identity, ":")
+	switch kind {
+	case "serial", "loop":
+		return value
+	case "byid":
+		if v, ok := strings.CutPrefix(value, "virtio-"); ok {
+			return v
+		}
+		if strings.HasPrefix(value, "nvme-") {
+			if i := strings.LastIndex(value, "_"); i >= 0 {
+				return value[i+1:]
+			}
+		}
+	}
+	return ""
+}
+
+// CachePathIn is the cache file's conventional place in a state directory.
+func CachePathIn(stateDir string) string { return filepath.Join(stateDir, "ecs-inventory.json") }
