@@ -18,6 +18,9 @@ build: ## Build bin/ecs-localdisk-csi with the version stamped in
 demo: build ## Run the driver on three loop-device disks and walk volumes through their life (root)
 	$(GO) run ./tests/demo --driver bin/$(BINARY)
 
+demo-ecs: build ## The demo with --disk-source=ecs, against a fake ECS on loopback (root)
+	$(GO) run ./tests/demo --driver bin/$(BINARY) --disk-source=ecs
+
 test: vet ## Everything CI runs: unit, loop-device integration and csi-sanity tests (root)
 	$(GO) test $(TESTFLAGS) ./...
 
@@ -46,4 +49,4 @@ deploy: ## Render the static overlay of the manifests
 clean: ## Remove build output
 	rm -rf bin
 
-.PHONY: help build demo test unit sanity bench vet lint image deploy clean
+.PHONY: help build demo demo-ecs test unit sanity bench vet lint image deploy clean

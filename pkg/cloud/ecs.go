@@ -28,7 +28,7 @@ type CloudDisk struct {
 	// Local is set for local disks (LocalCategories); the rest are cloud
 	// disks (system disk, attached data disks) that the driver never uses.
 	Local   bool
-	SizeGiB  int
+	SizeGiB int
 	// Serial is what the guest sees as the disk's serial: the API's
 	// SerialNumber, else the disk ID without its "d-" prefix.
 	Serial string

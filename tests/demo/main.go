@@ -3,6 +3,10 @@
 // provisioner would: capacity, create, format and mount, write, re-stage with
 // data intact, raw block, delete, clean. It needs root. It removes everything
 // it made: the driver is stopped by its PID, mounts undone, loops detached.
+//
+// With --disk-source=ecs the driver discovers the same disks through the ECS
+// source, talking to a fake ECS (metadata server and OpenAPI on loopback) that
+// lists the loop devices as the instance's local disks.
 package main
 
 import (
@@ -20,6 +24,7 @@ import (
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"github.com/ecs-localdisk/ecs-localdisk-csi/internal/testutil"
+	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/cloud"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 )
@@ -32,8 +37,13 @@ const (
 func main() {
 	driverBin := flag.String("driver", "bin/ecs-localdisk-csi", "driver binary to run")
 	keep := flag.Bool("keep", false, "leave the driver running on its disks until interrupted")
+	source := flag.String("disk-source", "static", "static, or ecs against a fake ECS on loopback")
 	flag.Parse()
-	if err := run(*driverBin, *keep); err != nil {
+	if *source != "static" && *source != "ecs" {
+		fmt.Fprintln(os.Stderr, "--disk-source must be static or ecs")
+		os.Exit(2)
+	}
+	if err := run(*driverBin, *source, *keep); err != nil {
 		fmt.Fprintln(os.Stderr, "demo failed:", err)
 		os.Exit(1)
 	}
@@ -41,19 +51,22 @@ func main() {
 }
 
 type demo struct {
-	dir   string
-	loops []string
+	source string
+	dir    string
+	loops  []string
+	media  []string
+	fake   *cloud.Fake
 	cmd   *exec.Cmd
 	conn  *grpc.ClientConn
 	ctl   csi.ControllerClient
 	nd    csi.NodeClient
 }
 
-func run(driverBin string, keep bool) (err error) {
+func run(driverBin, source string, keep bool) (err error) {
 	if os.Geteuid() != 0 {
 		return errors.New("needs root (loop devices, mkfs, mount)")
 	}
-	d := &demo{}
+	d := &demo{source: source}
 	defer d.cleanup()
 	if d.dir, err = os.MkdirTemp("", "localdisk-demo-"); err != nil {
 		return err
@@ -63,8 +76,11 @@ func run(driverBin string, keep bool) (err error) {
 		if err != nil {
 			return err
 		}
-		d.loops = append(d.loops, loop)
+		d.loops, d.media = append(d.loops, loop), append(d.media, media)
 		step("disk %d: %s, 1 GiB sparse, %s", i, loop, media)
+	}
+	if source == "ecs" {
+		d.startFakeECS()
 	}
 	if err := d.start(driverBin); err != nil {
 		return err
@@ -92,6 +108,22 @@ func run(driverBin string, keep bool) (err error) {
 	return nil
 }
 
+// startFakeECS lists the loop devices as the local disks of a fake instance;
+// a loop device's serial, as the ECS source sees it, is its backing file.
+func (d *demo) startFakeECS() {
+	d.fake = cloud.NewFake(cloud.Instance{ID: "i-demo", Type: "ecs.i4.demo", Region: "cn-hangzhou", Zone: "cn-hangzhou-k"})
+	d.fake.TokenMode = true
+	d.fake.Types["ecs.i4.demo"] = cloud.InstanceType{LocalStorageAmount: len(d.loops), LocalStorageGiB: 1, LocalStorageCategory: "local_ssd_pro"}
+	for i, loop := range d.loops {
+		backing, _ := os.ReadFile(filepath.Join("/sys/block", filepath.Base(loop), "loop/backing_file"))
+		cat := map[string]string{"ssd": "local_ssd_pro", "hdd": "local_hdd_pro"}[d.media[i]]
+		d.fake.Disks = append(d.fake.Disks, cloud.FakeDisk{ID: fmt.Sprintf("d-demo%d", i), Category: cat, InstanceID: "i-demo",
+			Serial: strings.TrimSpace(string(backing)), SizeGiB: 1})
+	}
+	d.fake.Disks = append(d.fake.Disks, cloud.FakeDisk{ID: "d-demosystem", Category: "cloud_essd", InstanceID: "i-demo", SizeGiB: 40})
+	step("fake ECS: metadata %s, OpenAPI %s; instance i-demo lists %d local disks", d.fake.Metadata.URL, d.fake.API.URL, len(d.loops))
+}
+
 func step(format string, a ...any) { fmt.Printf("==> "+format+"\n", a...) }
 
 func makeLoop(dir string, i int, media string) (string, error) {
@@ -115,6 +147,10 @@ func (d *demo) start(bin string) error {
 	sock := filepath.Join(d.dir, "csi.sock")
 	d.cmd = exec.Command(bin, "--endpoint=unix://"+sock, "--node-id="+node,
 		"--state-dir="+filepath.Join(d.dir, "state"), "--devices="+strings.Join(d.loops, ","), "--v=2")
+	if d.fake != nil {
+		d.cmd.Args = append(d.cmd.Args, "--disk-source=ecs", "--metadata-endpoint="+d.fake.Metadata.URL, "--ecs-endpoint="+d.fake.API.URL)
+		d.cmd.Env = append(os.Environ(), "ALIBABA_CLOUD_ACCESS_KEY_ID=LTAIdemo", "ALIBABA_CLOUD_ACCESS_KEY_SECRET=demo-secret")
+	}
 	logf, err := os.Create(filepath.Join(d.dir, "driver.log"))
 	if err != nil {
 		return err
@@ -150,12 +186,17 @@ func (d *demo) showNode(ctx context.Context) error {
 		return err
 	}
 	step("NodeGetInfo: node %s, max_volumes_per_node %d, topology %v", info.NodeId, info.MaxVolumesPerNode, info.AccessibleTopology.Segments)
-	for _, media := range []string{"ssd", "hdd", "any"} {
-		c, err := d.ctl.GetCapacity(ctx, &csi.GetCapacityRequest{Parameters: map[string]string{"media": media}, AccessibleTopology: info.AccessibleTopology})
+	key := "media"
+	values := []string{"ssd", "hdd", "any"}
+	if d.fake != nil {
+		key, values = "diskCategory", []string{"local_ssd_pro", "local_hdd_pro", "any"}
+	}
+	for _, v := range values {
+		c, err := d.ctl.GetCapacity(ctx, &csi.GetCapacityRequest{Parameters: map[string]string{key: v}, AccessibleTopology: info.AccessibleTopology})
 		if err != nil {
 			return err
 		}
-		step("GetCapacity media=%s: available %d MiB, largest disk %d MiB", media, c.AvailableCapacity>>20, c.GetMaximumVolumeSize().GetValue()>>20)
+		step("GetCapacity %s=%s: available %d MiB, largest disk %d MiB", key, v, c.AvailableCapacity>>20, c.GetMaximumVolumeSize().GetValue()>>20)
 	}
 	return nil
 }
@@ -170,6 +211,9 @@ func (d *demo) filesystemVolume(ctx context.Context) error {
 	}
 	v := cv.Volume
 	step("CreateVolume pvc-demo-fs (ssd, ext4, mkfsOptions %q): %s, %d MiB, disk %s", params["mkfsOptions"], v.VolumeId, v.CapacityBytes>>20, v.VolumeContext["diskIdentity"])
+	if id := v.VolumeContext["ecsDiskId"]; id != "" {
+		step("volume context names the ECS disk: ecsDiskId=%s diskCategory=%s", id, v.VolumeContext["diskCategory"])
+	}
 	staging, target := filepath.Join(d.dir, "staging-fs"), filepath.Join(d.dir, "pods/fs/mount")
 	stage := &csi.NodeStageVolumeRequest{VolumeId: v.VolumeId, StagingTargetPath: staging, VolumeCapability: vc, VolumeContext: v.VolumeContext}
 	publish := &csi.NodePublishVolumeRequest{VolumeId: v.VolumeId, StagingTargetPath: staging, TargetPath: target, VolumeCapability: vc, VolumeContext: v.VolumeContext}
@@ -304,6 +348,11 @@ func (d *demo) cleanup() {
 	if d.conn != nil {
 		d.conn.Close()
 	}
+	defer func() {
+		if d.fake != nil {
+			d.fake.Close()
+		}
+	}()
 	if d.cmd != nil && d.cmd.Process != nil {
 		_ = d.cmd.Process.Signal(syscall.SIGTERM)
 		done := make(chan struct{})

@@ -110,4 +110,3 @@ func TestECSSourceEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 }
-
