@@ -75,8 +75,11 @@ func newSource(o options.Options, m *mounter.Real) (disk.Source, error) {
 		return nil, err
 	}
 	md := cloud.NewMetadata(o.MetadataEndpoint)
-	return cloud.NewSource(cloud.SourceConfig{Metadata: md, API: &lazyAPI{opts: o, md: md}, Devices: devices,
-		CachePath: cloud.CachePathIn(o.StateDir)})
+	cfg := cloud.SourceConfig{Metadata: md, API: &lazyAPI{opts: o, md: md}, Devices: devices, CachePath: cloud.CachePathIn(o.StateDir)}
+	if o.SerialLessFallback {
+		cfg.Fallback = &cloud.Fallback{StartWith: o.StartWith(), Pinner: cloud.DevicePinner{}}
+	}
+	return cloud.NewSource(cfg)
 }
 
 func serve(o options.Options) error {

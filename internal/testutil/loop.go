@@ -3,12 +3,14 @@
 package testutil
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
 )
 
@@ -124,4 +126,76 @@ func QuietLogs(pkg string) {
 	}
 	klog.LogToStderr(false)
 	klog.SetOutputBySeverity("INFO", f)
+}
+
+// NewLoopRun attaches n loop devices with consecutive numbers (looked for
+// from loop100 up, away from the ones losetup --find hands out), each on its
+// own sparse file of size bytes in dir. They are detached at test cleanup.
+func NewLoopRun(t testing.TB, dir string, size int64, n int) []Loop {
+	t.Helper()
+	RequireRoot(t)
+	var files []string
+	for i := 0; i < n; i++ {
+		f, err := os.CreateTemp(dir, "run-*.img")
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.Truncate(size)
+		f.Close()
+		files = append(files, f.Name())
+	}
+	for base := 100; base < 250; base += n {
+		var loops []Loop
+		for i := 0; i < n; i++ {
+			l, err := AttachAt(base+i, files[i])
+			if err != nil {
+				break
+			}
+			loops = append(loops, l)
+		}
+		if len(loops) == n {
+			t.Cleanup(func() {
+				for _, l := range loops {
+					Detach(l.Path)
+				}
+			})
+			return loops
+		}
+		for _, l := range loops {
+			Detach(l.Path)
+		}
+	}
+	t.Fatalf("no run of %d free loop devices between loop100 and loop250", n)
+	return nil
+}
+
+// AttachAt attaches /dev/loop<num> to backing, creating the node if needed.
+func AttachAt(num int, backing string) (Loop, error) {
+	path := fmt.Sprintf("/dev/loop%d", num)
+	if _, err := os.Stat(path); os.IsNotExist(err) {
+		if err := unix.Mknod(path, unix.S_IFBLK|0o660, int(unix.Mkdev(7, uint32(num)))); err != nil {
+			return Loop{}, err
+		}
+	}
+	if out, err := exec.Command("losetup", path, backing).CombinedOutput(); err != nil {
+		return Loop{}, &execError{"losetup " + path + " " + backing, string(out), err}
+	}
+	abs, _ := filepath.Abs(backing)
+	return Loop{Path: path, Backing: abs}, nil
+}
+
+// Swap detaches two loop devices and attaches each to the other's backing
+// file: the kernel names of two disks trade places, as after a reboot.
+func Swap(t testing.TB, a, b *Loop) {
+	t.Helper()
+	Detach(a.Path)
+	Detach(b.Path)
+	for _, l := range []struct {
+		path, backing string
+	}{{a.Path, b.Backing}, {b.Path, a.Backing}} {
+		if out, err := exec.Command("losetup", l.path, l.backing).CombinedOutput(); err != nil {
+			t.Fatalf("losetup %s %s: %v %s", l.path, l.backing, err, out)
+		}
+	}
+	a.Backing, b.Backing = b.Backing, a.Backing
 }

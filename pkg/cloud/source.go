@@ -41,6 +41,17 @@ type SourceConfig struct {
 	// RetryInterval is how often an unreachable cloud is retried in the
 	// background; default 30s.
 	RetryInterval time.Duration
+	// Fallback, when set, identifies local disks that have no serial
+	// (instances created before mid-2020) by name and pins them.
+	Fallback *Fallback
+}
+
+// Fallback is the serial-less method of the LocalVolume provisioner, made
+// safer: the instance type gives the count, StartWith the first name (vdb),
+// and each disk is pinned at first use so that a later rename is detected.
+type Fallback struct {
+	StartWith string
+	Pinner    Pinner
 }
 
 // Source is the ECS disk source: it serves exactly the block devices whose
@@ -61,6 +72,7 @@ type Source struct {
 type confirmed struct {
 	InstanceID string      `json:"instanceID"`
 	Expected   int         `json:"expected"` // LocalStorageAmount of the type, -1 unknown
+	Category   string      `json:"category"` // LocalStorageCategory of the type
 	Disks      []CloudDisk `json:"disks"`
 	At         time.Time   `json:"at"`
 }
@@ -108,7 +120,7 @@ func (s *Source) fromCloud(ctx context.Context) (*confirmed, error) {
 	if t, err := s.cfg.API.InstanceType(ctx, in.Type); err != nil {
 		klog.ErrorS(err, "Cannot learn the instance type's local disk count", "instanceType", in.Type)
 	} else {
-		c.Expected = t.LocalStorageAmount
+		c.Expected, c.Category = t.LocalStorageAmount, t.LocalStorageCategory
 	}
 	return c, nil
 }
@@ -225,7 +237,7 @@ func (s *Source) Discover(ctx context.Context) ([]disk.Disk, []error, error) {
 			local++
 		}
 	}
-	var out []disk.Disk
+	var out, rest []disk.Disk
 	matched := map[string]bool{}
 	for _, d := range devices {
 		serial := SerialOf(d.Identity)
@@ -239,12 +251,28 @@ func (s *Source) Discover(ctx context.Context) ([]disk.Disk, []error, error) {
 		case ok:
 			// A cloud disk of this instance (system or data disk): not ours.
 		default:
-			problems = append(problems, fmt.Errorf("device %s (%s) is not a local disk of instance %s according to ECS; it is not used", d.Path, d.Identity, c.InstanceID))
+			rest = append(rest, d)
 		}
 	}
+	unmatched := 0
 	for _, d := range c.Disks {
 		if d.Local && !matched[d.ID] {
-			problems = append(problems, fmt.Errorf("ECS lists local disk %s (%s, serial %s) but no device has that serial", d.ID, d.Category, d.Serial))
+			unmatched++
+		}
+	}
+	if s.cfg.Fallback != nil && unmatched > 0 {
+		pinned, left, fbProblems := s.fallback(c, rest, unmatched)
+		out, rest, problems = append(out, pinned...), left, append(problems, fbProblems...)
+		unmatched -= len(pinned)
+	}
+	for _, d := range rest {
+		problems = append(problems, fmt.Errorf("device %s (%s) is not a local disk of instance %s according to ECS; it is not used", d.Path, d.Identity, c.InstanceID))
+	}
+	if unmatched > 0 {
+		for _, d := range c.Disks {
+			if d.Local && !matched[d.ID] {
+				problems = append(problems, fmt.Errorf("ECS lists local disk %s (%s, serial %s) but no device has that serial", d.ID, d.Category, d.Serial))
+			}
 		}
 	}
 	if c.Expected >= 0 && c.Expected != local {
@@ -254,17 +282,110 @@ func (s *Source) Discover(ctx context.Context) ([]disk.Disk, []error, error) {
 	return out, problems, nil
 }
 
-// Identify reads the serial of the device now at path.
+// Identify reads the serial of the device now at path, or its pin when the
+// fallback is on and the device has no serial.
 func (s *Source) Identify(ctx context.Context, path string) (string, string, error) {
 	_, identity, err := s.cfg.Devices.Identify(ctx, path)
 	if err != nil {
 		return "", "", err
+	}
+	if s.cfg.Fallback != nil && !strings.HasPrefix(identity, "serial:") {
+		if p, ok, err := s.cfg.Fallback.Pinner.Read(path); err == nil && ok {
+			return disk.MakeID("pin", p.ID), "pin:" + p.ID, nil
+		}
 	}
 	serial := SerialOf(identity)
 	if serial == "" {
 		return "", "", fmt.Errorf("%s: no serial (%s)", path, identity)
 	}
 	return disk.MakeID("serial", serial), "serial:" + serial, nil
+}
+
+// fallback takes up to want devices without a serial, in the order of the
+// names from StartWith, and identifies each by its pin, pinning blank ones.
+// It returns the pinned disks and the devices it did not take.
+func (s *Source) fallback(c *confirmed, candidates []disk.Disk, want int) (pinned, left []disk.Disk, problems []error) {
+	count := c.Expected
+	if count < 0 {
+		count = want
+	}
+	byName := map[string]disk.Disk{}
+	for _, d := range candidates {
+		byName[d.Name] = d
+	}
+	taken := map[string]bool{}
+	for _, name := range deviceNames(s.cfg.Fallback.StartWith, count) {
+		d, ok := byName[name]
+		switch {
+		case len(pinned) == want:
+		case !ok:
+			problems = append(problems, fmt.Errorf("serial-less fallback: no candidate device %s", name))
+		case strings.HasPrefix(d.Identity, "serial:"):
+			// Has a real serial the cloud does not list: not a local disk.
+		default:
+			p, err := s.pinOf(c, d)
+			if err != nil {
+				problems = append(problems, fmt.Errorf("serial-less fallback: %s: %w", d.Path, err))
+				continue
+			}
+			taken[name] = true
+			d.ID, d.Identity = disk.MakeID("pin", p.ID), "pin:"+p.ID
+			d.Category, d.ReservedTailBytes = c.Category, PinReserve
+			pinned = append(pinned, d)
+		}
+	}
+	for _, d := range candidates {
+		if !taken[d.Name] {
+			left = append(left, d)
+		}
+	}
+	return pinned, left, problems
+}
+
+// pinOf reads the device's pin, or pins it if it is blank.
+func (s *Source) pinOf(c *confirmed, d disk.Disk) (Pin, error) {
+	p, ok, err := s.cfg.Fallback.Pinner.Read(d.Path)
+	if err != nil {
+		return Pin{}, err
+	}
+	if ok {
+		if p.InstanceID != c.InstanceID {
+			return Pin{}, fmt.Errorf("pinned on instance %s, not %s; not used", p.InstanceID, c.InstanceID)
+		}
+		return p, nil
+	}
+	if f := d.Facts; len(f.Signatures) > 0 || f.Mounted || f.Partitioned || len(f.Holders) > 0 || f.System {
+		return Pin{}, errors.New("carries data but no pin: the driver did not create it and does not use it")
+	}
+	p = Pin{ID: newPinID(), InstanceID: c.InstanceID, FirstName: d.Name}
+	if err := s.cfg.Fallback.Pinner.Write(d.Path, p); err != nil {
+		return Pin{}, err
+	}
+	klog.InfoS("Pinned a local disk without serial", "device", d.Path, "pin", p.ID, "instanceID", c.InstanceID)
+	return p, nil
+}
+
+// AfterWipe writes a wiped disk's pin back: zeroing or discarding erases it.
+func (s *Source) AfterWipe(_ context.Context, path, identity string) error {
+	id, ok := strings.CutPrefix(identity, "pin:")
+	if !ok || s.cfg.Fallback == nil {
+		return nil
+	}
+	if p, found, err := s.cfg.Fallback.Pinner.Read(path); err == nil && found && p.ID == id {
+		return nil
+	}
+	s.mu.Lock()
+	instance := ""
+	if s.confirmed != nil {
+		instance = s.confirmed.InstanceID
+	}
+	s.mu.Unlock()
+	if instance == "" {
+		if c, err := s.loadCache(); err == nil {
+			instance = c.InstanceID
+		}
+	}
+	return s.cfg.Fallback.Pinner.Write(path, Pin{ID: id, InstanceID: instance})
 }
 
 // SerialOf extracts the serial from a device identity: a serial as is; a

@@ -40,6 +40,10 @@ type Disk struct {
 	Category string `json:"category,omitempty"`
 	// CloudID is the cloud's disk ID (e.g. d-bp1...), "" when unknown.
 	CloudID string `json:"cloudID,omitempty"`
+	// ReservedTailBytes at the end of the device belong to the driver (the
+	// identity pin of a disk without a serial): filesystems stop short of
+	// them and the disk is never handed out raw.
+	ReservedTailBytes int64 `json:"reservedTailBytes,omitempty"`
 	// Facts is what discovery saw on the device.
 	Facts Facts `json:"facts"`
 }

@@ -50,6 +50,16 @@ func checkAccessMode(c *csi.VolumeCapability) error {
 	}
 }
 
+// wantsBlock says whether any capability asks for a raw block device.
+func wantsBlock(caps []*csi.VolumeCapability) bool {
+	for _, c := range caps {
+		if c.GetBlock() != nil {
+			return true
+		}
+	}
+	return false
+}
+
 func readOnlyMode(c *csi.VolumeCapability) bool {
 	return c.GetAccessMode().GetMode() == csi.VolumeCapability_AccessMode_SINGLE_NODE_READER_ONLY
 }

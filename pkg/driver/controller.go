@@ -51,7 +51,7 @@ func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 	defer release()
 	v, err := d.cfg.Inventory.Allocate(inventory.Request{
 		Name: name, RequiredBytes: required, LimitBytes: limit,
-		Filter:     params.filter(),
+		Filter:     params.filter(wantsBlock(req.GetVolumeCapabilities())),
 		Parameters: params.stored(), CleanupPolicy: string(params.CleanupPolicy),
 	})
 	if err != nil {
@@ -145,7 +145,7 @@ func (d *Driver) GetCapacity(ctx context.Context, req *csi.GetCapacityRequest) (
 	if seg := req.GetAccessibleTopology().GetSegments(); len(seg) > 0 && !d.matchesSegment(seg) {
 		return &csi.GetCapacityResponse{AvailableCapacity: 0}, nil
 	}
-	avail, maxSize, err := d.cfg.Inventory.Capacity(params.filter())
+	avail, maxSize, err := d.cfg.Inventory.Capacity(params.filter(wantsBlock(req.GetVolumeCapabilities())))
 	if err != nil {
 		return nil, toStatus(err)
 	}

@@ -39,6 +39,9 @@ func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 		return nil, toStatus(err)
 	}
 	if vc.GetBlock() != nil {
+		if v.Disk.ReservedTailBytes > 0 {
+			return nil, status.Errorf(codes.FailedPrecondition, "volume %s is on a disk without a serial whose tail holds its identity pin; it cannot be used as a raw block device", id)
+		}
 		return &csi.NodeStageVolumeResponse{}, nil
 	}
 	stored := v.Parameters[ctxFSType]
@@ -47,14 +50,18 @@ func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 	}
 	fsType = orDefault(firstNonEmpty(fsType, stored))
 	flags := mountFlags(fsType, vc)
-	err = d.stageFilesystem(ctx, id, dev, staging, fsType, v.FSUUID, strings.Fields(v.Parameters[ParamMkfsOptions]), flags)
+	var limit int64
+	if v.Disk.ReservedTailBytes > 0 {
+		limit = v.Disk.SizeBytes // stop short of the driver's tail
+	}
+	err = d.stageFilesystem(ctx, id, dev, staging, fsType, v.FSUUID, limit, strings.Fields(v.Parameters[ParamMkfsOptions]), flags)
 	if err != nil {
 		return nil, toStatus(err)
 	}
 	return &csi.NodeStageVolumeResponse{}, nil
 }
 
-func (d *Driver) stageFilesystem(ctx context.Context, id, dev, staging, fsType, uuid string, mkfsArgs, flags []string) error {
+func (d *Driver) stageFilesystem(ctx context.Context, id, dev, staging, fsType, uuid string, sizeLimit int64, mkfsArgs, flags []string) error {
 	if m, err := d.mountAt(staging); err != nil {
 		return err
 	} else if m != nil {
@@ -76,7 +83,7 @@ func (d *Driver) stageFilesystem(ctx context.Context, id, dev, staging, fsType, 
 			return err
 		}
 		klog.InfoS("Formatting blank disk", "volumeID", id, "device", dev, "fsType", fsType, "mkfsOptions", mkfsArgs)
-		if err := d.cfg.Mounter.Format(ctx, dev, fsType, uuid, mkfsArgs); err != nil {
+		if err := d.cfg.Mounter.Format(ctx, dev, fsType, uuid, sizeLimit, mkfsArgs); err != nil {
 			return err
 		}
 	case probe.FSType == fsType:

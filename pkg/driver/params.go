@@ -140,9 +140,10 @@ func parseFSType(v string) (string, error) {
 	return "", invalid("filesystem type %q is not supported (ext4, xfs)", v)
 }
 
-// filter selects the disks the class may use.
-func (p Params) filter() inventory.Filter {
-	return inventory.Filter{Media: p.Media, Category: p.DiskCategory}
+// filter selects the disks the class may use; raw block volumes need disks
+// the driver keeps nothing on.
+func (p Params) filter(raw bool) inventory.Filter {
+	return inventory.Filter{Media: p.Media, Category: p.DiskCategory, Raw: raw}
 }
 
 // stored is the canonical form kept with the volume and compared when a

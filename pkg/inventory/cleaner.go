@@ -97,6 +97,14 @@ func (inv *Inventory) cleanOnce(id string) error {
 	if err := inv.cfg.Mounter.Wipe(ctx, path, policy); err != nil {
 		return fmt.Errorf("cleanup %s of %s: %w", policy, path, err)
 	}
+	if r, ok := inv.cfg.Source.(afterWiper); ok {
+		inv.mu.Lock()
+		identity := inv.rec.Disks[id].Identity
+		inv.mu.Unlock()
+		if err := r.AfterWipe(ctx, path, identity); err != nil {
+			return fmt.Errorf("restoring the identity of %s after cleanup: %w", path, err)
+		}
+	}
 	inv.mu.Lock()
 	defer inv.mu.Unlock()
 	next := inv.rec.Clone()
@@ -110,6 +118,12 @@ func (inv *Inventory) cleanOnce(id string) error {
 	}
 	klog.InfoS("Disk clean and free", "disk", id, "device", path, "cleanupPolicy", policy, "duration", time.Since(start))
 	return nil
+}
+
+// afterWiper is a source that keeps something on its disks (a pin) that a
+// wipe erases and must be written back before the disk is free.
+type afterWiper interface {
+	AfterWipe(ctx context.Context, path, identity string) error
 }
 
 // setStatus records a cleaning failure; it reports false when the disk is no

@@ -42,10 +42,14 @@ type Config struct {
 type Filter struct {
 	Media    string
 	Category string
+	// Raw asks for disks that can be handed out as raw block devices: not
+	// those whose tail the driver keeps for itself.
+	Raw bool
 }
 
 func (f Filter) match(d *state.Disk) bool {
-	return (f.Media == "" || f.Media == d.Media) && (f.Category == "" || f.Category == d.Category)
+	return (f.Media == "" || f.Media == d.Media) && (f.Category == "" || f.Category == d.Category) &&
+		(!f.Raw || d.ReservedTailBytes == 0)
 }
 
 // Request asks for a volume.
@@ -221,7 +225,8 @@ func reconcile(rec *state.Record, found []disk.Disk) (map[string]disk.Disk, []Ex
 			r = &state.Disk{ID: d.ID, Status: state.Free, UpdatedAt: time.Now().UTC()}
 			rec.Disks[d.ID] = r
 		}
-		r.Identity, r.SizeBytes, r.Media, r.Category, r.CloudID = d.Identity, d.SizeBytes, string(d.Media), d.Category, d.CloudID
+		r.Identity, r.SizeBytes, r.Media, r.Category, r.CloudID = d.Identity, d.SizeBytes-d.ReservedTailBytes, string(d.Media), d.Category, d.CloudID
+		r.ReservedTailBytes = d.ReservedTailBytes
 		devices[d.ID] = d
 	}
 	for id, r := range rec.Disks {

@@ -129,13 +129,17 @@ func (f *Fake) Probe(_ context.Context, device string) (disk.Probe, error) {
 }
 
 // Format gives a blank device a filesystem.
-func (f *Fake) Format(_ context.Context, device, fsType, uuid string, extraArgs []string) error {
-	err := f.begin("format", device, fmt.Sprintf("format %s %s %v", device, fsType, extraArgs))
+func (f *Fake) Format(_ context.Context, device, fsType, uuid string, sizeBytes int64, extraArgs []string) error {
+	call := fmt.Sprintf("format %s %s %v", device, fsType, extraArgs)
+	if sizeBytes > 0 {
+		call += fmt.Sprintf(" size=%d", sizeBytes)
+	}
+	err := f.begin("format", device, call)
 	defer f.mu.Unlock()
 	if err != nil {
 		return err
 	}
-	if _, err := mkfsArgs(fsType, uuid, extraArgs); err != nil {
+	if _, err := mkfsArgs(fsType, uuid, sizeBytes, extraArgs); err != nil {
 		return err
 	}
 	d, ok := f.devices[device]

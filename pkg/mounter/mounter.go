@@ -39,8 +39,9 @@ type Interface interface {
 	// given filesystem UUID and extra mkfs arguments (already validated). The
 	// defaults avoid work proportional to the device size (no discard, lazy
 	// inode table and journal initialisation); extra arguments may override
-	// them. Format refuses a device that carries any signature.
-	Format(ctx context.Context, device, fsType, uuid string, extraArgs []string) error
+	// them. sizeBytes > 0 limits the filesystem to the device's first
+	// sizeBytes. Format refuses a device that carries any signature.
+	Format(ctx context.Context, device, fsType, uuid string, sizeBytes int64, extraArgs []string) error
 	// Mount mounts device at target with fsType and options.
 	Mount(device, target, fsType string, options []string) error
 	// BindMount bind-mounts source (a directory or a device node) onto target,

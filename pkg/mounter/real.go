@@ -125,8 +125,8 @@ const ext4Defaults = "nodiscard,lazy_itable_init=1,lazy_journal_init=1"
 // Format creates a filesystem on a blank device. mke2fs gets no -F: should a
 // signature appear after the probe, it asks for confirmation, reads the empty
 // stdin, and gives up.
-func (r *Real) Format(ctx context.Context, device, fsType, uuid string, extraArgs []string) error {
-	args, err := mkfsArgs(fsType, uuid, extraArgs)
+func (r *Real) Format(ctx context.Context, device, fsType, uuid string, sizeBytes int64, extraArgs []string) error {
+	args, err := mkfsArgs(fsType, uuid, sizeBytes, extraArgs)
 	if err != nil {
 		return err
 	}
@@ -138,17 +138,22 @@ func (r *Real) Format(ctx context.Context, device, fsType, uuid string, extraArg
 		return fmt.Errorf("%w: %s carries %s", ErrNotBlank, device, strings.Join(p.Signatures, ","))
 	}
 	start := time.Now()
-	if _, err := r.run(ctx, "mkfs."+fsType, append(args, device)...); err != nil {
+	args = append(args, device)
+	if fsType == "ext4" && sizeBytes > 0 {
+		args = append(args, fmt.Sprintf("%dk", sizeBytes/1024)) // mke2fs: fs-size after the device
+	}
+	if _, err := r.run(ctx, "mkfs."+fsType, args...); err != nil {
 		return err
 	}
 	klog.InfoS("Formatted", "device", device, "fsType", fsType, "args", args, "duration", time.Since(start))
 	return nil
 }
 
-// mkfsArgs builds the mkfs arguments: the driver's defaults, then the user's,
-// with the user's -E (ext4) or -m (xfs) merged after the defaults so that its
-// keys win.
-func mkfsArgs(fsType, uuid string, extra []string) ([]string, error) {
+// mkfsArgs builds the mkfs arguments before the device: the driver's
+// defaults, then the user's, with the user's -E (ext4) or -m (xfs) merged
+// after the defaults so that its keys win. An xfs size limit is merged into
+// -d the same way (ext4 takes it after the device).
+func mkfsArgs(fsType, uuid string, sizeBytes int64, extra []string) ([]string, error) {
 	var flag, defaults string
 	var args []string
 	switch fsType {
@@ -180,7 +185,27 @@ func mkfsArgs(fsType, uuid string, extra []string) ([]string, error) {
 	if !merged {
 		args = append(args, flag, defaults)
 	}
-	return append(args, rest...), nil
+	args = append(args, rest...)
+	if fsType == "xfs" && sizeBytes > 0 {
+		args = mergeOption(args, "-d", fmt.Sprintf("size=%d", sizeBytes/4096*4096))
+	}
+	return args, nil
+}
+
+// mergeOption adds sub-option sub to the last flag option in args (as
+// "flag a,b,sub"), or appends "flag sub".
+func mergeOption(args []string, flag, sub string) []string {
+	for i := len(args) - 1; i >= 0; i-- {
+		switch {
+		case args[i] == flag && i+1 < len(args):
+			args[i+1] += "," + sub
+			return args
+		case strings.HasPrefix(args[i], flag) && len(args[i]) > len(flag):
+			args[i] += "," + sub
+			return args
+		}
+	}
+	return append(args, flag, sub)
 }
 
 // Mount mounts device at target.

@@ -25,12 +25,18 @@ func TestMkfsArgs(t *testing.T) {
 		{"xfs", []string{"-m", "reflink=1"}, "-q -K -m uuid=U,reflink=1"},
 	}
 	for _, c := range cases {
-		got, err := mkfsArgs(c.fs, "U", c.extra)
+		got, err := mkfsArgs(c.fs, "U", 0, c.extra)
 		if err != nil || strings.Join(got, " ") != c.want {
 			t.Errorf("mkfsArgs(%s, %v) = %q, %v; want %q", c.fs, c.extra, strings.Join(got, " "), err, c.want)
 		}
 	}
-	if _, err := mkfsArgs("btrfs", "U", nil); !errors.Is(err, ErrUnsupportedFS) {
+	if got, _ := mkfsArgs("xfs", "U", 1<<30+100, []string{"-d", "agcount=4"}); strings.Join(got, " ") != "-q -K -m uuid=U -d agcount=4,size=1073741824" {
+		t.Errorf("xfs size limit merged: %q", got)
+	}
+	if got, _ := mkfsArgs("xfs", "U", 1<<30, nil); strings.Join(got, " ") != "-q -K -m uuid=U -d size=1073741824" {
+		t.Errorf("xfs size limit: %q", got)
+	}
+	if _, err := mkfsArgs("btrfs", "U", 0, nil); !errors.Is(err, ErrUnsupportedFS) {
 		t.Errorf("btrfs: %v", err)
 	}
 }
@@ -44,7 +50,7 @@ func TestProbeAndFormatOnLoop(t *testing.T) {
 		t.Fatalf("blank: %+v %v", p, err)
 	}
 	const uuid = "0b9f8a1e-3c2d-5e4f-8a6b-7c8d9e0f1a2b"
-	if err := r.Format(ctx, l.Path, "ext4", uuid, []string{"-L", "lbl"}); err != nil {
+	if err := r.Format(ctx, l.Path, "ext4", uuid, 0, []string{"-L", "lbl"}); err != nil {
 		t.Fatal(err)
 	}
 	p, err = r.Probe(ctx, l.Path)
@@ -56,7 +62,7 @@ func TestProbeAndFormatOnLoop(t *testing.T) {
 		t.Fatalf("label missing:\n%s", out)
 	}
 	// Formatting again is refused and leaves the filesystem alone.
-	if err := r.Format(ctx, l.Path, "xfs", "11111111-2222-5333-8444-555555555555", nil); !errors.Is(err, ErrNotBlank) {
+	if err := r.Format(ctx, l.Path, "xfs", "11111111-2222-5333-8444-555555555555", 0, nil); !errors.Is(err, ErrNotBlank) {
 		t.Fatalf("second format: %v", err)
 	}
 	if p2, _ := r.Probe(ctx, l.Path); p2.UUID != uuid {
@@ -73,7 +79,7 @@ func TestProbeAndFormatOnLoop(t *testing.T) {
 	if err != nil || !strings.Contains(strings.Join(p.Signatures, ","), "gpt") {
 		t.Fatalf("gpt: %+v %v", p, err)
 	}
-	if err := r.Format(ctx, gpt.Path, "ext4", uuid, nil); !errors.Is(err, ErrNotBlank) {
+	if err := r.Format(ctx, gpt.Path, "ext4", uuid, 0, nil); !errors.Is(err, ErrNotBlank) {
 		t.Fatalf("format over gpt: %v", err)
 	}
 	if err := r.Wipe(ctx, gpt.Path, CleanupSignatures); err != nil {

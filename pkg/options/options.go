@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 )
 
@@ -29,6 +30,9 @@ type Options struct {
 	ECSEndpoint      string
 	CredentialsFile  string
 	RAMRole          string
+
+	SerialLessFallback bool
+	DeviceStartWith    string
 }
 
 // AddFlags registers the options on fs, with defaults from the environment
@@ -44,6 +48,8 @@ func (o *Options) AddFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.ECSEndpoint, "ecs-endpoint", os.Getenv("ALIBABA_CLOUD_ECS_ENDPOINT"), "ecs: ECS OpenAPI endpoint, a host or URL, e.g. ecs-vpc.cn-hangzhou.aliyuncs.com (default: the region's public endpoint; env ALIBABA_CLOUD_ECS_ENDPOINT)")
 	fs.StringVar(&o.CredentialsFile, "credentials-file", "", "ecs: file or Secret directory with ALIBABA_CLOUD_ACCESS_KEY_ID/SECRET (and SECURITY_TOKEN); re-read when it changes")
 	fs.StringVar(&o.RAMRole, "ram-role", "", "ecs: RAM role to take from instance metadata (default: the one attached to the instance)")
+	fs.BoolVar(&o.SerialLessFallback, "serialless-fallback", false, "ecs: identify local disks that have no serial (instances created before mid-2020) by name from --device-start-with and the instance type's disk count, pinning each at first use; see the README for the risks")
+	fs.StringVar(&o.DeviceStartWith, "device-start-with", "", "ecs with --serialless-fallback: name of the first local disk (default vdb)")
 	fs.BoolVar(&o.Version, "version", false, "print the version and exit")
 }
 
@@ -74,7 +80,10 @@ func (o *Options) Validate() error {
 				errs = append(errs, fmt.Errorf("--devices entry %q: %v", p, err))
 			}
 		}
-		for name, v := range map[string]string{"--metadata-endpoint": o.MetadataEndpoint, "--ecs-endpoint": o.ECSEndpoint, "--credentials-file": o.CredentialsFile, "--ram-role": o.RAMRole} {
+		if o.SerialLessFallback {
+			errs = append(errs, errors.New("--serialless-fallback only applies to --disk-source=ecs"))
+		}
+		for name, v := range map[string]string{"--metadata-endpoint": o.MetadataEndpoint, "--ecs-endpoint": o.ECSEndpoint, "--credentials-file": o.CredentialsFile, "--ram-role": o.RAMRole, "--device-start-with": o.DeviceStartWith} {
 			if v != "" {
 				errs = append(errs, fmt.Errorf("%s only applies to --disk-source=ecs", name))
 			}
@@ -85,6 +94,12 @@ func (o *Options) Validate() error {
 				errs = append(errs, fmt.Errorf("--devices entry %q must be an absolute path or glob", p))
 			}
 		}
+		if o.DeviceStartWith != "" && !o.SerialLessFallback {
+			errs = append(errs, errors.New("--device-start-with only applies with --serialless-fallback"))
+		}
+		if o.DeviceStartWith != "" && !validStart.MatchString(o.DeviceStartWith) {
+			errs = append(errs, fmt.Errorf("--device-start-with %q is not a kernel disk name like vdb, xvdb, sdb or loop0", o.DeviceStartWith))
+		}
 		if o.CredentialsFile != "" && !filepath.IsAbs(o.CredentialsFile) {
 			errs = append(errs, fmt.Errorf("--credentials-file %q must be an absolute path", o.CredentialsFile))
 		}
@@ -92,6 +107,16 @@ func (o *Options) Validate() error {
 		errs = append(errs, fmt.Errorf("--disk-source %q is not supported (static, ecs)", o.DiskSource))
 	}
 	return errors.Join(errs...)
+}
+
+var validStart = regexp.MustCompile(`^((xvd|vd|sd|hd)[a-z]{1,3}|[a-z]+[0-9]+)$`)
+
+// StartWith is the first fallback device name.
+func (o *Options) StartWith() string {
+	if o.DeviceStartWith == "" {
+		return "vdb"
+	}
+	return o.DeviceStartWith
 }
 
 // DevicePatterns splits --devices into its entries.

@@ -38,14 +38,18 @@ func TestDevicePatterns(t *testing.T) {
 
 func TestValidateRejects(t *testing.T) {
 	cases := map[string][]string{
-		"--endpoint":      {"--devices=/dev/vdb", "--endpoint=/csi/csi.sock"},
-		"--node-id":       {"--devices=/dev/vdb", "--node-id="},
-		"--driver-name":   {"--devices=/dev/vdb", "--driver-name=a/b"},
-		"--state-dir":     {"--devices=/dev/vdb", "--state-dir=relative"},
-		"--disk-source":   {"--devices=/dev/vdb", "--disk-source=nfs"},
-		"needs --devices": {},
-		"absolute path":   {"--devices=vdb"},
-		"syntax error":    {"--devices=/dev/vd[b"},
+		"--endpoint":                         {"--devices=/dev/vdb", "--endpoint=/csi/csi.sock"},
+		"--node-id":                          {"--devices=/dev/vdb", "--node-id="},
+		"--driver-name":                      {"--devices=/dev/vdb", "--driver-name=a/b"},
+		"--state-dir":                        {"--devices=/dev/vdb", "--state-dir=relative"},
+		"--disk-source":                      {"--devices=/dev/vdb", "--disk-source=nfs"},
+		"needs --devices":                    {},
+		"absolute path":                      {"--devices=vdb"},
+		"syntax error":                       {"--devices=/dev/vd[b"},
+		"--serialless-fallback only applies": {"--devices=/dev/vdb", "--serialless-fallback"},
+		"--device-start-with only applies":   {"--disk-source=ecs", "--device-start-with=vdc"},
+		"not a kernel disk name":             {"--disk-source=ecs", "--serialless-fallback", "--device-start-with=/dev/vdb"},
+		"--ram-role only applies":            {"--devices=/dev/vdb", "--ram-role=r"},
 	}
 	for want, args := range cases {
 		o := parse(t, args...)

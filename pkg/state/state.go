@@ -61,6 +61,9 @@ type Disk struct {
 	Category  string `json:"category,omitempty"`
 	// CloudID is the cloud's ID of the disk (an ECS disk ID), when known.
 	CloudID string `json:"cloudID,omitempty"`
+	// ReservedTailBytes at the device's end are the driver's (see
+	// disk.Disk); SizeBytes already leaves them out.
+	ReservedTailBytes int64 `json:"reservedTailBytes,omitempty"`
 	// Status is the lifecycle state.
 	Status Status `json:"status"`
 	// Volume is set while Status is Allocated or Cleaning.

@@ -56,10 +56,10 @@ type demo struct {
 	loops  []string
 	media  []string
 	fake   *cloud.Fake
-	cmd   *exec.Cmd
-	conn  *grpc.ClientConn
-	ctl   csi.ControllerClient
-	nd    csi.NodeClient
+	cmd    *exec.Cmd
+	conn   *grpc.ClientConn
+	ctl    csi.ControllerClient
+	nd     csi.NodeClient
 }
 
 func run(driverBin, source string, keep bool) (err error) {
