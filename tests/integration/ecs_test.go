@@ -6,17 +6,13 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 
 	"github.com/ecs-localdisk/ecs-localdisk-csi/internal/testutil"
 	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/cloud"
 	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/disk"
-	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/driver"
-	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/inventory"
 	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/mounter"
-	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/state"
 )
 
 // TestECSSourceEndToEnd discovers loop devices through the ECS source: the
@@ -37,38 +33,8 @@ func TestECSSourceEndToEnd(t *testing.T) {
 		{ID: "d-e2essd", Category: "local_ssd_pro", InstanceID: "i-e2e", Serial: ssd.Backing, SizeGiB: 1},
 		{ID: "d-e2ehdd", Category: "local_hdd_pro", InstanceID: "i-e2e", Serial: hdd.Backing, SizeGiB: 1},
 	}
-	creds, err := cloud.NewCredentialProvider(cloud.CredentialConfig{Getenv: func(k string) string {
-		return map[string]string{"ALIBABA_CLOUD_ACCESS_KEY_ID": "LTAIe2e", "ALIBABA_CLOUD_ACCESS_KEY_SECRET": "e2e-secret"}[k]
-	}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	api, err := cloud.NewAPI(cloud.APIConfig{Region: "cn-hangzhou", Endpoint: f.API.URL, Credentials: creds})
-	if err != nil {
-		t.Fatal(err)
-	}
-	m := mounter.New()
-	devices, err := disk.NewStatic(disk.StaticConfig{Patterns: []string{ssd.Path, hdd.Path, stranger.Path}, Prober: m})
-	if err != nil {
-		t.Fatal(err)
-	}
-	src, err := cloud.NewSource(cloud.SourceConfig{Metadata: cloud.NewMetadata(f.Metadata.URL), API: api, Devices: devices,
-		CachePath: filepath.Join(dir, "state", "ecs-inventory.json")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer src.Close()
-	inv := inventory.New(inventory.Config{Node: node, Source: src, Store: state.NewStore(filepath.Join(dir, "state")), Mounter: m, RetryInterval: time.Second})
-	if err := inv.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	defer inv.Stop()
-	drv, err := driver.New(driver.Config{Name: "localdisk.csi.alibabacloud.com", Version: "e2e", NodeID: node, Inventory: inv, Mounter: m})
-	if err != nil {
-		t.Fatal(err)
-	}
-	e := &env{t: t, dir: dir, loops: []testutil.Loop{ssd, hdd, stranger}, m: m, inv: inv, drv: drv}
-	t.Cleanup(e.unmountAll)
+	e := newECSEnv(t, dir, []testutil.Loop{ssd, hdd, stranger}, f, nil)
+	inv, drv, m := e.inv, e.drv, e.m
 
 	if n := inv.ManagedDisks(); n != 2 {
 		t.Fatalf("%d managed disks, want the 2 the cloud confirmed", n)
@@ -109,4 +75,37 @@ func TestECSSourceEndToEnd(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dir, "state", "ecs-inventory.json")); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// newECSEnv is an env whose disks come through the ECS source, talking to
+// the fake f with an access key from the environment.
+func newECSEnv(t *testing.T, dir string, loops []testutil.Loop, f *cloud.Fake, fallback *cloud.Fallback) *env {
+	t.Helper()
+	creds, err := cloud.NewCredentialProvider(cloud.CredentialConfig{Getenv: func(k string) string {
+		return map[string]string{"ALIBABA_CLOUD_ACCESS_KEY_ID": "LTAIe2e", "ALIBABA_CLOUD_ACCESS_KEY_SECRET": "e2e-secret"}[k]
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	api, err := cloud.NewAPI(cloud.APIConfig{Region: f.Instance.Region, Endpoint: f.API.URL, Credentials: creds})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &env{t: t, dir: dir, loops: loops, m: mounter.New()}
+	e.newSource = func() disk.Source {
+		devices, err := disk.NewStatic(disk.StaticConfig{Patterns: e.loopPaths(), Prober: e.m})
+		if err != nil {
+			t.Fatal(err)
+		}
+		src, err := cloud.NewSource(cloud.SourceConfig{Metadata: cloud.NewMetadata(f.Metadata.URL), API: api, Devices: devices,
+			CachePath: cloud.CachePathIn(filepath.Join(dir, "state")), Fallback: fallback})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(src.Close)
+		return src
+	}
+	t.Cleanup(e.unmountAll)
+	e.start()
+	return e
 }

@@ -31,6 +31,9 @@ type env struct {
 	m     *mounter.Real
 	inv   *inventory.Inventory
 	drv   *driver.Driver
+	// newSource, when set, builds the disk source at each start; the default
+	// is the static source over the loop devices.
+	newSource func() disk.Source
 }
 
 // newEnv attaches one loop device per size and starts a driver on them.
@@ -57,12 +60,11 @@ func (e *env) start() {
 	if e.inv != nil {
 		e.inv.Stop()
 	}
-	var paths []string
-	for _, l := range e.loops {
-		paths = append(paths, l.Path)
-	}
-	src, err := disk.NewStatic(disk.StaticConfig{Patterns: paths, Prober: e.m})
-	if err != nil {
+	var src disk.Source
+	var err error
+	if e.newSource != nil {
+		src = e.newSource()
+	} else if src, err = disk.NewStatic(disk.StaticConfig{Patterns: e.loopPaths(), Prober: e.m}); err != nil {
 		e.t.Fatal(err)
 	}
 	e.inv = inventory.New(inventory.Config{Node: node, Source: src, Store: state.NewStore(filepath.Join(e.dir, "state")), Mounter: e.m, RetryInterval: 200 * time.Millisecond})
@@ -75,6 +77,14 @@ func (e *env) start() {
 	if err != nil {
 		e.t.Fatal(err)
 	}
+}
+
+func (e *env) loopPaths() []string {
+	var paths []string
+	for _, l := range e.loops {
+		paths = append(paths, l.Path)
+	}
+	return paths
 }
 
 // unmountAll undoes any mount left below the test directory.

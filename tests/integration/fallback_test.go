@@ -7,7 +7,6 @@ import (
 	"strconv"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
@@ -15,11 +14,6 @@ import (
 
 	"github.com/ecs-localdisk/ecs-localdisk-csi/internal/testutil"
 	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/cloud"
-	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/disk"
-	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/driver"
-	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/inventory"
-	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/mounter"
-	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/state"
 )
 
 // TestSerialLessFallbackSurvivesRename runs the serial-less fallback on two
@@ -38,41 +32,8 @@ func TestSerialLessFallbackSurvivesRename(t *testing.T) {
 		{ID: "d-old0", Category: "local_hdd_pro", InstanceID: "i-old", SizeGiB: 5500},
 		{ID: "d-old1", Category: "local_hdd_pro", InstanceID: "i-old", SizeGiB: 5500},
 	}
-	creds, _ := cloud.NewCredentialProvider(cloud.CredentialConfig{Getenv: func(k string) string {
-		return map[string]string{"ACCESS_KEY_ID": "LTAIold", "ACCESS_KEY_SECRET": "old-secret"}[k]
-	}})
-	api, err := cloud.NewAPI(cloud.APIConfig{Region: "cn-beijing", Endpoint: f.API.URL, Credentials: creds})
-	if err != nil {
-		t.Fatal(err)
-	}
-	m := mounter.New()
-	e := &env{t: t, dir: dir, loops: loops, m: m}
-	t.Cleanup(e.unmountAll)
-	start := func() {
-		if e.inv != nil {
-			e.inv.Stop()
-		}
-		devices, err := disk.NewStatic(disk.StaticConfig{Patterns: []string{loops[0].Path, loops[1].Path}, Prober: m})
-		if err != nil {
-			t.Fatal(err)
-		}
-		src, err := cloud.NewSource(cloud.SourceConfig{Metadata: cloud.NewMetadata(f.Metadata.URL), API: api, Devices: devices,
-			CachePath: filepath.Join(dir, "state", "ecs-inventory.json"),
-			Fallback:  &cloud.Fallback{StartWith: filepath.Base(loops[0].Path), Pinner: cloud.DevicePinner{}}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(src.Close)
-		e.inv = inventory.New(inventory.Config{Node: node, Source: src, Store: state.NewStore(filepath.Join(dir, "state")), Mounter: m, RetryInterval: time.Second})
-		if err := e.inv.Start(ctx); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(e.inv.Stop)
-		if e.drv, err = driver.New(driver.Config{Name: "localdisk.csi.alibabacloud.com", Version: "t", NodeID: node, Inventory: e.inv, Mounter: m}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	start()
+	e := newECSEnv(t, dir, loops, f, &cloud.Fallback{StartWith: filepath.Base(loops[0].Path), Pinner: cloud.DevicePinner{}})
+	start := e.start
 	if n := e.inv.ManagedDisks(); n != 2 {
 		rec, _ := e.inv.Snapshot()
 		t.Fatalf("%d disks pinned, problems %v", n, rec.Problems)
@@ -87,7 +48,7 @@ func TestSerialLessFallbackSurvivesRename(t *testing.T) {
 	pins := map[string]string{loops[0].Backing: pinOf(loops[0].Path).ID, loops[1].Backing: pinOf(loops[1].Path).ID}
 
 	// Raw block volumes are refused: a pod would own the pin's bytes.
-	_, err = e.drv.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "raw", VolumeCapabilities: []*csi.VolumeCapability{testutil.BlockCap()}})
+	_, err := e.drv.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "raw", VolumeCapabilities: []*csi.VolumeCapability{testutil.BlockCap()}})
 	if status.Code(err) != codes.OutOfRange {
 		t.Fatalf("raw block on pinned disks: %v, want OutOfRange", err)
 	}
