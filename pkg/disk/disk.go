@@ -26,7 +26,7 @@ type Disk struct {
 	// (characters [A-Za-z0-9.-] only, at most 48 characters).
 	ID string `json:"id"`
 	// Identity says where ID came from, for humans: "serial:XYZ",
-	// "wwn:naa.5000...", "by-id:nvme-...", "loop:/var/lib/disk0.img".
+	// "wwn:naa.5000...", "byid:nvme-...", "loop:/var/lib/disk0.img".
 	Identity string `json:"identity"`
 	// Path is the device node now, e.g. /dev/vdb or /dev/loop3.
 	Path string `json:"path"`

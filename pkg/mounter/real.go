@@ -76,6 +76,11 @@ func exitCode(err error) int {
 // tables, RAID and LVM members, backup superblocks).
 func (r *Real) Probe(ctx context.Context, device string) (disk.Probe, error) {
 	var p disk.Probe
+	// blkid and wipefs both report a device they cannot open as blank (exit
+	// code 2, and 0 with no output): read it ourselves first.
+	if err := readable(device); err != nil {
+		return p, err
+	}
 	out, err := r.exec.CommandContext(ctx, "blkid", "-p", "-o", "export", device).CombinedOutput()
 	switch code := exitCode(err); {
 	case err == nil:
@@ -108,6 +113,19 @@ func (r *Real) Probe(ctx context.Context, device string) (disk.Probe, error) {
 		p.Signatures = append([]string{p.FSType}, p.Signatures...)
 	}
 	return p, nil
+}
+
+// readable opens the device and reads its first block.
+func readable(device string) error {
+	f, err := os.Open(device)
+	if err != nil {
+		return fmt.Errorf("probe %s: %w", device, err)
+	}
+	defer f.Close()
+	if _, err := f.Read(make([]byte, 4096)); err != nil {
+		return fmt.Errorf("probe %s: reading: %w", device, err)
+	}
+	return nil
 }
 
 func contains(list []string, s string) bool {

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/ecs-localdisk/ecs-localdisk-csi/internal/testutil"
 )
 
@@ -135,4 +137,30 @@ func TestDeviceSizeAndNumber(t *testing.T) {
 	if _, err := r.DeviceNumber("/no/such"); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("number of a missing path: %v", err)
 	}
+}
+
+// TestProbeRefusesUnreadableDevice: blkid and wipefs call a device node they
+// cannot open blank; Probe must fail instead, or such a device could be
+// taken for a free disk.
+func TestProbeRefusesUnreadableDevice(t *testing.T) {
+	testutil.RequireRoot(t)
+	node := t.TempDir() + "/dead"
+	// Loop minor 250 is never attached by the tests: opening it fails.
+	if err := unix.Mknod(node, unix.S_IFBLK|0o600, int(unix.Mkdev(7, 250))); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("blkid", "-p", node).CombinedOutput(); exitCodeOf(err) != 2 {
+		t.Fatalf("premise: blkid on an unopenable node: %v %s", err, out)
+	}
+	if p, err := New().Probe(context.Background(), node); err == nil {
+		t.Fatalf("Probe of an unopenable device = %+v, nil; want an error", p)
+	}
+}
+
+func exitCodeOf(err error) int {
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return ee.ExitCode()
+	}
+	return 0
 }
