@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -14,13 +15,15 @@ import (
 // StaticConfig configures the static source: a fixed list of device paths and
 // globs, for bare metal, other clouds and loop-device tests.
 type StaticConfig struct {
-	// Patterns are absolute device paths or globs, e.g. /dev/vd[b-z].
+	// Patterns are absolute device paths or filepath.Match globs, e.g.
+	// /dev/vd[b-z] or /dev/disk/by-id/nvme-*. At least one is required.
 	Patterns []string
 	// SysRoot is the sysfs mount, default /sys.
 	SysRoot string
 	// DevRoot is the device directory, default /dev.
 	DevRoot string
-	// MountInfoPath is the mount table, default /proc/self/mountinfo.
+	// MountInfoPath is the mount table in proc(5) mountinfo format, default
+	// /proc/self/mountinfo.
 	MountInfoPath string
 	// Prober reads signatures; required.
 	Prober Prober
@@ -29,7 +32,9 @@ type StaticConfig struct {
 	SkipPartitions bool
 }
 
-// Static is the static Source.
+// Static is a Source that considers exactly the devices its patterns name.
+// It reads sysfs, the mount table and the prober, and never writes to a
+// device. It is safe for concurrent use.
 type Static struct {
 	cfg StaticConfig
 	fs  sysfs
@@ -37,7 +42,9 @@ type Static struct {
 
 var _ Source = (*Static)(nil)
 
-// NewStatic validates cfg and returns the source.
+// NewStatic checks cfg (at least one pattern, every pattern absolute with
+// valid glob syntax, a prober), fills in the default roots and returns the
+// source. It does not look at any device.
 func NewStatic(cfg StaticConfig) (*Static, error) {
 	if len(cfg.Patterns) == 0 {
 		return nil, errors.New("static disk source: no device patterns")
@@ -53,27 +60,41 @@ func NewStatic(cfg StaticConfig) (*Static, error) {
 	if cfg.Prober == nil {
 		return nil, errors.New("static disk source: no prober")
 	}
-	if cfg.SysRoot == "" {
-		cfg.SysRoot = "/sys"
-	}
-	if cfg.DevRoot == "" {
-		cfg.DevRoot = "/dev"
-	}
-	if cfg.MountInfoPath == "" {
-		cfg.MountInfoPath = "/proc/self/mountinfo"
-	}
+	cfg.Patterns = append([]string(nil), cfg.Patterns...)
+	cfg.SysRoot = orDefault(cfg.SysRoot, "/sys")
+	cfg.DevRoot = orDefault(cfg.DevRoot, "/dev")
+	cfg.MountInfoPath = orDefault(cfg.MountInfoPath, "/proc/self/mountinfo")
 	return &Static{cfg: cfg, fs: sysfs{root: cfg.SysRoot, dev: cfg.DevRoot}}, nil
 }
 
-// Discover expands the patterns and describes every whole block device they
-// name. Paths that match nothing, are not block devices, are partitions or
-// have no stable identity are reported as problems.
+func orDefault(v, def string) string {
+	if v == "" {
+		return def
+	}
+	return v
+}
+
+// mountState is what one discovery knows about mounts: the mount table and
+// the devices the system runs from.
+type mountState struct {
+	table  mountTable
+	system map[string]bool
+}
+
+// Discover expands the patterns in order and describes every whole block
+// device they name, each once however many patterns or links name it.
+// A pattern that matches nothing, a path that is not a block device or is a
+// partition (unless SkipPartitions), and a device without a stable identity
+// are reported as problems and left out. A device whose signatures cannot be
+// read is returned with the signature "unknown: probe failed", never as
+// blank, and a problem. The error is for an unreadable mount table or a
+// cancelled ctx only.
 func (s *Static) Discover(ctx context.Context) ([]Disk, []error, error) {
 	table, err := readMountTable(s.cfg.MountInfoPath)
 	if err != nil {
 		return nil, nil, fmt.Errorf("reading %s: %w", s.cfg.MountInfoPath, err)
 	}
-	system := s.fs.systemDisks(table)
+	ms := mountState{table: table, system: s.fs.systemDisks(table)}
 	var (
 		disks    []Disk
 		problems []error
@@ -85,6 +106,9 @@ func (s *Static) Discover(ctx context.Context) ([]Disk, []error, error) {
 			problems = append(problems, fmt.Errorf("%s: no such device", pattern))
 		}
 		for _, path := range matches {
+			if err := ctx.Err(); err != nil {
+				return nil, nil, err
+			}
 			name, err := s.kernelName(path)
 			if errors.Is(err, errPartition) && s.cfg.SkipPartitions {
 				continue
@@ -97,31 +121,49 @@ func (s *Static) Discover(ctx context.Context) ([]Disk, []error, error) {
 				continue
 			}
 			seen[name] = true
-			d, err := s.describe(ctx, name, path, table, system)
+			d, err := s.describe(ctx, name, path, ms)
 			if err != nil {
 				problems = append(problems, err)
-				if d.ID == "" {
-					continue
-				}
 			}
-			disks = append(disks, d)
+			if d.ID != "" {
+				disks = append(disks, d)
+			}
 		}
 	}
 	return disks, problems, nil
 }
 
-var errPartition = errors.New("is partition")
+// Identify reads the identity of the whole disk now at path, from sysfs
+// only (no probe), by the same rules as Discover: it returns the same ID and
+// Identity that Discover gives that disk.
+func (s *Static) Identify(_ context.Context, path string) (string, string, error) {
+	name, err := s.kernelName(path)
+	if err != nil {
+		return "", "", err
+	}
+	kind, value := s.fs.identity(name)
+	if kind == "" {
+		return "", "", fmt.Errorf("%s: %w", path, errNoIdentity)
+	}
+	return MakeID(kind, value), kind + ":" + value, nil
+}
 
-// kernelName resolves a device path to the kernel name of a whole disk.
+// String describes the source for logs.
+func (s *Static) String() string { return "static:" + strings.Join(s.cfg.Patterns, ",") }
+
+var (
+	errPartition  = errors.New("is partition")
+	errNoIdentity = errors.New("no stable identity (no serial, WWN, by-id link or loop backing file)")
+)
+
+// kernelName resolves a device path (through any links) to the kernel name
+// of the whole disk it is.
 func (s *Static) kernelName(path string) (string, error) {
-	var st unix.Stat_t
-	if err := unix.Stat(path, &st); err != nil {
-		return "", fmt.Errorf("%s: %w", path, err)
+	majMin, err := blockDevNumber(path)
+	if err != nil {
+		return "", err
 	}
-	if st.Mode&unix.S_IFMT != unix.S_IFBLK {
-		return "", fmt.Errorf("%s: not a block device", path)
-	}
-	name, parent, err := s.fs.nameOf(fmt.Sprintf("%d:%d", unix.Major(st.Rdev), unix.Minor(st.Rdev)))
+	name, parent, err := s.fs.resolve(majMin, s.nameHint(path))
 	if err != nil {
 		return "", fmt.Errorf("%s: %w", path, err)
 	}
@@ -131,58 +173,80 @@ func (s *Static) kernelName(path string) (string, error) {
 	return name, nil
 }
 
-// describe reads one disk's identity and facts. A disk whose signatures could
-// not be read is returned with a placeholder signature (never blank) and an
-// error.
-func (s *Static) describe(ctx context.Context, name, path string, t mountTable, system map[string]bool) (Disk, error) {
+// nameHint guesses the kernel name of a device path from its place below
+// DevRoot, after links; "" when it is elsewhere.
+func (s *Static) nameHint(path string) string {
+	if p, err := filepath.EvalSymlinks(path); err == nil {
+		path = p
+	}
+	rel, err := filepath.Rel(s.cfg.DevRoot, path)
+	if err != nil || rel == "." || strings.HasPrefix(rel, "..") {
+		return ""
+	}
+	return kernelNameOf(rel)
+}
+
+// blockDevNumber returns "MAJ:MIN" of the block device at path, following
+// links.
+func blockDevNumber(path string) (string, error) {
+	fi, err := os.Stat(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return "", fmt.Errorf("%s: no such device", path)
+	}
+	if err != nil {
+		return "", err
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if fi.Mode()&os.ModeDevice == 0 || fi.Mode()&os.ModeCharDevice != 0 || !ok {
+		return "", fmt.Errorf("%s: not a block device", path)
+	}
+	return fmt.Sprintf("%d:%d", unix.Major(uint64(st.Rdev)), unix.Minor(uint64(st.Rdev))), nil
+}
+
+// describe reads one whole disk's identity and facts; path is how the
+// patterns named it. A disk without identity comes back empty with an
+// error; a disk whose signatures could not be read comes back with a
+// placeholder signature (never blank) and an error.
+func (s *Static) describe(ctx context.Context, name, path string, ms mountState) (Disk, error) {
 	kind, value := s.fs.identity(name)
 	if kind == "" {
-		return Disk{}, fmt.Errorf("%s: no stable identity (no serial, WWN, by-id link or loop backing file)", path)
+		return Disk{}, fmt.Errorf("%s: %w", path, errNoIdentity)
 	}
 	bi, err := s.fs.info(name)
 	if err != nil {
 		return Disk{}, err
 	}
-	devPath := filepath.Join(s.cfg.DevRoot, name)
-	if _, err := os.Stat(devPath); err != nil {
-		devPath = path
-	}
 	d := Disk{
-		ID: MakeID(kind, value), Identity: kind + ":" + value, Path: devPath, Name: name,
+		ID: MakeID(kind, value), Identity: kind + ":" + value,
+		Path: s.nodePath(name, bi.majMin, path), Name: name,
 		SizeBytes: bi.sizeBytes, Media: MediaSSD,
 		Facts: Facts{
-			System: system[name], Partitioned: len(bi.partitions) > 0, DeviceMapper: bi.dm,
-			Holders: append(bi.holders, bi.partHolders...), ReadOnly: bi.readOnly,
-			Mounted: t.mounted[bi.majMin],
+			System: ms.system[name], Mounted: ms.table.mounted[bi.majMin],
+			Partitioned: len(bi.partitions) > 0, DeviceMapper: bi.dm,
+			Holders: bi.holders, ReadOnly: bi.readOnly,
 		},
 	}
 	if bi.rotational {
 		d.Media = MediaHDD
 	}
 	for _, p := range bi.partitions {
-		d.Facts.Mounted = d.Facts.Mounted || t.mounted[p]
+		d.Facts.Mounted = d.Facts.Mounted || ms.table.mounted[p]
 	}
-	p, err := s.cfg.Prober.Probe(ctx, devPath)
+	p, err := s.cfg.Prober.Probe(ctx, d.Path)
 	if err != nil {
 		d.Facts.Signatures = []string{"unknown: probe failed"}
-		return d, fmt.Errorf("%s: reading signatures: %w", devPath, err)
+		return d, fmt.Errorf("%s: reading signatures: %w", d.Path, err)
 	}
 	d.Facts.Signatures, d.Facts.FSUUID = p.Signatures, p.UUID
 	return d, nil
 }
 
-// Identify reads the identity of the device now at path, from sysfs only.
-func (s *Static) Identify(_ context.Context, path string) (string, string, error) {
-	name, err := s.kernelName(path)
-	if err != nil {
-		return "", "", err
+// nodePath is the device node to report for a disk: DevRoot/<name> when it
+// is that very device, else the path the patterns gave.
+func (s *Static) nodePath(name, majMin, given string) string {
+	p := s.fs.devPath(name)
+	if got, err := blockDevNumber(p); err == nil && got == majMin {
+		return p
 	}
-	kind, value := s.fs.identity(name)
-	if kind == "" {
-		return "", "", fmt.Errorf("%s: no stable identity", path)
-	}
-	return MakeID(kind, value), kind + ":" + value, nil
+	return given
 }
-
-// String describes the source for logs.
-func (s *Static) String() string { return "static:" + strings.Join(s.cfg.Patterns, ",") }

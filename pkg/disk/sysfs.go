@@ -10,11 +10,15 @@ import (
 )
 
 // sysfs reads block-device facts from a sysfs tree (normally /sys) and a
-// device tree (normally /dev). Tests point both at fake trees.
+// device tree (normally /dev). Everything here works from kernel names and
+// "MAJ:MIN" strings, never from device nodes, so tests point both roots at
+// fake trees.
 type sysfs struct {
 	root, dev string
 }
 
+// readTrim returns the trimmed content of a sysfs attribute, "" when it is
+// missing or unreadable.
 func readTrim(path string) string {
 	b, err := os.ReadFile(path)
 	if err != nil {
@@ -23,9 +27,37 @@ func readTrim(path string) string {
 	return strings.TrimSpace(string(b))
 }
 
+func exists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
+}
+
+func listDir(dir string) []string {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, e := range entries {
+		out = append(out, e.Name())
+	}
+	return out
+}
+
+// devName turns a kernel name into its path below /dev: the kernel writes
+// "/" as "!" in names such as cciss!c0d0.
+func devName(name string) string { return strings.ReplaceAll(name, "!", "/") }
+
+// kernelNameOf turns a path below /dev back into a kernel name.
+func kernelNameOf(rel string) string { return strings.ReplaceAll(rel, "/", "!") }
+
+// block is a path below /sys/block/<name>.
 func (s sysfs) block(name string, parts ...string) string {
 	return filepath.Join(append([]string{s.root, "block", name}, parts...)...)
 }
+
+// devPath is where the device node of a kernel name lives.
+func (s sysfs) devPath(name string) string { return filepath.Join(s.dev, devName(name)) }
 
 // nameOf maps a device number "MAJ:MIN" to its kernel name and, for a
 // partition, the name of the whole disk it belongs to.
@@ -34,15 +66,40 @@ func (s sysfs) nameOf(majMin string) (name, parent string, err error) {
 	if err != nil {
 		return "", "", fmt.Errorf("device %s unknown to sysfs: %w", majMin, err)
 	}
-	name = filepath.Base(target)
-	if _, err := os.Stat(filepath.Join(target, "partition")); err == nil {
-		return name, filepath.Base(filepath.Dir(target)), nil
+	name, parent = splitDevDir(target)
+	return name, parent, nil
+}
+
+// splitDevDir names the device whose sysfs directory is dir, and its parent
+// disk when it is a partition (a partition directory sits inside the disk's
+// and holds a "partition" file).
+func splitDevDir(dir string) (name, parent string) {
+	name = filepath.Base(dir)
+	if exists(filepath.Join(dir, "partition")) {
+		return name, filepath.Base(filepath.Dir(dir))
 	}
-	return name, "", nil
+	return name, ""
+}
+
+// resolve is nameOf with a fallback for a kernel without /sys/dev/block or a
+// device missing there: hint, a kernel name guessed from the device path, is
+// accepted when its sysfs "dev" attribute is majMin.
+func (s sysfs) resolve(majMin, hint string) (name, parent string, err error) {
+	name, parent, err = s.nameOf(majMin)
+	if err == nil || hint == "" {
+		return name, parent, err
+	}
+	dir, evalErr := filepath.EvalSymlinks(filepath.Join(s.root, "class", "block", hint))
+	if evalErr != nil || readTrim(filepath.Join(dir, "dev")) != majMin {
+		return "", "", err
+	}
+	name, parent = splitDevDir(dir)
+	return name, parent, nil
 }
 
 // identity returns the most stable identity the kernel offers for a disk:
 // serial, then WWN, then a /dev/disk/by-id link, then a loop backing file.
+// kind is "" when there is none.
 func (s sysfs) identity(name string) (kind, value string) {
 	for _, p := range []string{s.block(name, "serial"), s.block(name, "device", "serial")} {
 		if v := readTrim(p); v != "" {
@@ -63,42 +120,43 @@ func (s sysfs) identity(name string) (kind, value string) {
 	return "", ""
 }
 
-// byID finds a /dev/disk/by-id link naming the device, skipping links that
-// name a stacked device rather than the disk.
+// byID finds a /dev/disk/by-id link that points at the device, preferring
+// links that do not name a stacked device (dm-*, lvm-*). Links are compared
+// by the base name of their target, so trees whose links are relative
+// ("../../vdb") or absolute ("/dev/vdb") both work.
 func (s sysfs) byID(name string) string {
 	dir := filepath.Join(s.dev, "disk", "by-id")
-	entries, err := os.ReadDir(dir)
-	if err != nil {
-		return ""
-	}
-	for _, e := range entries {
-		n := e.Name()
-		if strings.HasPrefix(n, "dm-") || strings.HasPrefix(n, "lvm-") || strings.Contains(n, "-part") {
+	want := filepath.Base(devName(name))
+	fallback := ""
+	for _, n := range listDir(dir) {
+		target, err := os.Readlink(filepath.Join(dir, n))
+		if err != nil || filepath.Base(target) != want {
 			continue
 		}
-		target, err := os.Readlink(filepath.Join(dir, n))
-		if err == nil && filepath.Base(target) == name {
+		if !strings.HasPrefix(n, "dm-") && !strings.HasPrefix(n, "lvm-") {
 			return n
 		}
+		if fallback == "" {
+			fallback = n
+		}
 	}
-	return ""
+	return fallback
 }
 
 // blockInfo is what sysfs says about one whole disk.
 type blockInfo struct {
-	majMin      string
-	sizeBytes   int64
-	rotational  bool
-	readOnly    bool
-	dm          bool
-	partitions  []string // MAJ:MIN of each partition
-	holders     []string
-	partHolders []string
+	majMin     string
+	sizeBytes  int64
+	rotational bool
+	readOnly   bool
+	dm         bool
+	partitions []string // MAJ:MIN of each partition
+	holders    []string // of the disk, then of its partitions
 }
 
+// info reads size, flags, partitions and holders of the whole disk name.
 func (s sysfs) info(name string) (blockInfo, error) {
-	var bi blockInfo
-	bi.majMin = readTrim(s.block(name, "dev"))
+	bi := blockInfo{majMin: readTrim(s.block(name, "dev"))}
 	if bi.majMin == "" {
 		return bi, fmt.Errorf("%s: no such block device in %s", name, s.root)
 	}
@@ -106,46 +164,47 @@ func (s sysfs) info(name string) (blockInfo, error) {
 	if err != nil {
 		return bi, fmt.Errorf("%s: reading size: %w", name, err)
 	}
-	bi.sizeBytes = sectors * 512
+	bi.sizeBytes = sectors * 512 // sysfs counts 512-byte sectors whatever the block size
 	bi.rotational = readTrim(s.block(name, "queue", "rotational")) == "1"
 	bi.readOnly = readTrim(s.block(name, "ro")) == "1"
-	_, dmErr := os.Stat(s.block(name, "dm"))
-	bi.dm = strings.HasPrefix(name, "dm-") || dmErr == nil
+	bi.dm = strings.HasPrefix(name, "dm-") || exists(s.block(name, "dm"))
 	bi.holders = listDir(s.block(name, "holders"))
-	entries, _ := os.ReadDir(s.block(name))
-	for _, e := range entries {
-		if _, err := os.Stat(s.block(name, e.Name(), "partition")); err != nil {
-			continue
-		}
-		bi.partitions = append(bi.partitions, readTrim(s.block(name, e.Name(), "dev")))
-		bi.partHolders = append(bi.partHolders, listDir(s.block(name, e.Name(), "holders"))...)
+	for _, part := range s.partitions(name) {
+		bi.partitions = append(bi.partitions, readTrim(s.block(name, part, "dev")))
+		bi.holders = append(bi.holders, listDir(s.block(name, part, "holders"))...)
 	}
 	return bi, nil
 }
 
-func listDir(dir string) []string {
-	entries, err := os.ReadDir(dir)
-	if err != nil {
-		return nil
-	}
+// partitions lists the kernel names of the partitions of disk name.
+func (s sysfs) partitions(name string) []string {
 	var out []string
-	for _, e := range entries {
-		out = append(out, e.Name())
+	for _, e := range listDir(s.block(name)) {
+		if exists(s.block(name, e, "partition")) {
+			out = append(out, e)
+		}
 	}
 	return out
 }
 
-// mountTable is the set of mounted device numbers and the device numbers of
-// the filesystems the system runs from.
+// mountTable is the set of mounted device numbers and the filesystems the
+// system runs from.
 type mountTable struct {
 	mounted map[string]bool
-	system  []string // MAJ:MIN of /, /boot, /boot/efi, /usr
+	system  []mountRef
 }
 
+// mountRef is one mounted filesystem: its device number and mount source.
+type mountRef struct {
+	majMin, source string
+}
+
+// systemMounts are the mount points whose disks hold the running system.
 var systemMounts = map[string]bool{"/": true, "/boot": true, "/boot/efi": true, "/usr": true}
 
-// readMountTable parses a mountinfo file: field 3 is MAJ:MIN, field 5 the
-// mount point.
+// readMountTable parses a mountinfo file (proc(5)): field 3 is MAJ:MIN,
+// field 5 the mount point, and the mount source follows the fstype after
+// the " - " separator.
 func readMountTable(path string) (mountTable, error) {
 	t := mountTable{mounted: map[string]bool{}}
 	f, err := os.Open(path)
@@ -162,38 +221,77 @@ func readMountTable(path string) (mountTable, error) {
 		}
 		t.mounted[fields[2]] = true
 		if systemMounts[fields[4]] {
-			t.system = append(t.system, fields[2])
+			t.system = append(t.system, mountRef{majMin: fields[2], source: mountSource(fields)})
 		}
 	}
 	return t, sc.Err()
 }
 
-// systemDisks names the whole disks behind the system's filesystems,
-// following device-mapper and md stacks down through their slaves.
-func (s sysfs) systemDisks(t mountTable) map[string]bool {
-	out := map[string]bool{}
-	var visit func(name string, depth int)
-	visit = func(name string, depth int) {
-		if depth > 8 || out[name] {
-			return
-		}
-		out[name] = true
-		for _, slave := range listDir(filepath.Join(s.root, "class", "block", name, "slaves")) {
-			if _, parent, err := s.nameOf(readTrim(filepath.Join(s.root, "class", "block", slave, "dev"))); err == nil && parent != "" {
-				visit(parent, depth+1)
-			}
-			visit(slave, depth+1)
+// mountSource returns the source field of a split mountinfo line, "" when
+// the line is malformed.
+func mountSource(fields []string) string {
+	for i, f := range fields {
+		if f == "-" && i+2 < len(fields) {
+			return fields[i+2]
 		}
 	}
-	for _, mm := range t.system {
-		name, parent, err := s.nameOf(mm)
-		if err != nil {
+	return ""
+}
+
+// systemDisks names the devices behind the system's filesystems, with their
+// parent disks, following device-mapper and md stacks down through their
+// slaves. A filesystem on an anonymous device number (btrfs, for one) is
+// found by the name of its mount source instead.
+func (s sysfs) systemDisks(t mountTable) map[string]bool {
+	out := map[string]bool{}
+	for _, m := range t.system {
+		name, parent, err := s.nameOf(m.majMin)
+		if err != nil || strings.HasPrefix(m.majMin, "0:") {
+			name, parent = s.sourceName(m.source)
+		}
+		if name == "" {
 			continue
 		}
 		if parent != "" {
-			visit(parent, 0)
+			s.visitSlaves(parent, 0, out)
 		}
-		visit(name, 0)
+		s.visitSlaves(name, 0, out)
 	}
 	return out
+}
+
+// sourceName maps a mount source such as /dev/vda2 or /dev/mapper/vg-root
+// to the kernel name of the device and its parent disk, or "" when sysfs
+// does not know it.
+func (s sysfs) sourceName(source string) (name, parent string) {
+	rel, ok := strings.CutPrefix(source, "/dev/")
+	if !ok {
+		return "", ""
+	}
+	// /dev/mapper/vg-root and the like are links to the kernel's node.
+	if p, err := filepath.EvalSymlinks(filepath.Join(s.dev, rel)); err == nil {
+		if r, err := filepath.Rel(s.dev, p); err == nil && !strings.HasPrefix(r, "..") {
+			rel = r
+		}
+	}
+	dir, err := filepath.EvalSymlinks(filepath.Join(s.root, "class", "block", kernelNameOf(rel)))
+	if err != nil {
+		return "", ""
+	}
+	return splitDevDir(dir)
+}
+
+// visitSlaves marks name and, recursively, the devices it is stacked on
+// (and their parent disks) in out.
+func (s sysfs) visitSlaves(name string, depth int, out map[string]bool) {
+	if depth > 8 || out[name] {
+		return
+	}
+	out[name] = true
+	for _, slave := range listDir(filepath.Join(s.root, "class", "block", name, "slaves")) {
+		if _, parent, err := s.nameOf(readTrim(filepath.Join(s.root, "class", "block", slave, "dev"))); err == nil && parent != "" {
+			s.visitSlaves(parent, depth+1, out)
+		}
+		s.visitSlaves(slave, depth+1, out)
+	}
 }
