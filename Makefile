@@ -21,8 +21,9 @@ demo: build ## Run the driver on three loop-device disks and walk volumes throug
 demo-ecs: build ## The demo with --disk-source=ecs, against a fake ECS on loopback (root)
 	$(GO) run ./tests/demo --driver bin/$(BINARY) --disk-source=ecs
 
-test: vet ## Everything CI runs: unit, loop-device integration and csi-sanity tests (root)
+test: vet ## Everything CI runs: unit, loop-device integration, csi-sanity and manifest tests (root)
 	$(GO) test $(TESTFLAGS) ./...
+	cd tests/deploy && $(GO) test -count=1 ./...
 
 unit: ## Unit tests only (no root needed)
 	$(GO) test -count=1 ./pkg/... ./cmd/...
@@ -36,6 +37,7 @@ bench: ## Benchmarks, printing their figures (the loop-device ones need root)
 
 vet: ## go vet and gofmt
 	$(GO) vet ./...
+	cd tests/deploy && $(GO) vet ./...
 	@out=$$(gofmt -l cmd pkg internal tests); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 
 lint: vet ## Static checks (vet, gofmt)
@@ -43,8 +45,8 @@ lint: vet ## Static checks (vet, gofmt)
 image: ## Build the container image (needs a Docker engine)
 	docker build --build-arg VERSION=$(VERSION) -t $(IMAGE) .
 
-deploy: ## Render the static overlay of the manifests
-	kubectl kustomize deploy/kubernetes/overlays/static
+deploy: ## Render the manifests of OVERLAY (static or ecs), as kubectl kustomize does
+	cd tests/deploy && $(GO) run sigs.k8s.io/kustomize/kustomize/v5@v5.8.1 build ../../deploy/kubernetes/overlays/$(or $(OVERLAY),static)
 
 clean: ## Remove build output
 	rm -rf bin

@@ -1,6 +1,6 @@
 module github.com/ecs-localdisk/ecs-localdisk-csi
 
-go 1.26.8
+go 1.26.0
 
 require (
 	github.com/aliyun/alibaba-cloud-sdk-go v1.63.107

@@ -1,0 +1,149 @@
+// Package deploy renders every kustomize overlay of deploy/kubernetes, as
+// `kubectl kustomize` does, and checks what the driver needs of it. It is its
+// own Go module so that kustomize stays out of the driver's dependencies.
+package deploy
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"sigs.k8s.io/kustomize/api/krusty"
+	"sigs.k8s.io/kustomize/api/resmap"
+	"sigs.k8s.io/kustomize/kyaml/filesys"
+	"sigs.k8s.io/kustomize/kyaml/yaml"
+)
+
+const root = "../../deploy/kubernetes"
+
+func render(t *testing.T, dir string) resmap.ResMap {
+	t.Helper()
+	k := krusty.MakeKustomizer(krusty.MakeDefaultOptions())
+	m, err := k.Run(filesys.MakeFsOnDisk(), dir)
+	if err != nil {
+		t.Fatalf("kustomize build %s: %v", dir, err)
+	}
+	return m
+}
+
+func get(t *testing.T, m resmap.ResMap, kind, name string) *yaml.RNode {
+	t.Helper()
+	for _, r := range m.Resources() {
+		if r.GetKind() == kind && r.GetName() == name {
+			n, err := yaml.Parse(r.MustYaml())
+			if err != nil {
+				t.Fatal(err)
+			}
+			return n
+		}
+	}
+	t.Fatalf("%s/%s not rendered", kind, name)
+	return nil
+}
+
+func field(t *testing.T, n *yaml.RNode, path ...string) string {
+	t.Helper()
+	v, err := n.Pipe(yaml.Lookup(path...))
+	if err != nil || v == nil {
+		t.Fatalf("no %s", strings.Join(path, "."))
+	}
+	return strings.TrimSpace(v.MustString())
+}
+
+func TestOverlays(t *testing.T) {
+	overlays, err := os.ReadDir(filepath.Join(root, "overlays"))
+	if err != nil || len(overlays) < 2 {
+		t.Fatalf("overlays: %v %v", overlays, err)
+	}
+	for _, o := range overlays {
+		t.Run(o.Name(), func(t *testing.T) {
+			m := render(t, filepath.Join(root, "overlays", o.Name()))
+			checkCSIDriver(t, m)
+			ds := get(t, m, "DaemonSet", "ecs-localdisk-csi-node")
+			checkDaemonSet(t, ds, o.Name())
+			checkRBAC(t, m)
+		})
+	}
+}
+
+func checkCSIDriver(t *testing.T, m resmap.ResMap) {
+	d := get(t, m, "CSIDriver", "localdisk.csi.alibabacloud.com")
+	for path, want := range map[string]string{
+		"attachRequired": "false", "podInfoOnMount": "true", "storageCapacity": "true", "fsGroupPolicy": "File",
+		"volumeLifecycleModes": "- Persistent",
+	} {
+		if got := field(t, d, "spec", path); got != want {
+			t.Errorf("CSIDriver spec.%s = %q, want %q", path, got, want)
+		}
+	}
+}
+
+func container(t *testing.T, ds *yaml.RNode, name string) *yaml.RNode {
+	t.Helper()
+	c, err := ds.Pipe(yaml.Lookup("spec", "template", "spec", "containers", "[name="+name+"]"))
+	if err != nil || c == nil {
+		t.Fatalf("no container %s", name)
+	}
+	return c
+}
+
+func checkDaemonSet(t *testing.T, ds *yaml.RNode, overlay string) {
+	if got := field(t, ds, "spec", "template", "spec", "priorityClassName"); got != "system-node-critical" {
+		t.Errorf("priorityClassName %q", got)
+	}
+	if got := field(t, ds, "spec", "template", "spec", "nodeSelector"); !strings.Contains(got, "localdisk.csi.alibabacloud.com/local-disks") {
+		t.Errorf("node selector %q", got)
+	}
+	drv := container(t, ds, "driver")
+	if got := field(t, drv, "securityContext", "privileged"); got != "true" {
+		t.Errorf("driver not privileged")
+	}
+	args := field(t, drv, "args")
+	if !strings.Contains(args, "--disk-source="+overlay) {
+		t.Errorf("driver args lack --disk-source=%s:\n%s", overlay, args)
+	}
+	if got := field(t, drv, "env", "[name=NODE_NAME]", "valueFrom", "fieldRef", "fieldPath"); got != "spec.nodeName" {
+		t.Errorf("NODE_NAME from %q", got)
+	}
+	if got := field(t, drv, "volumeMounts", "[name=kubelet-dir]", "mountPropagation"); got != "Bidirectional" {
+		t.Errorf("kubelet dir propagation %q", got)
+	}
+	for _, v := range []string{"dev", "plugin-dir", "kubelet-dir"} {
+		field(t, drv, "volumeMounts", "[name="+v+"]", "mountPath")
+	}
+	prov := container(t, ds, "csi-provisioner")
+	pargs := field(t, prov, "args")
+	for _, a := range []string{"--node-deployment", "--enable-capacity", "--capacity-ownerref-level=1", "--strict-topology", "--immediate-topology=false", "--extra-create-metadata"} {
+		if !strings.Contains(pargs, "- "+a+"\n") && !strings.HasSuffix(pargs, "- "+a) {
+			t.Errorf("csi-provisioner lacks %s", a)
+		}
+	}
+	for env, from := range map[string]string{"NODE_NAME": "spec.nodeName", "NAMESPACE": "metadata.namespace", "POD_NAME": "metadata.name"} {
+		if got := field(t, prov, "env", "[name="+env+"]", "valueFrom", "fieldRef", "fieldPath"); got != from {
+			t.Errorf("provisioner %s from %q", env, got)
+		}
+	}
+	container(t, ds, "node-driver-registrar")
+	container(t, ds, "liveness-probe")
+	if overlay == "ecs" {
+		if got := field(t, drv, "envFrom"); !strings.Contains(got, "ecs-localdisk-credentials") || !strings.Contains(got, "optional: true") {
+			t.Errorf("ecs overlay credentials: %s", got)
+		}
+	}
+}
+
+// checkRBAC: the provisioner may only read nodes and never write pods, and
+// capacity objects are namespaced.
+func checkRBAC(t *testing.T, m resmap.ResMap) {
+	cr := get(t, m, "ClusterRole", "ecs-localdisk-csi-provisioner").MustString()
+	for _, forbidden := range []string{`"*"`, "secrets", "pods", "csistoragecapacities"} {
+		if strings.Contains(cr, forbidden) {
+			t.Errorf("ClusterRole mentions %s:\n%s", forbidden, cr)
+		}
+	}
+	role := get(t, m, "Role", "ecs-localdisk-csi-capacity").MustString()
+	if !strings.Contains(role, "csistoragecapacities") || !strings.Contains(role, "namespace: ecs-localdisk-csi") {
+		t.Errorf("capacity Role:\n%s", role)
+	}
+}
