@@ -10,7 +10,7 @@ TESTFLAGS ?= -race -count=1 -timeout 20m
 .DEFAULT_GOAL := help
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
 build: ## Build bin/ecs-localdisk-csi with the version stamped in
 	$(GO) build $(GOFLAGS) -ldflags "$(LDFLAGS)" -o bin/$(BINARY) ./cmd/$(BINARY)
@@ -30,6 +30,20 @@ unit: ## Unit tests only (no root needed)
 
 sanity: ## csi-sanity against the real server on loop devices, mount and block (root)
 	$(GO) test -count=1 -v ./tests/sanity/... 2>&1 | tail -40
+
+E2E_BIN  ?= $(HOME)/.cache/ecs-localdisk-csi/e2e/bin
+K8S_VERSION := v1.36.1
+K8S_LDFLAGS := -X k8s.io/component-base/version.gitVersion=$(K8S_VERSION) -X k8s.io/client-go/pkg/version.gitVersion=$(K8S_VERSION) -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=36
+
+e2e-bins: ## Build the pinned etcd, Kubernetes and csi-provisioner binaries of the e2e suite into E2E_BIN
+	mkdir -p $(E2E_BIN)
+	cd tests/e2e && $(GO) build -o $(E2E_BIN)/ -ldflags "$(K8S_LDFLAGS)" \
+		k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
+		k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kubectl
+	cd tests/e2e && $(GO) build -o $(E2E_BIN)/csi-provisioner -ldflags "-X main.version=v6.3.0" \
+		github.com/kubernetes-csi/external-provisioner/v6/cmd/csi-provisioner
+	cd tests/e2e && $(GO) build -o $(E2E_BIN)/etcd go.etcd.io/etcd/server/v3
+	@ls -la $(E2E_BIN)
 
 bench: ## Benchmarks, printing their figures (the loop-device ones need root)
 	$(GO) test -run '^$$' -bench . -benchmem ./pkg/...
@@ -51,4 +65,4 @@ deploy: ## Render the manifests of OVERLAY (static or ecs), as kubectl kustomize
 clean: ## Remove build output
 	rm -rf bin
 
-.PHONY: help build demo demo-ecs test unit sanity bench vet lint image deploy clean
+.PHONY: help build demo demo-ecs e2e-bins test unit sanity bench vet lint image deploy clean
