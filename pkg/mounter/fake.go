@@ -6,6 +6,8 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 	mount "k8s.io/mount-utils"
@@ -13,53 +15,118 @@ import (
 	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/disk"
 )
 
-// Fake is an in-memory Interface for unit tests. Devices are registered with
-// AddDevice; mounts are kept as mountinfo entries, so callers see them through
-// MountInfo exactly as they would see real ones. It is safe for concurrent use.
+// Operation names of Fake, used by SetError, FailNext, SetDelay and the
+// Before hook.
+const (
+	OpProbe     = "probe"
+	OpFormat    = "format"
+	OpMount     = "mount"
+	OpBind      = "bind"
+	OpUnmount   = "unmount"
+	OpWipe      = "wipe"
+	OpSetRO     = "setro"
+	OpMountInfo = "mountinfo"
+	OpStats     = "stats"
+	OpSize      = "size"
+	OpNumber    = "number"
+)
+
+// Fake is an in-memory Interface for unit tests of the node and controller
+// logic. Devices are registered with AddDevice; mounts are kept as mountinfo
+// entries carrying the device's major:minor, mount options and ro/rw, so
+// callers see them through MountInfo exactly as they see real ones. Every
+// state-changing operation is recorded in Calls. Errors can be injected per
+// operation for good (SetError) or once (FailNext), and an operation can be
+// slowed (SetDelay) or held (Before). It behaves like Real where the driver
+// relies on it: Format refuses a device with a signature, Wipe refuses a
+// mounted device and clears the read-only flag. It is safe for concurrent use.
 type Fake struct {
 	mu      sync.Mutex
 	devices map[string]*FakeDevice
 	mounts  []mount.MountInfo
-	bound   map[string]string // block target -> device path
+	bound   map[string]string // device-node bind target -> device path
 	errs    map[string]error
+	next    map[string][]error
+	delays  map[string]time.Duration
 	calls   []string
 	nextID  int
 
-	// Stats is what FSStats returns for any mounted path.
+	// Stats is what FSStats returns for any path. Set it before use.
 	Stats FSStats
-	// Before, when set, runs at the start of every operation, outside the
-	// lock, with the operation's name ("format", "mount", "bind", "unmount",
-	// "wipe", "probe") and its main argument: a test can block or slow one.
+	// Before, when set, runs at the start of every state-changing operation
+	// and of Probe, outside the lock, with the operation's name (OpFormat,
+	// ...) and its main argument (the device, or the target for mount, bind
+	// and unmount): a test can block or slow one. Set it before the fake is
+	// used concurrently, or use SetBefore.
 	Before func(op, arg string)
 }
 
 // FakeDevice is one fake block device.
 type FakeDevice struct {
-	Size     int64
-	Rdev     uint64
-	Probe    disk.Probe
+	// Size is the device size in bytes.
+	Size int64
+	// Rdev is the device number, as in st_rdev.
+	Rdev uint64
+	// Probe is what Probe reports: signatures, filesystem type and UUID.
+	Probe disk.Probe
+	// FSSize is the size given to the last Format (the device size when the
+	// format had no limit); 0 when the device was not formatted by the fake.
+	FSSize int64
+	// ReadOnly is the kernel read-only flag (SetDeviceReadOnly).
 	ReadOnly bool
+	// Content stands for the data on the device: a test sets it with
+	// SetContent. Format keeps it (mkfs rewrites metadata only), Wipe with
+	// CleanupSignatures keeps it, the other policies erase it.
+	Content string
 }
 
-// NewFake returns an empty fake.
+// NewFake returns a fake without devices or mounts.
 func NewFake() *Fake {
-	return &Fake{devices: map[string]*FakeDevice{}, bound: map[string]string{}, errs: map[string]error{}}
+	return &Fake{
+		devices: map[string]*FakeDevice{}, bound: map[string]string{},
+		errs: map[string]error{}, next: map[string][]error{}, delays: map[string]time.Duration{},
+	}
 }
 
 var _ Interface = (*Fake)(nil)
 
-// AddDevice registers a blank device at path with a device number.
+// AddDevice registers a blank device at path with size bytes and the device
+// number major:minor, replacing any device at that path.
 func (f *Fake) AddDevice(path string, size int64, major, minor uint32) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.devices[path] = &FakeDevice{Size: size, Rdev: unix.Mkdev(major, minor)}
 }
 
-// SetSignatures makes a device look as if it carried these signatures.
+// RemoveDevice makes the device at path disappear, as an unplugged disk.
+func (f *Fake) RemoveDevice(path string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.devices, path)
+}
+
+// SetSignatures makes the device at path look as if it carried p. It panics
+// for a path AddDevice has not registered.
 func (f *Fake) SetSignatures(path string, p disk.Probe) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.devices[path].Probe = p
+	f.mustDevice(path).Probe = p
+}
+
+// SetContent sets the data marker of the device at path. It panics for a
+// path AddDevice has not registered.
+func (f *Fake) SetContent(path, content string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.mustDevice(path).Content = content
+}
+
+func (f *Fake) mustDevice(path string) *FakeDevice {
+	d, ok := f.devices[path]
+	if !ok {
+		panic("mounter.Fake: no device " + path)
+	}
+	return d
 }
 
 // Device returns a copy of the fake device at path.
@@ -73,7 +140,7 @@ func (f *Fake) Device(path string) (FakeDevice, bool) {
 	return *d, true
 }
 
-// SetError makes every later call of op fail with err (nil clears it).
+// SetError makes every later call of op fail with err; nil clears it.
 func (f *Fake) SetError(op string, err error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -82,6 +149,34 @@ func (f *Fake) SetError(op string, err error) {
 	} else {
 		f.errs[op] = err
 	}
+}
+
+// FailNext makes the next call of op fail with err, once. Several calls
+// queue up; a FailNext error is used before one set with SetError.
+func (f *Fake) FailNext(op string, err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.next[op] = append(f.next[op], err)
+}
+
+// SetDelay makes every later call of op wait d before it does anything (a
+// slow mkfs, say); an operation with a context stops waiting when it is done
+// and returns its error. 0 clears the delay.
+func (f *Fake) SetDelay(op string, d time.Duration) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if d <= 0 {
+		delete(f.delays, op)
+	} else {
+		f.delays[op] = d
+	}
+}
+
+// SetBefore sets the Before hook under the fake's lock.
+func (f *Fake) SetBefore(fn func(op, arg string)) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.Before = fn
 }
 
 // SetSuperReadOnly marks the filesystem mounted at path read-only at the
@@ -96,45 +191,80 @@ func (f *Fake) SetSuperReadOnly(path string) {
 	}
 }
 
-// Calls lists the operations done so far, e.g. "format /dev/x ext4".
+// Calls lists the operations done so far, oldest first, e.g.
+// "probe /dev/x", "format /dev/x ext4 [-L a]" (with " size=N" for a limited
+// format), "mount /dev/x /t ext4 [noatime]", "bind /s /t ro=true",
+// "unmount /t", "wipe /dev/x zero", "setro /dev/x true". Queries (MountInfo,
+// FSStats, DeviceSize, DeviceNumber) are not recorded.
 func (f *Fake) Calls() []string {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return append([]string(nil), f.calls...)
 }
 
-// begin runs the hook, then takes the lock, records the call and returns the
-// injected error for op, if any. The caller must unlock.
-func (f *Fake) begin(op, arg, call string) error {
-	if f.Before != nil {
-		f.Before(op, arg)
+// injected returns the error injected for op, consuming a FailNext one. The
+// caller holds the lock.
+func (f *Fake) injected(op string) error {
+	if q := f.next[op]; len(q) > 0 {
+		f.next[op] = q[1:]
+		return q[0]
 	}
-	f.mu.Lock()
-	f.calls = append(f.calls, call)
 	return f.errs[op]
 }
 
+// begin runs the hook and the delay outside the lock, then takes the lock,
+// records the call and returns the injected error for op, if any. The
+// caller must unlock, also on error.
+func (f *Fake) begin(ctx context.Context, op, arg, call string) error {
+	f.mu.Lock()
+	before, delay := f.Before, f.delays[op]
+	f.mu.Unlock()
+	if before != nil {
+		before(op, arg)
+	}
+	var cerr error
+	if delay > 0 {
+		t := time.NewTimer(delay)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			cerr = ctx.Err()
+		}
+	}
+	f.mu.Lock()
+	f.calls = append(f.calls, call)
+	if cerr != nil {
+		return cerr
+	}
+	return f.injected(op)
+}
+
 // Probe returns the device's fake signatures.
-func (f *Fake) Probe(_ context.Context, device string) (disk.Probe, error) {
-	err := f.begin("probe", device, "probe "+device)
+func (f *Fake) Probe(ctx context.Context, device string) (disk.Probe, error) {
+	err := f.begin(ctx, OpProbe, device, "probe "+device)
 	defer f.mu.Unlock()
 	if err != nil {
 		return disk.Probe{}, err
 	}
 	d, ok := f.devices[device]
 	if !ok {
-		return disk.Probe{}, fmt.Errorf("probe %s: %w", device, os.ErrNotExist)
+		return disk.Probe{}, fmt.Errorf("probe: %w", &os.PathError{Op: "stat", Path: device, Err: os.ErrNotExist})
 	}
-	return d.Probe, nil
+	p := d.Probe
+	p.Signatures = append([]string(nil), p.Signatures...)
+	return p, nil
 }
 
-// Format gives a blank device a filesystem.
-func (f *Fake) Format(_ context.Context, device, fsType, uuid string, sizeBytes int64, extraArgs []string) error {
+// Format gives a blank device a filesystem of fsType with uuid. It checks
+// the arguments as Real does (ErrUnsupportedFS, ErrInvalidMkfsArgs) and
+// fails with ErrNotBlank on a device with a signature.
+func (f *Fake) Format(ctx context.Context, device, fsType, uuid string, sizeBytes int64, extraArgs []string) error {
 	call := fmt.Sprintf("format %s %s %v", device, fsType, extraArgs)
 	if sizeBytes > 0 {
 		call += fmt.Sprintf(" size=%d", sizeBytes)
 	}
-	err := f.begin("format", device, call)
+	err := f.begin(ctx, OpFormat, device, call)
 	defer f.mu.Unlock()
 	if err != nil {
 		return err
@@ -144,12 +274,19 @@ func (f *Fake) Format(_ context.Context, device, fsType, uuid string, sizeBytes 
 	}
 	d, ok := f.devices[device]
 	if !ok {
-		return fmt.Errorf("format %s: %w", device, os.ErrNotExist)
+		return fmt.Errorf("format: %w", &os.PathError{Op: "open", Path: device, Err: os.ErrNotExist})
 	}
 	if len(d.Probe.Signatures) > 0 {
-		return fmt.Errorf("%w: %s", ErrNotBlank, device)
+		return fmt.Errorf("%w: %s carries %v", ErrNotBlank, device, d.Probe.Signatures)
+	}
+	if d.ReadOnly {
+		return fmt.Errorf("format %s: %w", device, syscall.EROFS)
 	}
 	d.Probe = disk.Probe{FSType: fsType, UUID: uuid, Signatures: []string{fsType}}
+	d.FSSize = d.Size
+	if sizeBytes > 0 && sizeBytes < d.Size {
+		d.FSSize = sizeBytes
+	}
 	return nil
 }
 
@@ -160,16 +297,18 @@ func (f *Fake) addMount(m mount.MountInfo) {
 	f.mounts = append(f.mounts, m)
 }
 
-// Mount records a filesystem mount of device at target.
+// Mount records a mount of device at target. It fails for an unknown device
+// or when fsType is not the device's filesystem. The entry's MountOptions
+// start with "ro" or "rw" (ro when options hold "ro"), then options.
 func (f *Fake) Mount(device, target, fsType string, options []string) error {
-	err := f.begin("mount", target, fmt.Sprintf("mount %s %s %s %v", device, target, fsType, options))
+	err := f.begin(context.Background(), OpMount, target, fmt.Sprintf("mount %s %s %s %v", device, target, fsType, options))
 	defer f.mu.Unlock()
 	if err != nil {
 		return err
 	}
 	d, ok := f.devices[device]
 	if !ok {
-		return fmt.Errorf("mount %s: %w", device, os.ErrNotExist)
+		return fmt.Errorf("mount: %w", &os.PathError{Op: "open", Path: device, Err: os.ErrNotExist})
 	}
 	if d.Probe.FSType != fsType {
 		return fmt.Errorf("mount %s: wrong fs type %q, device has %q", device, fsType, d.Probe.FSType)
@@ -184,9 +323,12 @@ func (f *Fake) Mount(device, target, fsType string, options []string) error {
 	return nil
 }
 
-// BindMount records a bind mount of a mounted directory or a device node.
+// BindMount records a bind mount of a device node (an entry on devtmpfs,
+// through which DeviceSize and DeviceNumber of target then see the device)
+// or of a mount point (a copy of its topmost entry at target). Its
+// MountOptions are ["ro"] or ["rw"].
 func (f *Fake) BindMount(source, target string, readOnly bool) error {
-	err := f.begin("bind", target, fmt.Sprintf("bind %s %s ro=%v", source, target, readOnly))
+	err := f.begin(context.Background(), OpBind, target, fmt.Sprintf("bind %s %s ro=%v", source, target, readOnly))
 	defer f.mu.Unlock()
 	if err != nil {
 		return err
@@ -211,9 +353,9 @@ func (f *Fake) BindMount(source, target string, readOnly bool) error {
 	return fmt.Errorf("bind %s: source is neither a device nor a mount point", source)
 }
 
-// Unmount removes the topmost mount at target.
+// Unmount removes the topmost mount at target; it fails when there is none.
 func (f *Fake) Unmount(target string) error {
-	err := f.begin("unmount", target, "unmount "+target)
+	err := f.begin(context.Background(), OpUnmount, target, "unmount "+target)
 	defer f.mu.Unlock()
 	if err != nil {
 		return err
@@ -222,26 +364,46 @@ func (f *Fake) Unmount(target string) error {
 	for i := len(f.mounts) - 1; i >= 0; i-- {
 		if f.mounts[i].MountPoint == target {
 			f.mounts = append(f.mounts[:i], f.mounts[i+1:]...)
-			delete(f.bound, target)
+			if !f.mountedAtLocked(target) {
+				delete(f.bound, target)
+			}
 			return nil
 		}
 	}
 	return fmt.Errorf("unmount %s: not mounted", target)
 }
 
-// MountInfo lists the fake mounts.
+func (f *Fake) mountedAtLocked(target string) bool {
+	for _, m := range f.mounts {
+		if m.MountPoint == target {
+			return true
+		}
+	}
+	return false
+}
+
+// MountInfo returns a copy of the fake mount table, oldest mount first.
 func (f *Fake) MountInfo() ([]mount.MountInfo, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if err := f.errs["mountinfo"]; err != nil {
+	if err := f.injected(OpMountInfo); err != nil {
 		return nil, err
 	}
-	return append([]mount.MountInfo(nil), f.mounts...), nil
+	out := make([]mount.MountInfo, len(f.mounts))
+	for i, m := range f.mounts {
+		m.MountOptions = append([]string(nil), m.MountOptions...)
+		m.SuperOptions = append([]string(nil), m.SuperOptions...)
+		out[i] = m
+	}
+	return out, nil
 }
 
-// Wipe clears the device's signatures.
-func (f *Fake) Wipe(_ context.Context, device string, policy CleanupPolicy) error {
-	err := f.begin("wipe", device, fmt.Sprintf("wipe %s %s", device, policy))
+// Wipe cleans the device: it fails with ErrUnknownPolicy for an unknown
+// policy and with EBUSY while a filesystem of the device is mounted, clears
+// the read-only flag and the signatures, and erases Content unless policy
+// is CleanupSignatures.
+func (f *Fake) Wipe(ctx context.Context, device string, policy CleanupPolicy) error {
+	err := f.begin(ctx, OpWipe, device, fmt.Sprintf("wipe %s %s", device, policy))
 	defer f.mu.Unlock()
 	if err != nil {
 		return err
@@ -253,23 +415,40 @@ func (f *Fake) Wipe(_ context.Context, device string, policy CleanupPolicy) erro
 	}
 	d, ok := f.devices[device]
 	if !ok {
-		return fmt.Errorf("wipe %s: %w", device, os.ErrNotExist)
+		return fmt.Errorf("wipe: %w", &os.PathError{Op: "open", Path: device, Err: os.ErrNotExist})
 	}
+	for _, m := range f.mounts {
+		if uint32(m.Major) == unix.Major(d.Rdev) && uint32(m.Minor) == unix.Minor(d.Rdev) {
+			return fmt.Errorf("%s is in use (mounted at %s): %w", device, m.MountPoint, syscall.EBUSY)
+		}
+	}
+	d.ReadOnly = false
 	d.Probe = disk.Probe{}
+	d.FSSize = 0
+	if policy != CleanupSignatures {
+		d.Content = ""
+	}
 	return nil
 }
 
-// FSStats returns Stats.
+// FSStats returns Stats, or the error injected for OpStats.
 func (f *Fake) FSStats(string) (FSStats, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return f.Stats, f.errs["stats"]
+	if err := f.injected(OpStats); err != nil {
+		return FSStats{}, err
+	}
+	return f.Stats, nil
 }
 
-// DeviceSize returns the size of a device or of the device bound at path.
+// DeviceSize returns the size of the device at path or of the device
+// bind-mounted onto path.
 func (f *Fake) DeviceSize(path string) (int64, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if err := f.injected(OpSize); err != nil {
+		return 0, err
+	}
 	d, err := f.deviceAtLocked(path)
 	if err != nil {
 		return 0, err
@@ -277,11 +456,15 @@ func (f *Fake) DeviceSize(path string) (int64, error) {
 	return d.Size, nil
 }
 
-// DeviceNumber returns the device number of a device or of the device bound
-// at path.
+// DeviceNumber returns the device number of the device at path or of the
+// device bind-mounted onto path; ErrNotBlockDevice for an existing path
+// that is neither, an os.ErrNotExist error for a missing one.
 func (f *Fake) DeviceNumber(path string) (uint64, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if err := f.injected(OpNumber); err != nil {
+		return 0, err
+	}
 	d, err := f.deviceAtLocked(path)
 	if err != nil {
 		return 0, err
@@ -294,7 +477,10 @@ func (f *Fake) deviceAtLocked(path string) (*FakeDevice, error) {
 		return d, nil
 	}
 	if dev, ok := f.bound[filepath.Clean(path)]; ok {
-		return f.devices[dev], nil
+		if d, ok := f.devices[dev]; ok {
+			return d, nil
+		}
+		return nil, &os.PathError{Op: "stat", Path: path, Err: os.ErrNotExist}
 	}
 	if _, err := os.Stat(path); err != nil {
 		return nil, err
@@ -304,14 +490,14 @@ func (f *Fake) deviceAtLocked(path string) (*FakeDevice, error) {
 
 // SetDeviceReadOnly records the device's read-only flag.
 func (f *Fake) SetDeviceReadOnly(device string, readOnly bool) error {
-	err := f.begin("setro", device, fmt.Sprintf("setro %s %v", device, readOnly))
+	err := f.begin(context.Background(), OpSetRO, device, fmt.Sprintf("setro %s %v", device, readOnly))
 	defer f.mu.Unlock()
 	if err != nil {
 		return err
 	}
 	d, ok := f.devices[device]
 	if !ok {
-		return fmt.Errorf("setro %s: %w", device, os.ErrNotExist)
+		return fmt.Errorf("setro: %w", &os.PathError{Op: "open", Path: device, Err: os.ErrNotExist})
 	}
 	d.ReadOnly = readOnly
 	return nil

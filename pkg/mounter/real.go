@@ -2,13 +2,16 @@ package mounter
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
+	"unicode/utf8"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
@@ -18,99 +21,220 @@ import (
 	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/disk"
 )
 
-// Sentinel errors of the mounter.
+// Sentinel errors of the mounter; match them with errors.Is.
 var (
-	// ErrNotBlank: Format was asked to format a device that carries a signature.
+	// ErrNotBlank is returned by Format when the device carries a signature.
 	ErrNotBlank = errors.New("device is not blank")
-	// ErrUnsupportedFS: the filesystem type is not ext4 or xfs.
+	// ErrUnsupportedFS is returned for a filesystem type other than ext4 or xfs.
 	ErrUnsupportedFS = errors.New("unsupported filesystem type")
-	// ErrUnknownPolicy: the cleanup policy is not one of the four known ones.
+	// ErrInvalidMkfsArgs is returned when extra mkfs arguments cannot be
+	// merged with the driver's defaults (an option without its value).
+	ErrInvalidMkfsArgs = errors.New("invalid mkfs arguments")
+	// ErrUnknownPolicy is returned by Wipe for a policy that is not one of the
+	// four CleanupPolicy constants.
 	ErrUnknownPolicy = errors.New("unknown cleanup policy")
-	// ErrNotBlockDevice: the path is not a block device.
+	// ErrNotBlockDevice is returned when a path is not a block device node
+	// and has none bind-mounted onto it.
 	ErrNotBlockDevice = errors.New("not a block device")
+	// ErrNotClean is returned by Wipe when a signature survives the cleanup.
+	ErrNotClean = errors.New("device still carries a signature after cleanup")
 )
 
-// Real runs the system's tools and syscalls.
-type Real struct {
-	exec          utilexec.Interface
-	mounter       *mount.Mounter
-	mountInfoPath string
+// DefaultMountInfoPath is the mount table MountInfo reads unless Options says
+// otherwise.
+const DefaultMountInfoPath = "/proc/self/mountinfo"
+
+// maxOutput bounds how many bytes of a tool's output go into an error.
+const maxOutput = 1024
+
+// Options configure a Real mounter. The zero value selects the system.
+type Options struct {
+	// Exec runs every external tool (blkid, wipefs, mkfs.ext4, mkfs.xfs,
+	// blkdiscard, shred, umount); nil means k8s.io/utils/exec.New().
+	Exec utilexec.Interface
+	// Mounter performs Mount and BindMount; nil means mount.New("").
+	Mounter mount.Interface
+	// MountInfoPath is the mountinfo file MountInfo parses; "" means
+	// DefaultMountInfoPath.
+	MountInfoPath string
 }
 
-// New returns the real mounter.
-func New() *Real {
-	return &Real{exec: utilexec.New(), mounter: mount.New("").(*mount.Mounter), mountInfoPath: "/proc/self/mountinfo"}
+// Real is the Interface on the host. It runs the system's tools, each as an
+// argument vector with an empty stdin and never through a shell, and uses
+// syscalls for sizes, device numbers, statistics and the read-only flag. It
+// holds no state of its own and is safe for concurrent use.
+type Real struct {
+	exec          utilexec.Interface
+	mounter       mount.Interface
+	mountInfoPath string
 }
 
 var _ Interface = (*Real)(nil)
 
-// maxOutput bounds how much of a tool's output goes into an error.
-const maxOutput = 2048
+// New returns the real mounter with the system defaults.
+func New() *Real { return NewWithOptions(Options{}) }
 
-// run executes a tool with an argument vector and empty stdin; a failure
-// carries the tool's output.
-func (r *Real) run(ctx context.Context, name string, args ...string) ([]byte, error) {
-	cmd := r.exec.CommandContext(ctx, name, args...)
-	cmd.SetStdin(strings.NewReader(""))
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		o := strings.TrimSpace(string(out))
-		if len(o) > maxOutput {
-			o = o[:maxOutput] + "..."
-		}
-		return out, fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, o)
+// NewWithOptions returns a real mounter that uses what o sets and the system
+// defaults for the rest.
+func NewWithOptions(o Options) *Real {
+	r := &Real{exec: o.Exec, mounter: o.Mounter, mountInfoPath: o.MountInfoPath}
+	if r.exec == nil {
+		r.exec = utilexec.New()
 	}
-	return out, nil
+	if r.mounter == nil {
+		r.mounter = mount.New("")
+	}
+	if r.mountInfoPath == "" {
+		r.mountInfoPath = DefaultMountInfoPath
+	}
+	return r
 }
 
-func exitCode(err error) int {
+// ToolError is the failure of an external tool. Its message holds the
+// command line, the error (exit status) and the tool's trimmed output
+// (stderr, then stdout), bounded to about 1 KiB.
+type ToolError struct {
+	// Argv is the command line that failed.
+	Argv []string
+	// ExitCode is the tool's exit status, -1 when it did not run to an exit
+	// (not found, killed, cancelled).
+	ExitCode int
+	// Output is the tool's trimmed, bounded stderr and stdout.
+	Output string
+	// Err is the underlying error. A cancelled or expired context is wrapped
+	// so that errors.Is(err, context.Canceled) holds.
+	Err error
+}
+
+// Error says which command failed, how, and what it printed.
+func (e *ToolError) Error() string {
+	s := strings.Join(e.Argv, " ") + ": " + e.Err.Error()
+	if e.Output != "" {
+		s += ": " + e.Output
+	}
+	return s
+}
+
+// Unwrap returns the underlying error.
+func (e *ToolError) Unwrap() error { return e.Err }
+
+// boundOutput trims a tool's output and cuts it to maxOutput bytes without
+// splitting a character.
+func boundOutput(b []byte) string {
+	s := strings.TrimSpace(string(b))
+	if len(s) > maxOutput {
+		cut := maxOutput
+		for cut > 0 && !utf8.RuneStart(s[cut]) {
+			cut--
+		}
+		s = s[:cut] + "...(truncated)"
+	}
+	return strings.ToValidUTF8(s, "?")
+}
+
+// run runs name with args and an empty stdin and returns its stdout. On
+// failure the error is a *ToolError, whose ExitCode tells a tool's verdicts
+// apart (blkid: 2 nothing found, 8 ambivalent).
+func (r *Real) run(ctx context.Context, name string, args ...string) ([]byte, error) {
+	cmd := r.exec.CommandContext(ctx, name, args...)
+	var stdout, stderr bytes.Buffer
+	cmd.SetStdin(bytes.NewReader(nil))
+	cmd.SetStdout(&stdout)
+	cmd.SetStderr(&stderr)
+	err := cmd.Run()
+	if err == nil {
+		return stdout.Bytes(), nil
+	}
+	code := -1
 	var ee utilexec.ExitError
-	if errors.As(err, &ee) {
-		return ee.ExitStatus()
+	if errors.As(err, &ee) && ee.Exited() {
+		code = ee.ExitStatus()
+	}
+	if cerr := ctx.Err(); cerr != nil {
+		err = fmt.Errorf("%w (%v)", cerr, err)
+	}
+	out := bytes.TrimSpace(stderr.Bytes())
+	if o := bytes.TrimSpace(stdout.Bytes()); len(o) > 0 {
+		if len(out) > 0 {
+			out = append(append(out, '\n'), o...)
+		} else {
+			out = o
+		}
+	}
+	return stdout.Bytes(), &ToolError{
+		Argv: append([]string{name}, args...), ExitCode: code, Output: boundOutput(out), Err: err,
+	}
+}
+
+// exitCode is the exit status carried by a *ToolError, -1 for any other
+// error.
+func exitCode(err error) int {
+	var te *ToolError
+	if errors.As(err, &te) {
+		return te.ExitCode
 	}
 	return -1
 }
 
-// Probe reports every signature on device: blkid's low-level probe for the
-// filesystem, plus wipefs's list of all signatures it would erase (partition
-// tables, RAID and LVM members, backup superblocks).
+// Probe reports every signature on device without changing it: the
+// filesystem (TYPE, UUID) or partition table (PTTYPE) found by blkid's
+// low-level probe ("blkid -p -o export"), plus every signature wipefs would
+// erase ("wipefs --no-act"): several filesystems, a partition table with its
+// protective MBR, RAID and LVM members. Nothing found by either means blank:
+// an empty Probe and a nil error. blkid's exit status 8 (more than one
+// filesystem, "ambivalent") adds the signature "ambivalent" and leaves
+// FSType empty. FSType and UUID are set only for a filesystem (blkid
+// USAGE=filesystem), so an LVM or RAID member is a signature but no FSType.
+// A device that cannot be opened and read (blkid and wipefs would call it
+// blank) or any other failure is an error.
 func (r *Real) Probe(ctx context.Context, device string) (disk.Probe, error) {
 	var p disk.Probe
 	// blkid and wipefs both report a device they cannot open as blank (exit
-	// code 2, and 0 with no output): read it ourselves first.
+	// status 2, and 0 with no output): read it first.
 	if err := readable(device); err != nil {
 		return p, err
 	}
-	out, err := r.exec.CommandContext(ctx, "blkid", "-p", "-o", "export", device).CombinedOutput()
+	out, err := r.run(ctx, "blkid", "-p", "-o", "export", device)
 	switch code := exitCode(err); {
 	case err == nil:
-		sc := bufio.NewScanner(strings.NewReader(string(out)))
+		var typ, usage, ptType, uuid string
+		sc := bufio.NewScanner(bytes.NewReader(out))
 		for sc.Scan() {
-			k, v, _ := strings.Cut(sc.Text(), "=")
+			k, v, _ := strings.Cut(strings.TrimSpace(sc.Text()), "=")
 			switch k {
 			case "TYPE":
-				p.FSType = v
+				typ = v
+			case "USAGE":
+				usage = v
 			case "UUID":
-				p.UUID = v
+				uuid = v
+			case "PTTYPE":
+				ptType = v
 			}
 		}
+		if typ != "" {
+			p.Signatures = append(p.Signatures, typ)
+			if usage == "" || usage == "filesystem" {
+				p.FSType, p.UUID = typ, uuid
+			}
+		}
+		if ptType != "" {
+			p.Signatures = appendNew(p.Signatures, ptType)
+		}
 	case code == 2: // nothing found
-	case code == 8: // ambivalent: more than one signature
+	case code == 8: // ambivalent: more than one filesystem
 		p.Signatures = append(p.Signatures, "ambivalent")
 	default:
-		return p, fmt.Errorf("blkid -p %s: %v: %s", device, err, strings.TrimSpace(string(out)))
+		return disk.Probe{}, err
 	}
 	out, err = r.run(ctx, "wipefs", "--no-act", "--noheadings", "--output", "TYPE", device)
 	if err != nil {
-		return p, err
+		return disk.Probe{}, err
 	}
 	for _, l := range strings.Split(string(out), "\n") {
-		if l = strings.TrimSpace(l); l != "" && !contains(p.Signatures, l) {
-			p.Signatures = append(p.Signatures, l)
+		if l = strings.TrimSpace(l); l != "" {
+			p.Signatures = appendNew(p.Signatures, l)
 		}
-	}
-	if p.FSType != "" && !contains(p.Signatures, p.FSType) {
-		p.Signatures = append([]string{p.FSType}, p.Signatures...)
 	}
 	return p, nil
 }
@@ -128,6 +252,13 @@ func readable(device string) error {
 	return nil
 }
 
+func appendNew(list []string, s string) []string {
+	if contains(list, s) {
+		return list
+	}
+	return append(list, s)
+}
+
 func contains(list []string, s string) bool {
 	for _, x := range list {
 		if x == s {
@@ -137,14 +268,30 @@ func contains(list []string, s string) bool {
 	return false
 }
 
-// ext4Defaults keep mkfs.ext4 from doing work proportional to the disk size.
-const ext4Defaults = "nodiscard,lazy_itable_init=1,lazy_journal_init=1"
-
-// Format creates a filesystem on a blank device. mke2fs gets no -F: should a
-// signature appear after the probe, it asks for confirmation, reads the empty
-// stdin, and gives up.
+// Format probes device and, when it is blank, creates an fsType filesystem
+// with the given UUID:
+//
+//	mkfs.ext4 -q -U <uuid> -E nodiscard,lazy_itable_init=1,lazy_journal_init=1 <extraArgs...> <device> [<sizeBytes/1024>k]
+//	mkfs.xfs -q -K -m uuid=<uuid> <extraArgs...> [-d size=<sizeBytes>] <device>
+//
+// with a user -E (ext4) or -m (xfs) merged after the defaults so that the
+// user's keys win (see mkfsArgs). A device with any signature fails with
+// ErrNotBlank before mkfs runs; an fsType other than ext4 or xfs fails with
+// ErrUnsupportedFS; a failing mkfs with a *ToolError carrying its output.
+//
+// Neither -F nor -f is ever passed: mkfs.xfs then refuses a device that
+// gained a signature after the probe, and both refuse a mounted device.
+// mke2fs, however, asks before overwriting a filesystem only when stdin and
+// stdout are terminals, so for ext4 the probe is the only check (stdin is
+// empty all the same).
+//
+// With sizeBytes > 0 the filesystem ends there, and the device's bytes past
+// sizeBytes (up to its last 4 MiB) are as they were when Format returns:
+// mkfs.xfs zeroes the last 128 KiB of a device whatever its size option, so
+// Format saves them and writes them back after mkfs (a crash in between
+// loses them).
 func (r *Real) Format(ctx context.Context, device, fsType, uuid string, sizeBytes int64, extraArgs []string) error {
-	args, err := mkfsArgs(fsType, uuid, sizeBytes, extraArgs)
+	argv, err := mkfsArgv(fsType, uuid, device, sizeBytes, extraArgs)
 	if err != nil {
 		return err
 	}
@@ -153,123 +300,136 @@ func (r *Real) Format(ctx context.Context, device, fsType, uuid string, sizeByte
 		return err
 	}
 	if len(p.Signatures) > 0 {
+		klog.InfoS("Refusing to format a device that is not blank", "device", device, "signatures", p.Signatures)
 		return fmt.Errorf("%w: %s carries %s", ErrNotBlank, device, strings.Join(p.Signatures, ","))
 	}
-	start := time.Now()
-	args = append(args, device)
-	if fsType == "ext4" && sizeBytes > 0 {
-		args = append(args, fmt.Sprintf("%dk", sizeBytes/1024)) // mke2fs: fs-size after the device
+	if sizeBytes <= 0 {
+		return r.mkfs(ctx, device, fsType, argv)
 	}
-	if _, err := r.run(ctx, "mkfs."+fsType, args...); err != nil {
+	restore, err := keepTail(device, sizeBytes)
+	if err != nil {
 		return err
 	}
-	klog.InfoS("Formatted", "device", device, "fsType", fsType, "args", args, "duration", time.Since(start))
+	err = r.mkfs(ctx, device, fsType, argv)
+	if rerr := restore(); rerr != nil {
+		klog.ErrorS(rerr, "Restoring the device's tail after mkfs failed", "device", device)
+		return errors.Join(err, rerr)
+	}
+	return err
+}
+
+// mkfs runs mkfs.<fsType> with argv (which names the device) without
+// probing first.
+func (r *Real) mkfs(ctx context.Context, device, fsType string, argv []string) error {
+	start := time.Now()
+	klog.InfoS("Formatting", "device", device, "fsType", fsType, "args", argv)
+	if _, err := r.run(ctx, "mkfs."+fsType, argv...); err != nil {
+		klog.ErrorS(err, "Format failed", "device", device, "fsType", fsType, "duration", time.Since(start))
+		return err
+	}
+	klog.InfoS("Formatted", "device", device, "fsType", fsType, "duration", time.Since(start))
 	return nil
 }
 
-// mkfsArgs builds the mkfs arguments before the device: the driver's
-// defaults, then the user's, with the user's -E (ext4) or -m (xfs) merged
-// after the defaults so that its keys win. An xfs size limit is merged into
-// -d the same way (ext4 takes it after the device).
-func mkfsArgs(fsType, uuid string, sizeBytes int64, extra []string) ([]string, error) {
-	var flag, defaults string
-	var args []string
-	switch fsType {
-	case "ext4":
-		flag, defaults = "-E", ext4Defaults
-		args = []string{"-q", "-U", uuid}
-	case "xfs":
-		flag, defaults = "-m", "uuid="+uuid
-		args = []string{"-q", "-K"}
-	default:
-		return nil, fmt.Errorf("%w: %q", ErrUnsupportedFS, fsType)
-	}
-	merged := false
-	var rest []string
-	for i := 0; i < len(extra); i++ {
-		a := extra[i]
-		switch {
-		case a == flag && i+1 < len(extra):
-			rest = append(rest, flag, defaults+","+extra[i+1])
-			i++
-			merged = true
-		case strings.HasPrefix(a, flag) && len(a) > len(flag):
-			rest = append(rest, flag, defaults+","+a[len(flag):])
-			merged = true
-		default:
-			rest = append(rest, a)
-		}
-	}
-	if !merged {
-		args = append(args, flag, defaults)
-	}
-	args = append(args, rest...)
-	if fsType == "xfs" && sizeBytes > 0 {
-		args = mergeOption(args, "-d", fmt.Sprintf("size=%d", sizeBytes/4096*4096))
-	}
-	return args, nil
-}
-
-// mergeOption adds sub-option sub to the last flag option in args (as
-// "flag a,b,sub"), or appends "flag sub".
-func mergeOption(args []string, flag, sub string) []string {
-	for i := len(args) - 1; i >= 0; i-- {
-		switch {
-		case args[i] == flag && i+1 < len(args):
-			args[i+1] += "," + sub
-			return args
-		case strings.HasPrefix(args[i], flag) && len(args[i]) > len(flag):
-			args[i] += "," + sub
-			return args
-		}
-	}
-	return append(args, flag, sub)
-}
-
-// Mount mounts device at target.
+// Mount mounts device at target ("mount -t fsType -o options device target",
+// through k8s.io/mount-utils, without systemd). target must exist.
 func (r *Real) Mount(device, target, fsType string, options []string) error {
 	if err := r.mounter.MountSensitiveWithoutSystemd(device, target, fsType, options, nil); err != nil {
+		klog.ErrorS(err, "Mount failed", "device", device, "targetPath", target, "fsType", fsType, "options", options)
 		return err
 	}
 	klog.InfoS("Mounted", "device", device, "targetPath", target, "fsType", fsType, "options", options)
 	return nil
 }
 
-// BindMount bind-mounts source onto target, then remounts it read-only when
-// asked (mount-utils does both steps for "bind","ro").
+// BindMount bind-mounts source (a directory, or a device node) onto target
+// (a directory, or a regular file for a device node). With readOnly the bind
+// is then remounted read-only, keeping the source mount's nosuid, nodev and
+// noexec flags (mount-utils does both steps). Should the read-only remount
+// fail, the writable bind is unmounted again before the error is returned:
+// a failed read-only BindMount leaves no writable mount behind.
 func (r *Real) BindMount(source, target string, readOnly bool) error {
 	opts := []string{"bind"}
+	before := -1
 	if readOnly {
 		opts = append(opts, "ro")
+		if n, err := r.mountsAt(target); err == nil {
+			before = n
+		}
 	}
 	if err := r.mounter.MountSensitiveWithoutSystemd(source, target, "", opts, nil); err != nil {
+		if before >= 0 {
+			if n, merr := r.mountsAt(target); merr == nil && n > before {
+				uerr := r.unmount(context.Background(), target)
+				klog.ErrorS(err, "Read-only remount of a bind mount failed; removing the writable bind", "source", source, "targetPath", target, "unmountError", uerr)
+				if uerr != nil {
+					return fmt.Errorf("%w; removing the writable bind: %v", err, uerr)
+				}
+				return err
+			}
+		}
+		klog.ErrorS(err, "Bind mount failed", "source", source, "targetPath", target, "readOnly", readOnly)
 		return err
 	}
-	klog.InfoS("Bind mounted", "device", source, "targetPath", target, "readOnly", readOnly)
+	klog.InfoS("Bind mounted", "source", source, "targetPath", target, "readOnly", readOnly)
 	return nil
 }
 
-// Unmount unmounts target once.
+// mountsAt counts the mounts whose mount point is target.
+func (r *Real) mountsAt(target string) (int, error) {
+	infos, err := r.MountInfo()
+	if err != nil {
+		return 0, err
+	}
+	if p, err := filepath.EvalSymlinks(target); err == nil {
+		target = p
+	}
+	if p, err := filepath.Abs(target); err == nil {
+		target = p
+	}
+	n := 0
+	for _, mi := range infos {
+		if mi.MountPoint == target {
+			n++
+		}
+	}
+	return n, nil
+}
+
+// Unmount runs "umount target" once: it removes the topmost mount at target
+// and fails when target is not a mount point.
 func (r *Real) Unmount(target string) error {
-	if err := r.mounter.Unmount(target); err != nil {
+	if err := r.unmount(context.Background(), target); err != nil {
+		klog.ErrorS(err, "Unmount failed", "targetPath", target)
 		return err
 	}
 	klog.InfoS("Unmounted", "targetPath", target)
 	return nil
 }
 
-// MountInfo parses the mount table of this mount namespace.
+func (r *Real) unmount(ctx context.Context, target string) error {
+	_, err := r.run(ctx, "umount", target)
+	return err
+}
+
+// MountInfo parses the configured mountinfo file (by default the mount table
+// of this process's mount namespace).
 func (r *Real) MountInfo() ([]mount.MountInfo, error) {
 	return mount.ParseMountInfo(r.mountInfoPath)
 }
 
-// FSStats measures the filesystem mounted at path.
+// FSStats measures the filesystem mounted at path with statfs: bytes in
+// fragment-size units, available bytes as an unprivileged user may use them
+// (f_bavail, without the blocks reserved for root), and inodes.
 func (r *Real) FSStats(path string) (FSStats, error) {
 	var s unix.Statfs_t
 	if err := unix.Statfs(path, &s); err != nil {
-		return FSStats{}, fmt.Errorf("statfs %s: %w", path, err)
+		return FSStats{}, &os.PathError{Op: "statfs", Path: path, Err: err}
 	}
-	bs := int64(s.Bsize)
+	bs := s.Frsize
+	if bs == 0 {
+		bs = s.Bsize
+	}
 	return FSStats{
 		TotalBytes:     int64(s.Blocks) * bs,
 		UsedBytes:      int64(s.Blocks-s.Bfree) * bs,
@@ -280,22 +440,44 @@ func (r *Real) FSStats(path string) (FSStats, error) {
 	}, nil
 }
 
-// DeviceSize returns the size of the block device at path.
+// openBlock opens path read-only and checks that it is a block device.
+func openBlock(path string) (*os.File, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		f.Close()
+		return nil, &os.PathError{Op: "fstat", Path: path, Err: err}
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFBLK {
+		f.Close()
+		return nil, fmt.Errorf("%w: %s", ErrNotBlockDevice, path)
+	}
+	return f, nil
+}
+
+// DeviceSize returns the size in bytes of the block device at path (a device
+// node, or a file a device node is bind-mounted onto) from the BLKGETSIZE64
+// ioctl. A path that is not a block device fails with ErrNotBlockDevice.
 func (r *Real) DeviceSize(path string) (int64, error) {
-	f, err := os.Open(path)
+	f, err := openBlock(path)
 	if err != nil {
 		return 0, err
 	}
 	defer f.Close()
-	// Seeking to the end of a block device yields its size.
-	size, err := f.Seek(0, io.SeekEnd)
-	if err != nil {
-		return 0, fmt.Errorf("size of %s: %w", path, err)
+	var size uint64
+	if _, _, errno := unix.Syscall(unix.SYS_IOCTL, f.Fd(), unix.BLKGETSIZE64, uintptr(unsafe.Pointer(&size))); errno != 0 {
+		return 0, &os.PathError{Op: "ioctl BLKGETSIZE64", Path: path, Err: errno}
 	}
-	return size, nil
+	return int64(size), nil
 }
 
-// DeviceNumber returns st_rdev of the block device node at path.
+// DeviceNumber returns st_rdev of the block device node at path, or of the
+// device node bind-mounted onto path. A path that is not a block device
+// fails with ErrNotBlockDevice, a missing one with an error matching
+// os.ErrNotExist.
 func (r *Real) DeviceNumber(path string) (uint64, error) {
 	var st unix.Stat_t
 	if err := unix.Stat(path, &st); err != nil {
@@ -307,12 +489,20 @@ func (r *Real) DeviceNumber(path string) (uint64, error) {
 	return st.Rdev, nil
 }
 
-// SetDeviceReadOnly flips the device's read-only flag with blockdev.
+// SetDeviceReadOnly sets or clears the kernel's read-only flag of the block
+// device at device with "blockdev --setro" or "--setrw" (the BLKROSET
+// ioctl). The flag stops writes through every opener of the device, which a
+// read-only bind mount of its node does not.
 func (r *Real) SetDeviceReadOnly(device string, readOnly bool) error {
 	flag := "--setrw"
 	if readOnly {
 		flag = "--setro"
 	}
-	_, err := r.run(context.Background(), "blockdev", flag, device)
-	return err
+	ctx := context.Background()
+	if _, err := r.run(ctx, "blockdev", flag, device); err != nil {
+		klog.ErrorS(err, "Setting the device's read-only flag failed", "device", device, "readOnly", readOnly)
+		return err
+	}
+	klog.InfoS("Device read-only flag set", "device", device, "readOnly", readOnly)
+	return nil
 }
