@@ -1,0 +1,217 @@
+package cluster
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+)
+
+// Config says where the binaries are and where the cluster lives.
+type Config struct {
+	// Bin is the directory `make e2e-bins` fills.
+	Bin string
+	// Dir holds certificates, data, kubeconfigs and logs.
+	Dir string
+}
+
+// ControlPlane is a running etcd, kube-apiserver, kube-controller-manager
+// and kube-scheduler on 127.0.0.1.
+type ControlPlane struct {
+	cfg        Config
+	procs      procs
+	pki        *pki
+	APIServer  string // https://127.0.0.1:<port>
+	Kubeconfig string // admin kubeconfig
+}
+
+// Start brings the control plane up and waits until the apiserver is ready.
+// On error everything started so far is stopped.
+func Start(ctx context.Context, cfg Config) (cp *ControlPlane, err error) {
+	cp = &ControlPlane{cfg: cfg}
+	defer func() {
+		if err != nil {
+			cp.Stop()
+			cp = nil
+		}
+	}()
+	if cp.pki, err = newPKI(filepath.Join(cfg.Dir, "pki")); err != nil {
+		return nil, err
+	}
+	lo := []net.IP{net.ParseIP("127.0.0.1")}
+	if err = cp.pki.issue("apiserver", "kube-apiserver", nil, append(lo, net.ParseIP("10.0.0.1")),
+		[]string{"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"}, true); err != nil {
+		return nil, err
+	}
+	if err = cp.pki.issue("admin", "e2e-admin", []string{"system:masters"}, nil, nil, false); err != nil {
+		return nil, err
+	}
+	if err = cp.pki.serviceAccountKey(); err != nil {
+		return nil, err
+	}
+	etcdURL, err := cp.startEtcd(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err = cp.startAPIServer(ctx, etcdURL); err != nil {
+		return nil, err
+	}
+	if cp.Kubeconfig, err = cp.writeKubeconfig("admin"); err != nil {
+		return nil, err
+	}
+	if err = cp.startControllers(); err != nil {
+		return nil, err
+	}
+	return cp, nil
+}
+
+// Stop stops every process by PID, newest first.
+func (cp *ControlPlane) Stop() { cp.procs.stopAll() }
+
+func (cp *ControlPlane) bin(name string) string { return filepath.Join(cp.cfg.Bin, name) }
+
+func (cp *ControlPlane) startEtcd(ctx context.Context) (string, error) {
+	client, err := freePort()
+	if err != nil {
+		return "", err
+	}
+	peer, err := freePort()
+	if err != nil {
+		return "", err
+	}
+	clientURL := "http://127.0.0.1:" + strconv.Itoa(client)
+	peerURL := "http://127.0.0.1:" + strconv.Itoa(peer)
+	p, err := cp.procs.start(cp.cfg.Dir, "etcd", cp.bin("etcd"),
+		"--name=e2e", "--data-dir="+filepath.Join(cp.cfg.Dir, "etcd"),
+		"--listen-client-urls="+clientURL, "--advertise-client-urls="+clientURL,
+		"--listen-peer-urls="+peerURL, "--initial-advertise-peer-urls="+peerURL,
+		"--initial-cluster=e2e="+peerURL, "--unsafe-no-fsync", "--log-level=warn")
+	if err != nil {
+		return "", err
+	}
+	return clientURL, waitFor(ctx, p, "etcd", func() error {
+		resp, err := http.Get(clientURL + "/health")
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("HTTP %d", resp.StatusCode)
+		}
+		return nil
+	})
+}
+
+func (cp *ControlPlane) startAPIServer(ctx context.Context, etcdURL string) error {
+	port, err := freePort()
+	if err != nil {
+		return err
+	}
+	cp.APIServer = "https://127.0.0.1:" + strconv.Itoa(port)
+	k := cp.pki.path
+	p, err := cp.procs.start(cp.cfg.Dir, "kube-apiserver", cp.bin("kube-apiserver"),
+		"--etcd-servers="+etcdURL, "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
+		"--secure-port="+strconv.Itoa(port),
+		"--tls-cert-file="+k("apiserver.crt"), "--tls-private-key-file="+k("apiserver.key"),
+		"--client-ca-file="+k("ca.crt"),
+		"--service-account-key-file="+k("sa.pub"), "--service-account-signing-key-file="+k("sa.key"),
+		"--service-account-issuer=https://kubernetes.default.svc",
+		// The service range is never contacted: every test pod uses the host network.
+		"--service-cluster-ip-range=10.0.0.0/24",
+		"--authorization-mode=Node,RBAC",
+		// Kubelet-less nodes never report Ready: no taint may keep pods off them.
+		"--disable-admission-plugins=TaintNodesByCondition,ServiceAccount",
+		"--allow-privileged=true", "--v=1")
+	if err != nil {
+		return err
+	}
+	client, err := cp.httpClient()
+	if err != nil {
+		return err
+	}
+	return waitFor(ctx, p, "kube-apiserver", func() error {
+		resp, err := client.Get(cp.APIServer + "/readyz")
+		if err != nil {
+			return err
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("HTTP %d: %s", resp.StatusCode, strings.TrimSpace(string(body)))
+		}
+		return nil
+	})
+}
+
+// httpClient talks to the apiserver as the admin.
+func (cp *ControlPlane) httpClient() (*http.Client, error) {
+	cert, err := tls.LoadX509KeyPair(cp.pki.path("admin.crt"), cp.pki.path("admin.key"))
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(cp.pki.caCert)
+	return &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: pool}}}, nil
+}
+
+func (cp *ControlPlane) writeKubeconfig(user string) (string, error) {
+	path := filepath.Join(cp.cfg.Dir, user+".kubeconfig")
+	k := cp.pki.path
+	content := fmt.Sprintf(`apiVersion: v1
+kind: Config
+clusters:
+- name: e2e
+  cluster:
+    server: %s
+    certificate-authority: %s
+users:
+- name: %s
+  user:
+    client-certificate: %s
+    client-key: %s
+contexts:
+- name: e2e
+  context:
+    cluster: e2e
+    user: %s
+current-context: e2e
+`, cp.APIServer, k("ca.crt"), user, k(user+".crt"), k(user+".key"), user)
+	return path, os.WriteFile(path, []byte(content), 0o600)
+}
+
+func (cp *ControlPlane) startControllers() error {
+	k := cp.pki.path
+	if _, err := cp.procs.start(cp.cfg.Dir, "kube-controller-manager", cp.bin("kube-controller-manager"),
+		"--kubeconfig="+cp.Kubeconfig, "--leader-elect=false", "--bind-address=127.0.0.1", "--secure-port=0",
+		// The node-lifecycle controller would evict everything from the
+		// kubelet-less nodes.
+		"--controllers=*,-nodelifecycle,-nodeipam,-service,-route,-cloud-node-lifecycle",
+		"--service-account-private-key-file="+k("sa.key"), "--root-ca-file="+k("ca.crt"),
+		"--cluster-signing-cert-file="+k("ca.crt"), "--cluster-signing-key-file="+k("ca.key"),
+		"--use-service-account-credentials=false", "--v=1"); err != nil {
+		return err
+	}
+	_, err := cp.procs.start(cp.cfg.Dir, "kube-scheduler", cp.bin("kube-scheduler"),
+		"--kubeconfig="+cp.Kubeconfig, "--leader-elect=false", "--bind-address=127.0.0.1", "--secure-port=0", "--v=1")
+	return err
+}
+
+// Kubectl runs kubectl against the cluster and returns its combined output.
+func (cp *ControlPlane) Kubectl(ctx context.Context, stdin string, args ...string) (string, error) {
+	cmd := execCommand(ctx, cp.bin("kubectl"), append([]string{"--kubeconfig=" + cp.Kubeconfig}, args...)...)
+	if stdin != "" {
+		cmd.Stdin = strings.NewReader(stdin)
+	}
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("kubectl %s: %w: %s", strings.Join(args, " "), err, out)
+	}
+	return string(out), nil
+}
