@@ -9,9 +9,14 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
+	"time"
+
+	"google.golang.org/grpc"
 )
 
 // Config says where the binaries are and where the cluster lives.
@@ -20,6 +25,15 @@ type Config struct {
 	Bin string
 	// Dir holds certificates, data, kubeconfigs and logs.
 	Dir string
+	// Driver is the driver binary under test, run once per node.
+	Driver string
+	// FakeECS is the fakeecs binary, for nodes with categorized disks.
+	FakeECS string
+	// CapacityPoll is the provisioners' --capacity-poll-interval (default 5s).
+	CapacityPoll time.Duration
+	// APIQPS is the controller-manager's and scheduler's --kube-api-qps
+	// (default 100, burst twice that).
+	APIQPS int
 }
 
 // ControlPlane is a running etcd, kube-apiserver, kube-controller-manager
@@ -30,6 +44,15 @@ type ControlPlane struct {
 	pki        *pki
 	APIServer  string // https://127.0.0.1:<port>
 	Kubeconfig string // admin kubeconfig
+	loops      []string
+
+	// The real node, if any.
+	real       *Node
+	containerd string // its containerd's socket
+	kubelet    *proc
+	registrar  *grpc.Server
+	execs      int
+	cgroups    []string // cgroup directories the real node's containers made
 }
 
 // Start brings the control plane up and waits until the apiserver is ready.
@@ -53,6 +76,10 @@ func Start(ctx context.Context, cfg Config) (cp *ControlPlane, err error) {
 	if err = cp.pki.issue("admin", "e2e-admin", []string{"system:masters"}, nil, nil, false); err != nil {
 		return nil, err
 	}
+	// The apiserver's client identity towards the kubelet (exec, logs).
+	if err = cp.pki.issue("apiserver-kubelet-client", "kube-apiserver-kubelet-client", []string{"system:masters"}, nil, nil, false); err != nil {
+		return nil, err
+	}
 	if err = cp.pki.serviceAccountKey(); err != nil {
 		return nil, err
 	}
@@ -72,8 +99,23 @@ func Start(ctx context.Context, cfg Config) (cp *ControlPlane, err error) {
 	return cp, nil
 }
 
-// Stop stops every process by PID, newest first.
-func (cp *ControlPlane) Stop() { cp.procs.stopAll() }
+// Stop stops every process by PID, newest first (the real node's kubelet
+// and containers before the rest), then unmounts what the nodes mounted
+// under the cluster directory, detaches the loop devices and removes the
+// cgroups the containers left.
+func (cp *ControlPlane) Stop() {
+	cp.stopRealNode()
+	cp.procs.stopAll()
+	if cp.containerd != "" {
+		for _, pid := range shimPIDs(cp.containerd) {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
+	cp.detachKubeletLoops()
+	unmountUnder(cp.cfg.Dir)
+	cp.detachLoops()
+	removeCgroups(cp.cgroups)
+}
 
 func (cp *ControlPlane) bin(name string) string { return filepath.Join(cp.cfg.Bin, name) }
 
@@ -128,6 +170,9 @@ func (cp *ControlPlane) startAPIServer(ctx context.Context, etcdURL string) erro
 		"--authorization-mode=Node,RBAC",
 		// Kubelet-less nodes never report Ready: no taint may keep pods off them.
 		"--disable-admission-plugins=TaintNodesByCondition,ServiceAccount",
+		"--kubelet-client-certificate="+k("apiserver-kubelet-client.crt"),
+		"--kubelet-client-key="+k("apiserver-kubelet-client.key"),
+		"--kubelet-preferred-address-types=InternalIP",
 		"--allow-privileged=true", "--v=1")
 	if err != nil {
 		return err
@@ -188,6 +233,11 @@ current-context: e2e
 
 func (cp *ControlPlane) startControllers() error {
 	k := cp.pki.path
+	qps := cp.cfg.APIQPS
+	if qps == 0 {
+		qps = 100
+	}
+	limits := []string{"--kube-api-qps=" + strconv.Itoa(qps), "--kube-api-burst=" + strconv.Itoa(2*qps)}
 	if _, err := cp.procs.start(cp.cfg.Dir, "kube-controller-manager", cp.bin("kube-controller-manager"),
 		"--kubeconfig="+cp.Kubeconfig, "--leader-elect=false", "--bind-address=127.0.0.1", "--secure-port=0",
 		// The node-lifecycle controller would evict everything from the
@@ -195,11 +245,11 @@ func (cp *ControlPlane) startControllers() error {
 		"--controllers=*,-nodelifecycle,-nodeipam,-service,-route,-cloud-node-lifecycle",
 		"--service-account-private-key-file="+k("sa.key"), "--root-ca-file="+k("ca.crt"),
 		"--cluster-signing-cert-file="+k("ca.crt"), "--cluster-signing-key-file="+k("ca.key"),
-		"--use-service-account-credentials=false", "--v=1"); err != nil {
+		"--use-service-account-credentials=false", "--v=1", limits[0], limits[1]); err != nil {
 		return err
 	}
 	_, err := cp.procs.start(cp.cfg.Dir, "kube-scheduler", cp.bin("kube-scheduler"),
-		"--kubeconfig="+cp.Kubeconfig, "--leader-elect=false", "--bind-address=127.0.0.1", "--secure-port=0", "--v=1")
+		"--kubeconfig="+cp.Kubeconfig, "--leader-elect=false", "--bind-address=127.0.0.1", "--secure-port=0", "--v=1", limits[0], limits[1])
 	return err
 }
 
@@ -214,4 +264,10 @@ func (cp *ControlPlane) Kubectl(ctx context.Context, stdin string, args ...strin
 		return string(out), fmt.Errorf("kubectl %s: %w: %s", strings.Join(args, " "), err, out)
 	}
 	return string(out), nil
+}
+
+// KubectlCmd is a kubectl command against the cluster, for callers that
+// stream its output (watches).
+func (cp *ControlPlane) KubectlCmd(ctx context.Context, args ...string) *exec.Cmd {
+	return execCommand(ctx, cp.bin("kubectl"), append([]string{"--kubeconfig=" + cp.Kubeconfig}, args...)...)
 }

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -29,6 +30,11 @@ type procs struct {
 
 // start runs bin with args, output to <dir>/<name>.log.
 func (ps *procs) start(dir, name, bin string, args ...string) (*proc, error) {
+	return ps.startEnv(dir, name, bin, nil, args...)
+}
+
+// startEnv is start with extra environment variables.
+func (ps *procs) startEnv(dir, name, bin string, env []string, args ...string) (*proc, error) {
 	logPath := filepath.Join(dir, name+".log")
 	f, err := os.Create(logPath)
 	if err != nil {
@@ -36,6 +42,7 @@ func (ps *procs) start(dir, name, bin string, args ...string) (*proc, error) {
 	}
 	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = f, f
+	cmd.Env = append(os.Environ(), env...)
 	// Own process group, so that a test killed half-way leaves no orphan
 	// reading our terminal; the process is still stopped by its PID.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
@@ -114,6 +121,27 @@ func waitFor(ctx context.Context, p *proc, what string, check func() error) erro
 		case <-ctx.Done():
 			return fmt.Errorf("%s: %w (last: %v)", what, ctx.Err(), last)
 		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// unmountUnder unmounts everything below dir, deepest first.
+func unmountUnder(dir string) {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return
+	}
+	var points []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(l); len(f) > 4 && strings.HasPrefix(f[4], dir+"/") {
+			points = append(points, f[4])
+		}
+	}
+	for i := len(points) - 1; i >= 0; i-- {
+		if err := syscall.Unmount(points[i], 0); err == syscall.EBUSY {
+			// Still held (a process not of the suite's): detach it from
+			// the tree now, the kernel frees it when the holder lets go.
+			_ = syscall.Unmount(points[i], syscall.MNT_DETACH)
 		}
 	}
 }
