@@ -48,6 +48,9 @@ e2e-bins: ## Build the pinned etcd, Kubernetes and csi-provisioner binaries of t
 e2e: e2e-bins ## The end-to-end suite: control plane, a real kubelet, kubelet-less nodes, the examples (root)
 	cd tests/e2e && E2E_BIN=$(E2E_BIN) $(GO) test -count=1 -v -timeout 40m ./...
 
+bench-e2e: e2e-bins ## Time to bind and schedule a StatefulSet with local disks against one without volumes, as a ratio (root)
+	cd tests/e2e && E2E_BIN=$(E2E_BIN) $(GO) test -count=1 -run '^$$' -bench . -benchtime 1x -timeout 40m .
+
 bench: ## Benchmarks, printing their figures (the loop-device ones need root)
 	$(GO) test -run '^$$' -bench . -benchmem ./pkg/...
 	$(GO) test -run '^$$' -bench . -benchtime 3x ./tests/integration/
@@ -68,4 +71,4 @@ deploy: ## Render the manifests of OVERLAY (static or ecs), as kubectl kustomize
 clean: ## Remove build output
 	rm -rf bin
 
-.PHONY: help build demo demo-ecs e2e-bins e2e test unit sanity bench vet lint image deploy clean
+.PHONY: help build demo demo-ecs e2e-bins e2e bench-e2e test unit sanity bench vet lint image deploy clean
