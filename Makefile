@@ -28,6 +28,20 @@ test: vet ## Everything CI runs: unit, loop-device integration, csi-sanity and m
 unit: ## Unit tests only (no root needed)
 	$(GO) test -count=1 ./pkg/... ./cmd/...
 
+KILLS    ?= 1000
+FUZZTIME ?= 1m
+
+fault: ## Crash injection: the driver binary SIGKILLed KILLS times (default 1000; make test runs 200) on loop devices, invariants checked after each restart (root)
+	$(GO) test -count=1 -v -timeout 0 -run TestCrashInjection ./tests/fault/ -args -fault.kills=$(KILLS) -fault.time=0
+
+fuzz: ## Every fuzz target for FUZZTIME each (default 1m; CI runs 10s)
+	@for pkg in $$(grep -l '^func Fuzz' $$(find pkg -name '*_test.go') | xargs -n1 dirname | sort -u); do \
+	  for fz in $$(grep -ho '^func Fuzz[A-Za-z0-9_]*' $$pkg/*_test.go | cut -c6-); do \
+	    echo "== $$pkg $$fz"; \
+	    $(GO) test -run '^$$' -fuzz "^$$fz\$$" -fuzztime $(FUZZTIME) ./$$pkg || exit 1; \
+	  done; \
+	done
+
 sanity: ## csi-sanity against the real server on loop devices, mount and block (root)
 	$(GO) test -count=1 -v ./tests/sanity/... 2>&1 | tail -40
 
@@ -71,4 +85,4 @@ deploy: ## Render the manifests of OVERLAY (static or ecs), as kubectl kustomize
 clean: ## Remove build output
 	rm -rf bin
 
-.PHONY: help build demo demo-ecs e2e-bins e2e bench-e2e test unit sanity bench vet lint image deploy clean
+.PHONY: help build demo demo-ecs e2e-bins e2e bench-e2e test unit fault fuzz sanity bench vet lint image deploy clean

@@ -3,6 +3,8 @@ package driver
 import (
 	"context"
 	"strconv"
+	"strings"
+	"unicode"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
@@ -18,6 +20,9 @@ func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 	name := req.GetName()
 	if name == "" || len(name) > maxNameLength {
 		return nil, status.Errorf(codes.InvalidArgument, "name: must be 1 to %d bytes", maxNameLength)
+	}
+	if strings.IndexFunc(name, unicode.IsControl) >= 0 {
+		return nil, status.Errorf(codes.InvalidArgument, "name: %q contains a NUL or another control character", name)
 	}
 	if req.GetVolumeContentSource() != nil {
 		return nil, status.Error(codes.InvalidArgument, "volume_content_source: snapshots and clones are not supported")

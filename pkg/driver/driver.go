@@ -95,6 +95,11 @@ func Listen(endpoint string) (net.Listener, error) {
 		if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
 			return nil, err
 		}
+		// Only a stale socket is removed: a mistyped endpoint must not
+		// delete some other file.
+		if fi, err := os.Lstat(path); err == nil && fi.Mode().Type() != os.ModeSocket {
+			return nil, fmt.Errorf("endpoint %s exists and is not a socket; not replacing it", path)
+		}
 		if err := os.Remove(path); err != nil && !os.IsNotExist(err) {
 			return nil, fmt.Errorf("removing stale socket %s: %w", path, err)
 		}

@@ -214,8 +214,10 @@ func TestProbeReportsCorruptState(t *testing.T) {
 	f := newFixture(t, fakeDisk(0, gib, disk.MediaSSD))
 	f.create("pvc", 0, nil)
 	store := state.NewStore(filepath.Join(f.dir, "state"))
-	if err := os.WriteFile(store.Path(), []byte("{torn"), 0o600); err != nil {
-		t.Fatal(err)
+	for _, p := range []string{store.Path(), store.BackupPath()} {
+		if err := os.WriteFile(p, []byte("{torn"), 0o600); err != nil {
+			t.Fatal(err)
+		}
 	}
 	inv := inventory.New(inventory.Config{Node: testNode, Source: f.src, Store: store, Mounter: f.m})
 	d, _ := New(Config{Name: "x.csi", NodeID: testNode, Inventory: inv, Mounter: f.m})
@@ -226,6 +228,33 @@ func TestProbeReportsCorruptState(t *testing.T) {
 	wantCode(t, err, codes.FailedPrecondition, "corrupt")
 	_, err = d.CreateVolume(context.Background(), createReq("new", 0, 0, nil))
 	wantCode(t, err, codes.Unavailable, "")
+}
+
+// TestTornStateRecoversFromCopy: with the main state file torn, the
+// driver starts from the copy and still knows every volume; the disk in
+// use is not free.
+func TestTornStateRecoversFromCopy(t *testing.T) {
+	f := newFixture(t, fakeDisk(0, gib, disk.MediaSSD), fakeDisk(1, gib, disk.MediaSSD))
+	v := f.create("pvc", 0, nil)
+	store := state.NewStore(filepath.Join(f.dir, "state"))
+	if err := os.WriteFile(store.Path(), []byte("{torn"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	inv := inventory.New(inventory.Config{Node: testNode, Source: f.src, Store: store, Mounter: f.m})
+	d, _ := New(Config{Name: "x.csi", NodeID: testNode, Inventory: inv, Mounter: f.m})
+	if err := inv.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	defer inv.Stop()
+	ctx := context.Background()
+	resp, err := d.CreateVolume(ctx, createReq("pvc", 0, 0, nil))
+	if err != nil || resp.Volume.VolumeId != v.VolumeId {
+		t.Fatalf("retry of pvc = %v, %v; want %s", resp, err, v.VolumeId)
+	}
+	c, err := d.GetCapacity(ctx, &csi.GetCapacityRequest{})
+	if err != nil || c.AvailableCapacity != gib {
+		t.Fatalf("capacity = %v, %v; want one free disk", c, err)
+	}
 }
 
 func TestDeleteVolumeCleansThenFrees(t *testing.T) {

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"unicode"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"golang.org/x/sys/unix"
@@ -16,6 +17,7 @@ import (
 	mount "k8s.io/mount-utils"
 
 	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/mounter"
+	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/state"
 )
 
 // NodeStageVolume formats the volume's disk if it is blank and mounts it at
@@ -27,6 +29,9 @@ func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 	}
 	fsType, err := checkCapabilities([]*csi.VolumeCapability{vc}, "")
 	if err != nil {
+		return nil, toStatus(err)
+	}
+	if err := checkNotSymlink("staging_target_path", staging); err != nil {
 		return nil, toStatus(err)
 	}
 	release, err := d.locks.acquire(id)
@@ -54,14 +59,14 @@ func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 	if v.Disk.ReservedTailBytes > 0 {
 		limit = v.Disk.SizeBytes // stop short of the driver's tail
 	}
-	err = d.stageFilesystem(ctx, id, dev, staging, fsType, v.FSUUID, limit, strings.Fields(v.Parameters[ParamMkfsOptions]), flags)
+	err = d.stageFilesystem(ctx, id, dev, staging, fsType, v.FSUUID, v.Format, limit, strings.Fields(v.Parameters[ParamMkfsOptions]), flags)
 	if err != nil {
 		return nil, toStatus(err)
 	}
 	return &csi.NodeStageVolumeResponse{}, nil
 }
 
-func (d *Driver) stageFilesystem(ctx context.Context, id, dev, staging, fsType, uuid string, sizeLimit int64, mkfsArgs, flags []string) error {
+func (d *Driver) stageFilesystem(ctx context.Context, id, dev, staging, fsType, uuid string, format state.Format, sizeLimit int64, mkfsArgs, flags []string) error {
 	if m, err := d.mountAt(staging); err != nil {
 		return err
 	} else if m != nil {
@@ -78,18 +83,26 @@ func (d *Driver) stageFilesystem(ctx context.Context, id, dev, staging, fsType, 
 		return err
 	}
 	switch {
+	case format == state.FormatStarted:
+		// The driver's own mkfs for this volume was cut short, and the
+		// disk was never mounted since: what is on it is a partial
+		// filesystem of the driver's, made again from scratch.
+		klog.InfoS("Formatting of this volume was interrupted, formatting again", "volumeID", id, "device", dev, "signatures", probe.Signatures)
+		if err := d.cfg.Mounter.Wipe(ctx, dev, mounter.CleanupSignatures); err != nil {
+			return err
+		}
+		if err := d.format(ctx, id, dev, fsType, uuid, sizeLimit, mkfsArgs); err != nil {
+			return err
+		}
 	case len(probe.Signatures) == 0:
-		if err := ValidateMkfsOptions(fsType, mkfsArgs); err != nil {
+		if err := d.format(ctx, id, dev, fsType, uuid, sizeLimit, mkfsArgs); err != nil {
 			return err
 		}
-		klog.InfoS("Formatting blank disk", "volumeID", id, "device", dev, "fsType", fsType, "mkfsOptions", mkfsArgs)
-		if err := d.cfg.Mounter.Format(ctx, dev, fsType, uuid, sizeLimit, mkfsArgs); err != nil {
-			return err
-		}
+	case probe.FSType == fsType && probe.UUID == uuid:
+		// The filesystem the driver made for this volume.
 	case probe.FSType == fsType:
-		if probe.UUID != uuid {
-			klog.InfoS("Disk holds a filesystem the driver did not create for this volume; mounting it as it is", "volumeID", id, "device", dev, "fsUUID", probe.UUID)
-		}
+		return fmt.Errorf("%w: %s holds a %s filesystem with UUID %s, not %s that the driver makes for volume %s; it may hold another volume's data and is not mounted",
+			errPrecondition, dev, probe.FSType, probe.UUID, uuid, id)
 	default:
 		return fmt.Errorf("%w: %s carries %s, the volume needs %s; the driver never formats over existing data",
 			errPrecondition, dev, strings.Join(probe.Signatures, ","), fsType)
@@ -97,11 +110,31 @@ func (d *Driver) stageFilesystem(ctx context.Context, id, dev, staging, fsType, 
 	return d.cfg.Mounter.Mount(dev, staging, fsType, flags)
 }
 
+// format makes the volume's filesystem on a blank disk (or over a partial
+// one of its own), recording the start and the end in the node state so
+// that a crash in between is told apart from data.
+func (d *Driver) format(ctx context.Context, id, dev, fsType, uuid string, sizeLimit int64, mkfsArgs []string) error {
+	if err := ValidateMkfsOptions(fsType, mkfsArgs); err != nil {
+		return err
+	}
+	if err := d.cfg.Inventory.SetFormat(id, state.FormatStarted); err != nil {
+		return err
+	}
+	klog.InfoS("Formatting blank disk", "volumeID", id, "device", dev, "fsType", fsType, "mkfsOptions", mkfsArgs)
+	if err := d.cfg.Mounter.Format(ctx, dev, fsType, uuid, sizeLimit, mkfsArgs); err != nil {
+		return err
+	}
+	return d.cfg.Inventory.SetFormat(id, state.FormatDone)
+}
+
 // NodeUnstageVolume unmounts the staging path. It is idempotent.
 func (d *Driver) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolumeRequest) (*csi.NodeUnstageVolumeResponse, error) {
 	id, staging := req.GetVolumeId(), req.GetStagingTargetPath()
 	if id == "" || staging == "" {
 		return nil, status.Error(codes.InvalidArgument, "volume_id and staging_target_path are required")
+	}
+	if err := checkPath("staging_target_path", staging); err != nil {
+		return nil, err
 	}
 	release, err := d.locks.acquire(id)
 	if err != nil {
@@ -122,13 +155,16 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 		return nil, err
 	}
 	staging := req.GetStagingTargetPath()
-	if staging == "" {
-		return nil, status.Error(codes.InvalidArgument, "staging_target_path: required")
+	if err := checkPath("staging_target_path", staging); err != nil {
+		return nil, err
 	}
 	if _, err := checkCapabilities([]*csi.VolumeCapability{vc}, ""); err != nil {
 		return nil, toStatus(err)
 	}
-	if err := checkTargetPath(target); err != nil {
+	if err := checkNotSymlink("target_path", target); err != nil {
+		return nil, toStatus(err)
+	}
+	if err := checkNotSymlink("staging_target_path", staging); err != nil {
 		return nil, toStatus(err)
 	}
 	release, err := d.locks.acquire(id)
@@ -228,6 +264,9 @@ func (d *Driver) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublish
 	if id == "" || target == "" {
 		return nil, status.Error(codes.InvalidArgument, "volume_id and target_path are required")
 	}
+	if err := checkPath("target_path", target); err != nil {
+		return nil, err
+	}
 	release, err := d.locks.acquire(id)
 	if err != nil {
 		return nil, err
@@ -237,8 +276,8 @@ func (d *Driver) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublish
 	if err := d.unmountAll(target); err != nil {
 		return nil, toStatus(err)
 	}
-	if err := os.Remove(target); err != nil && !os.IsNotExist(err) {
-		return nil, status.Errorf(codes.Internal, "removing %s: %v", target, err)
+	if err := removeTarget(target); err != nil {
+		return nil, toStatus(err)
 	}
 	if wasBlock {
 		if _, dev, err := d.cfg.Inventory.Device(ctx, id); err == nil {
@@ -377,18 +416,66 @@ func requireArgs(id, pathName, path string, vc *csi.VolumeCapability) error {
 	case vc == nil:
 		return status.Error(codes.InvalidArgument, "volume_capability: required")
 	}
-	if !filepath.IsAbs(path) || filepath.Clean(path) != strings.TrimSuffix(path, "/") {
-		return status.Errorf(codes.InvalidArgument, "%s: %q must be an absolute, clean path", pathName, path)
+	return checkPath(pathName, path)
+}
+
+// Linux path limits: PATH_MAX (4096) counts the terminating NUL; NAME_MAX
+// bounds one component.
+const (
+	maxPathLength    = 4095
+	maxPathComponent = 255
+)
+
+// checkPath refuses a path the driver must not create, mount on or remove:
+// empty, longer than Linux allows, holding a NUL or another control
+// character, relative, or not in clean form ("..", ".", "//").
+func checkPath(field, path string) error {
+	switch {
+	case path == "":
+		return status.Errorf(codes.InvalidArgument, "%s: required", field)
+	case len(path) > maxPathLength:
+		return status.Errorf(codes.InvalidArgument, "%s: %d bytes, at most %d allowed", field, len(path), maxPathLength)
+	case strings.IndexFunc(path, unicode.IsControl) >= 0:
+		return status.Errorf(codes.InvalidArgument, "%s: %q contains a NUL or another control character", field, path)
+	case !filepath.IsAbs(path) || filepath.Clean(path) != strings.TrimSuffix(path, "/"):
+		return status.Errorf(codes.InvalidArgument, "%s: %q must be an absolute, clean path", field, path)
+	}
+	for _, c := range strings.Split(path, "/") {
+		if len(c) > maxPathComponent {
+			return status.Errorf(codes.InvalidArgument, "%s: a component of %.64q... is %d bytes, at most %d allowed", field, path, len(c), maxPathComponent)
+		}
 	}
 	return nil
 }
 
-// checkTargetPath refuses a target that is a symlink: a bind mount through it
-// would land outside the path the CO owns.
-func checkTargetPath(target string) error {
-	fi, err := os.Lstat(target)
+// checkNotSymlink refuses a path that is a symbolic link: a mount on it, or a
+// bind mount from it, would act wherever the link points, outside the path
+// the CO owns.
+func checkNotSymlink(field, path string) error {
+	fi, err := os.Lstat(path)
 	if err == nil && fi.Mode()&os.ModeSymlink != 0 {
-		return invalid("target_path: %s is a symbolic link", target)
+		return invalid("%s: %s is a symbolic link", field, path)
+	}
+	return nil
+}
+
+// removeTarget removes what publish leaves at target once unmounted: a
+// directory (os.Remove takes only an empty one) or an empty regular file, the
+// block target. Anything else (a file with data, a device node, a symbolic
+// link) was not made by the driver and is left in place.
+func removeTarget(target string) error {
+	fi, err := os.Lstat(target)
+	if os.IsNotExist(err) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if !fi.IsDir() && !(fi.Mode().IsRegular() && fi.Size() == 0) {
+		return invalid("target_path: %s is not a directory or an empty file (mode %s, %d bytes); the driver never created it and leaves it in place", target, fi.Mode(), fi.Size())
+	}
+	if err := os.Remove(target); err != nil && !os.IsNotExist(err) {
+		return fmt.Errorf("removing %s: %w", target, err)
 	}
 	return nil
 }

@@ -82,13 +82,17 @@ func ParseParams(in map[string]string) (Params, error) {
 		if len(k) > maxParamKey || len(v) > maxParamValue {
 			return p, invalid("parameter %.40q: key or value too long (key at most %d, value at most %d bytes)", k, maxParamKey, maxParamValue)
 		}
+		if strings.IndexFunc(k, unicode.IsControl) >= 0 || strings.IndexFunc(v, isControlNotSpace) >= 0 {
+			return p, invalid("parameter %.40q: key or value contains a NUL or another control character", k)
+		}
 		switch {
 		case k == ParamFSType:
-			fs, err := parseFSType(v)
-			if err != nil {
-				return p, err
+			switch v {
+			case "ext4", "xfs", "":
+				p.FSType = v
+			default:
+				return p, invalid("parameter %s: %q is not one of ext4, xfs", k, v)
 			}
-			p.FSType = fs
 		case k == ParamMkfsOptions:
 			p.MkfsOptions = strings.Fields(v)
 		case k == ParamCleanupPolicy:
@@ -130,6 +134,11 @@ func ParseParams(in map[string]string) (Params, error) {
 	return p, nil
 }
 
+// isControlNotSpace reports control characters other than white space: a
+// value may be written over several lines, but never carries a NUL.
+func isControlNotSpace(r rune) bool { return unicode.IsControl(r) && !unicode.IsSpace(r) }
+
+// parseFSType checks the fs_type of a volume capability.
 func parseFSType(v string) (string, error) {
 	switch v {
 	case "ext4", "xfs":
@@ -137,7 +146,7 @@ func parseFSType(v string) (string, error) {
 	case "":
 		return "", nil
 	}
-	return "", invalid("filesystem type %q is not supported (ext4, xfs)", v)
+	return "", invalid("volume_capability: fs_type %q is not supported (ext4, xfs)", v)
 }
 
 // filter selects the disks the class may use; raw block volumes need disks
@@ -189,12 +198,25 @@ var mkfsSpecs = map[string]mkfsSpec{
 		}},
 }
 
+// mkfsSafeChars are the only bytes an mkfs argument may hold: enough for
+// numbers, sizes, labels, feature lists ("^has_journal") and sub-options
+// ("stride=8,discard"), and nothing a POSIX shell would treat as quoting,
+// expansion, globbing, redirection, a comment or a command separator.
+const mkfsSafeChars = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._,=:^/+-"
+
 // ValidateMkfsOptions checks extra mkfs arguments for fsType. Every argument
-// must be a known option; nothing may name a device or force a format.
+// must be a known option made of mkfsSafeChars, an option that takes a value
+// must be the first letter of its argument ("-L data", "-Ldata", "-jL" is
+// refused), and nothing may name a device or force a format.
 func ValidateMkfsOptions(fsType string, args []string) error {
 	spec, ok := mkfsSpecs[fsType]
 	if !ok {
 		return invalid("filesystem type %q is not supported (ext4, xfs)", fsType)
+	}
+	for _, a := range args {
+		if i := strings.IndexFunc(a, func(r rune) bool { return !strings.ContainsRune(mkfsSafeChars, r) }); i >= 0 {
+			return invalid("%s: argument %.64q holds %q; only letters, digits and . _ , = : ^ / + - are allowed", ParamMkfsOptions, a, []rune(a[i:])[0])
+		}
 	}
 	for i := 0; i < len(args); i++ {
 		a := args[i]
@@ -207,6 +229,12 @@ func ValidateMkfsOptions(fsType string, args []string) error {
 			case strings.IndexByte(spec.noArg, c) >= 0:
 				continue
 			case strings.IndexByte(spec.withArg, c) >= 0:
+				if j > 1 {
+					// mkfs's argv is built by looking at the first letter
+					// of each argument only; a value-taking option later
+					// in a cluster would be read differently there.
+					return invalid("%s: option -%c in %q takes a value and must start its own argument (write -%c <value>)", ParamMkfsOptions, c, a, c)
+				}
 				val := a[j+1:]
 				if val == "" {
 					if i+1 >= len(args) {

@@ -90,6 +90,10 @@ type Inventory struct {
 	excluded []Excluded
 	ready    bool
 	startErr error
+	// lastPath is the device path each managed disk was last found at; it
+	// outlives the disk's absence, so that whatever device sits at that
+	// path later can be named as the wrong disk.
+	lastPath map[string]string
 
 	ctx     context.Context
 	cancel  context.CancelFunc
@@ -103,7 +107,7 @@ func New(cfg Config) *Inventory {
 		cfg.RetryInterval = time.Minute
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Inventory{cfg: cfg, devices: map[string]disk.Disk{}, ctx: ctx, cancel: cancel, active: map[string]bool{}}
+	return &Inventory{cfg: cfg, devices: map[string]disk.Disk{}, lastPath: map[string]string{}, ctx: ctx, cancel: cancel, active: map[string]bool{}}
 }
 
 // Start loads the state record, discovers the devices, reconciles the two,
@@ -121,7 +125,7 @@ func (inv *Inventory) Start(ctx context.Context) error {
 func (inv *Inventory) start(ctx context.Context) error {
 	rec, err := inv.cfg.Store.Load()
 	if err != nil {
-		return fmt.Errorf("loading node state %s: %w; the driver will not hand out any disk until the file is repaired or removed by an operator who has checked the disks", inv.cfg.Store.Path(), err)
+		return fmt.Errorf("loading node state: %w", err)
 	}
 	if rec == nil {
 		klog.InfoS("No node state yet, starting fresh", "path", inv.cfg.Store.Path(), "node", inv.cfg.Node)
@@ -185,6 +189,9 @@ func (inv *Inventory) refresh(ctx context.Context) error {
 		return fmt.Errorf("saving node state: %w", err)
 	}
 	inv.rec, inv.devices, inv.excluded = next, devices, excluded
+	for id, d := range devices {
+		inv.lastPath[id] = d.Path
+	}
 	for _, e := range excluded {
 		klog.InfoS("Disk excluded", "disk", e.Disk.ID, "device", e.Disk.Path, "identity", e.Disk.Identity, "reason", e.Reason)
 	}
@@ -436,7 +443,9 @@ func (inv *Inventory) lookupLocked(volumeID string) (Volume, error) {
 
 // Device returns the volume and the path of its device now, after checking
 // that the device at that path still has the disk's identity. A device that
-// was renamed is found again by a fresh discovery.
+// was renamed is found again by a fresh discovery. A disk that is not found
+// is ErrIdentityMismatch, naming both identities, while another disk sits
+// where it was last seen since start-up, and ErrDeviceMissing otherwise.
 func (inv *Inventory) Device(ctx context.Context, volumeID string) (Volume, string, error) {
 	v, err := inv.Lookup(volumeID)
 	if err != nil {
@@ -455,9 +464,9 @@ func (inv *Inventory) Device(ctx context.Context, volumeID string) (Volume, stri
 		return Volume{}, "", err
 	}
 	if path == "" {
-		if v.Device.Path != "" {
-			if _, identity, err := inv.cfg.Source.Identify(ctx, v.Device.Path); err == nil {
-				return Volume{}, "", fmt.Errorf("%w: volume %s needs disk %s but %s is now %s", ErrIdentityMismatch, volumeID, v.Disk.Identity, v.Device.Path, identity)
+		if last := inv.lastPathOf(v.Disk.ID); last != "" {
+			if _, identity, err := inv.cfg.Source.Identify(ctx, last); err == nil {
+				return Volume{}, "", fmt.Errorf("%w: volume %s needs disk %s but %s is now %s", ErrIdentityMismatch, volumeID, v.Disk.Identity, last, identity)
 			}
 		}
 		return Volume{}, "", fmt.Errorf("%w: disk %s (%s) of volume %s", ErrDeviceMissing, v.Disk.ID, v.Disk.Identity, volumeID)
@@ -478,6 +487,7 @@ func (inv *Inventory) rediscover(ctx context.Context, diskID string) (string, er
 	for _, d := range found {
 		if _, managed := inv.rec.Disks[d.ID]; managed {
 			inv.devices[d.ID] = d
+			inv.lastPath[d.ID] = d.Path
 		}
 	}
 	for id, d := range inv.devices {
@@ -495,6 +505,14 @@ func containsID(ds []disk.Disk, id string) bool {
 		}
 	}
 	return false
+}
+
+// lastPathOf is the device path the disk was last found at since start-up,
+// "" when it has not been seen.
+func (inv *Inventory) lastPathOf(id string) string {
+	inv.mu.Lock()
+	defer inv.mu.Unlock()
+	return inv.lastPath[id]
 }
 
 func (inv *Inventory) device(id string) disk.Disk {

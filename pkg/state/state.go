@@ -12,7 +12,10 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sort"
 	"time"
+
+	"github.com/ecs-localdisk/ecs-localdisk-csi/internal/crashpoint"
 )
 
 // FormatVersion is the version of the record's layout.
@@ -47,7 +50,23 @@ type Volume struct {
 	FSUUID string `json:"fsUUID"`
 	// CreatedAt is when the disk was allocated.
 	CreatedAt time.Time `json:"createdAt"`
+	// Format is how far the driver got making the volume's filesystem.
+	Format Format `json:"format,omitempty"`
 }
+
+// Format is how far the driver got making a volume's filesystem.
+type Format string
+
+const (
+	// FormatNone: no filesystem made yet (or a raw block volume).
+	FormatNone Format = ""
+	// FormatStarted: mkfs was started and may not have finished; the disk
+	// was never mounted, so it holds at most a partial filesystem of the
+	// driver's and no data of the volume's user.
+	FormatStarted Format = "started"
+	// FormatDone: the filesystem is complete; it is never made again.
+	FormatDone Format = "done"
+)
 
 // Disk is the record of one disk the driver manages.
 type Disk struct {
@@ -79,6 +98,9 @@ type Disk struct {
 // Record is the whole node state.
 type Record struct {
 	Version int `json:"version"`
+	// Generation counts the saves of the record; Store.Save sets it. Of two
+	// copies, the one with the higher generation is the newer.
+	Generation uint64 `json:"generation"`
 	// Node is the node ID the record belongs to.
 	Node string `json:"node"`
 	// Disks maps disk ID to its record.
@@ -109,7 +131,8 @@ func (r *Record) Clone() *Record {
 	return &c
 }
 
-// ErrCorrupt is returned by Load when the file exists but cannot be trusted.
+// ErrCorrupt is returned by Decode, and by Load when no copy of the state
+// can be trusted.
 var ErrCorrupt = errors.New("node state file is corrupt")
 
 // envelope carries the record with a checksum, so that a file damaged on disk
@@ -117,33 +140,6 @@ var ErrCorrupt = errors.New("node state file is corrupt")
 type envelope struct {
 	Checksum string          `json:"checksum"`
 	Record   json.RawMessage `json:"record"`
-}
-
-// Store reads and writes the record at one path.
-type Store struct {
-	path string
-}
-
-// NewStore returns a store for the file state.json in dir.
-func NewStore(dir string) *Store {
-	return &Store{path: filepath.Join(dir, "state.json")}
-}
-
-// Path is the file the store writes.
-func (s *Store) Path() string { return s.path }
-
-// Load reads the record. A missing file gives (nil, nil): the node has never
-// stored anything. A file that fails its checksum or does not decode gives an
-// error wrapping ErrCorrupt.
-func (s *Store) Load() (*Record, error) {
-	b, err := os.ReadFile(s.path)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	return Decode(b)
 }
 
 // Decode parses the bytes of a state file.
@@ -165,12 +161,50 @@ func Decode(b []byte) (*Record, error) {
 	if r.Disks == nil {
 		r.Disks = map[string]*Disk{}
 	}
-	for id, d := range r.Disks {
-		if d == nil || d.ID != id {
-			return nil, fmt.Errorf("%w: disk entry %q is inconsistent", ErrCorrupt, id)
-		}
+	if err := checkDisks(r.Disks); err != nil {
+		return nil, err
 	}
 	return &r, nil
+}
+
+// checkDisks holds what every record the driver writes satisfies: each entry
+// is keyed by its own ID and has a known status, a free disk holds no volume,
+// an allocated disk holds a volume with an ID, and no volume ID is on two
+// disks. A violation is ErrCorrupt naming the disk.
+func checkDisks(disks map[string]*Disk) error {
+	ids := make([]string, 0, len(disks))
+	for id := range disks {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	owner := map[string]string{} // volume ID -> disk ID
+	for _, id := range ids {
+		d := disks[id]
+		if d == nil || d.ID != id {
+			return fmt.Errorf("%w: disk entry %q is inconsistent", ErrCorrupt, id)
+		}
+		switch d.Status {
+		case Free:
+			if d.Volume != nil {
+				return fmt.Errorf("%w: disk %q is free but holds volume %q", ErrCorrupt, id, d.Volume.ID)
+			}
+		case Allocated:
+			if d.Volume == nil || d.Volume.ID == "" {
+				return fmt.Errorf("%w: disk %q is allocated but holds no volume ID", ErrCorrupt, id)
+			}
+		case Cleaning, Failed:
+		default:
+			return fmt.Errorf("%w: disk %q has unknown status %q", ErrCorrupt, id, d.Status)
+		}
+		if d.Volume == nil || d.Volume.ID == "" {
+			continue
+		}
+		if other, dup := owner[d.Volume.ID]; dup {
+			return fmt.Errorf("%w: volume %q is on disk %q and on disk %q", ErrCorrupt, d.Volume.ID, other, id)
+		}
+		owner[d.Volume.ID] = id
+	}
+	return nil
 }
 
 // Encode renders a record as the bytes of a state file.
@@ -185,15 +219,6 @@ func Encode(r *Record) ([]byte, error) {
 func checksum(b []byte) string {
 	sum := sha256.Sum256(b)
 	return "sha256:" + hex.EncodeToString(sum[:])
-}
-
-// Save replaces the record on disk crash-safely.
-func (s *Store) Save(r *Record) error {
-	b, err := Encode(r)
-	if err != nil {
-		return err
-	}
-	return WriteFileAtomic(s.path, b)
 }
 
 // WriteFileAtomic replaces path with data crash-safely: write a temporary
@@ -213,6 +238,7 @@ func WriteFileAtomic(path string, b []byte) error {
 		tmp.Close()
 		return err
 	}
+	crashpoint.Hit(crashpoint.StateTempWritten)
 	if err := tmp.Sync(); err != nil {
 		tmp.Close()
 		return err
@@ -220,9 +246,11 @@ func WriteFileAtomic(path string, b []byte) error {
 	if err := tmp.Close(); err != nil {
 		return err
 	}
+	crashpoint.Hit(crashpoint.StateTempSynced)
 	if err := os.Rename(tmp.Name(), path); err != nil {
 		return err
 	}
+	crashpoint.Hit(crashpoint.StateRenamed)
 	d, err := os.Open(dir)
 	if err != nil {
 		return err

@@ -73,10 +73,18 @@ func (e *env) start() {
 	}
 	inv := e.inv
 	e.t.Cleanup(inv.Stop)
-	e.drv, err = driver.New(driver.Config{Name: "localdisk.csi.alibabacloud.com", Version: "itest", NodeID: node, Inventory: e.inv, Mounter: e.m})
+	e.drv = e.newDriver(e.m)
+}
+
+// newDriver returns a driver over the env's inventory that formats and
+// mounts through m.
+func (e *env) newDriver(m mounter.Interface) *driver.Driver {
+	e.t.Helper()
+	d, err := driver.New(driver.Config{Name: "localdisk.csi.alibabacloud.com", Version: "itest", NodeID: node, Inventory: e.inv, Mounter: m})
 	if err != nil {
 		e.t.Fatal(err)
 	}
+	return d
 }
 
 func (e *env) loopPaths() []string {
@@ -193,4 +201,21 @@ func run(t testing.TB, name string, args ...string) string {
 		t.Fatalf("%s %v: %v\n%s", name, args, err, out)
 	}
 	return string(out)
+}
+
+// mountinfoLines returns the lines of /proc/self/mountinfo whose field
+// (2: major:minor of the device, 4: mount point) is value.
+func mountinfoLines(t testing.TB, field int, value string) []string {
+	t.Helper()
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(l); len(f) > 4 && f[field] == value {
+			out = append(out, l)
+		}
+	}
+	return out
 }

@@ -1,0 +1,102 @@
+package driver
+
+import (
+	"context"
+	"errors"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc/codes"
+
+	"github.com/ecs-localdisk/ecs-localdisk-csi/internal/testutil"
+	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/disk"
+	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/state"
+)
+
+func (f *fixture) format(id string) state.Format {
+	f.t.Helper()
+	rec, _ := f.inv.Snapshot()
+	for _, d := range rec.Disks {
+		if d.Volume != nil && d.Volume.ID == id {
+			return d.Volume.Format
+		}
+	}
+	f.t.Fatalf("volume %s not in the state", id)
+	return ""
+}
+
+func (f *fixture) stage(id string) error {
+	_, err := f.d.NodeStageVolume(context.Background(), &csi.NodeStageVolumeRequest{VolumeId: id,
+		StagingTargetPath: filepath.Join(f.dir, "staging"), VolumeCapability: testutil.MountCap("ext4")})
+	return err
+}
+
+// TestFormatProgressIsRecorded: the state says "started" while mkfs runs
+// and "done" after it; a failed mkfs leaves "started".
+func TestFormatProgressIsRecorded(t *testing.T) {
+	f := newFixture(t, fakeDisk(0, gib, disk.MediaSSD))
+	v := f.create("pvc", 0, nil)
+	var during state.Format
+	f.m.SetBefore(func(op, arg string) {
+		if op == "format" {
+			during = f.format(v.VolumeId)
+		}
+	})
+	f.m.FailNext("format", errors.New("mkfs died"))
+	if err := f.stage(v.VolumeId); err == nil {
+		t.Fatal("stage with a failing mkfs succeeded")
+	}
+	if during != state.FormatStarted || f.format(v.VolumeId) != state.FormatStarted {
+		t.Fatalf("format during mkfs %q, after its failure %q; want started, started", during, f.format(v.VolumeId))
+	}
+	if err := f.stage(v.VolumeId); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.format(v.VolumeId); got != state.FormatDone {
+		t.Fatalf("format after mkfs %q; want done", got)
+	}
+}
+
+// TestInterruptedFormatIsMadeAgain: a disk whose mkfs was cut short (state
+// "started", a partial filesystem on it) is wiped and formatted again; a
+// complete filesystem of the volume ("done") is never formatted again.
+func TestInterruptedFormatIsMadeAgain(t *testing.T) {
+	f := newFixture(t, fakeDisk(0, gib, disk.MediaSSD))
+	v := f.create("pvc", 0, nil)
+	if err := f.inv.SetFormat(v.VolumeId, state.FormatStarted); err != nil {
+		t.Fatal(err)
+	}
+	f.m.SetSignatures("/dev/fake0", disk.Probe{FSType: "ext4", UUID: "half-made", Signatures: []string{"ext4"}})
+	if err := f.stage(v.VolumeId); err != nil {
+		t.Fatal(err)
+	}
+	calls := f.m.Calls()
+	wipe := slices.IndexFunc(calls, func(c string) bool { return c == "wipe /dev/fake0 signatures" })
+	format := slices.IndexFunc(calls, func(c string) bool { return strings.HasPrefix(c, "format") })
+	if wipe < 0 || format < wipe {
+		t.Fatalf("calls %q; want a wipe, then a format", calls)
+	}
+	if got := f.format(v.VolumeId); got != state.FormatDone {
+		t.Fatalf("format %q; want done", got)
+	}
+}
+
+// TestForeignUUIDIsNotMounted: a filesystem of the right type but not the
+// volume's (another volume's disk, or a state older than the disk) is
+// refused with FAILED_PRECONDITION naming both UUIDs; nothing is formatted
+// or mounted.
+func TestForeignUUIDIsNotMounted(t *testing.T) {
+	f := newFixture(t, fakeDisk(0, gib, disk.MediaSSD))
+	v := f.create("pvc", 0, nil)
+	f.m.SetSignatures("/dev/fake0", disk.Probe{FSType: "ext4", UUID: "11111111-2222-3333-4444-555555555555", Signatures: []string{"ext4"}})
+	err := f.stage(v.VolumeId)
+	wantCode(t, err, codes.FailedPrecondition, "11111111-2222-3333-4444-555555555555")
+	for _, c := range f.m.Calls() {
+		if strings.HasPrefix(c, "format") || strings.HasPrefix(c, "mount") || strings.HasPrefix(c, "wipe") {
+			t.Fatalf("call %q on a disk holding a foreign filesystem", c)
+		}
+	}
+}
