@@ -326,6 +326,12 @@ func (inv *Inventory) Allocate(req Request) (Volume, error) {
 	next := inv.rec.Clone()
 	d := next.Disks[best.ID]
 	id := VolumeID{Node: inv.cfg.Node, Disk: d.ID, Nonce: newNonce()}.String()
+	if len(id) > MaxVolumeIDLength {
+		// Every later call would be refused for the ID's length: better
+		// no volume than one nobody can use.
+		return Volume{}, fmt.Errorf("volume ID %s would be %d bytes, more than the CSI limit of %d: the node ID %q (%d bytes) is too long for disk %s",
+			id, len(id), MaxVolumeIDLength, inv.cfg.Node, len(inv.cfg.Node), d.ID)
+	}
 	d.Status, d.UpdatedAt, d.Reason = state.Allocated, time.Now().UTC(), ""
 	d.CleanupPolicy = req.CleanupPolicy
 	d.Volume = &state.Volume{

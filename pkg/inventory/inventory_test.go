@@ -235,3 +235,22 @@ func TestCleaningResumesAfterRestart(t *testing.T) {
 		t.Fatalf("old volume still found: %v", err)
 	}
 }
+
+// TestAllocateRefusesOverlongVolumeID: a node ID so long that the volume ID
+// would pass the CSI limit of 128 bytes gets an error naming the node, and
+// nothing is allocated.
+func TestAllocateRefusesOverlongVolumeID(t *testing.T) {
+	node := strings.Repeat("n", 120)
+	inv := New(Config{Node: node, Source: disk.NewFakeSource(dsk(0, 1<<30)), Store: state.NewStore(t.TempDir()), Mounter: mounter.NewFake()})
+	if err := inv.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	defer inv.Stop()
+	_, err := inv.Allocate(Request{Name: "pvc"})
+	if err == nil || !strings.Contains(err.Error(), "too long") || !strings.Contains(err.Error(), node) {
+		t.Fatalf("Allocate = %v; want an error naming the overlong node ID", err)
+	}
+	if avail, _, _ := inv.Capacity(Filter{}); avail != 1<<30 {
+		t.Fatalf("capacity %d after the refusal; want the disk still free", avail)
+	}
+}
