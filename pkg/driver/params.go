@@ -243,6 +243,9 @@ func ValidateMkfsOptions(fsType string, args []string) error {
 					i++
 					val = args[i]
 				}
+				if fsType == "ext4" && c == 'e' && val == "panic" {
+					return invalid("%s: -e panic would crash the whole node on a filesystem error of one volume; use -e remount-ro", ParamMkfsOptions)
+				}
 				for _, sub := range strings.Split(val, ",") {
 					for _, bad := range spec.badSub[c] {
 						if strings.HasPrefix(sub, bad) {
@@ -284,6 +287,8 @@ func ValidateMountFlags(flags []string) error {
 				return invalid("mount_flags: option %q contains white space or control characters", o)
 			case forbiddenMountFlags[name] || name == "offset" || name == "sizelimit":
 				return invalid("mount_flags: option %q is not allowed (it changes what is mounted)", o)
+			case o == "errors=panic":
+				return invalid("mount_flags: errors=panic would crash the whole node on a filesystem error of one volume; use errors=remount-ro")
 			}
 		}
 	}

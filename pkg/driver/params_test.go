@@ -61,6 +61,7 @@ func TestParseParamsRejects(t *testing.T) {
 		{"xfs protofile", map[string]string{ParamFSType: "xfs", ParamMkfsOptions: "-p /etc/proto"}, "-p"},
 		{"value too long", map[string]string{ParamMkfsOptions: long}, "too long"},
 		{"too many", many, "at most"},
+		{"panic on errors", map[string]string{ParamMkfsOptions: "-e panic"}, "-e panic"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -87,7 +88,7 @@ func TestValidateMountFlags(t *testing.T) {
 	if err := ValidateMountFlags([]string{"noatime", "nodiscard,commit=30", "data=ordered"}); err != nil {
 		t.Fatal(err)
 	}
-	for _, bad := range [][]string{{"bind"}, {"noatime,remount"}, {"loop"}, {"offset=4096"}, {"a b"}, {"x\n"}, {""}, {"noatime,"}} {
+	for _, bad := range [][]string{{"bind"}, {"noatime,remount"}, {"loop"}, {"offset=4096"}, {"a b"}, {"x\n"}, {""}, {"noatime,"}, {"errors=panic"}} {
 		if err := ValidateMountFlags(bad); !errors.Is(err, errInvalid) || !strings.Contains(err.Error(), "mount_flags") {
 			t.Errorf("%q: %v; want invalid naming mount_flags", bad, err)
 		}
