@@ -432,7 +432,7 @@ func (inv *Inventory) Lookup(volumeID string) (Volume, error) {
 	if !inv.ready {
 		return Volume{}, ErrNotReady
 	}
-	return inv.lookupLocked(volumeID)
+	return inv.lookupOrAdoptLocked(volumeID)
 }
 
 func (inv *Inventory) lookupLocked(volumeID string) (Volume, error) {
@@ -536,7 +536,7 @@ func (inv *Inventory) Release(ctx context.Context, volumeID string) error {
 	if !inv.ready {
 		return ErrNotReady
 	}
-	v, err := inv.lookupLocked(volumeID)
+	v, err := inv.lookupOrAdoptLocked(volumeID)
 	if err != nil {
 		return nil // already deleted, or never ours
 	}

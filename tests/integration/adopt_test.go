@@ -1,0 +1,70 @@
+package integration
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/ecs-localdisk/ecs-localdisk-csi/internal/testutil"
+	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/state"
+)
+
+// TestLostStateVolumesRecoveredFromDisks: with both copies of the node
+// state gone, a disk holding a volume's filesystem is left alone (not
+// free, not formatted); a request naming that volume recovers it from the
+// disk, whose filesystem UUID is derived from the volume ID, with its
+// data; a forged ID for the same disk recovers nothing; deleting the
+// recovered volume cleans and frees its disk.
+func TestLostStateVolumesRecoveredFromDisks(t *testing.T) {
+	const size = 64 << 20
+	e := newEnv(t, []int64{size, size}, nil)
+	vc := testutil.MountCap("ext4")
+	v := e.create("pvc-kept", vc, nil)
+	staging, target := e.path("staging"), e.path("target")
+	e.stage(v, vc, staging)
+	e.publish(v, vc, staging, target, false)
+	data := []byte("must survive the loss of the node state")
+	if err := os.WriteFile(filepath.Join(target, "data"), data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	e.unpublish(v, target)
+	e.unstage(v, staging)
+
+	// Both copies lost (removed by an operator, say).
+	store := state.NewStore(filepath.Join(e.dir, "state"))
+	for _, p := range []string{store.Path(), store.BackupPath()} {
+		if err := os.Remove(p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.start()
+	if avail, _ := e.capacity(); avail != size {
+		t.Fatalf("capacity %d after the state was lost; want only the blank disk (%d)", avail, size)
+	}
+
+	// A forged ID for the same disk (another allocation nonce) does not
+	// match the filesystem: NOT_FOUND, nothing touched.
+	forged := *v
+	forged.VolumeId = v.VolumeId[:strings.LastIndexByte(v.VolumeId, ':')+1] + "000000000000"
+	if err := e.stageErr(&forged, vc, e.path("forged")); status.Code(err) != codes.NotFound {
+		t.Fatalf("stage of a forged ID: %v; want NOT_FOUND", err)
+	}
+
+	e.stage(v, vc, staging)
+	e.publish(v, vc, staging, target, false)
+	got, err := os.ReadFile(filepath.Join(target, "data"))
+	if err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("data after recovery: %q, %v", got, err)
+	}
+	e.unpublish(v, target)
+	e.unstage(v, staging)
+	e.delete(v)
+	if avail, _ := e.capacity(); avail != 2*size {
+		t.Fatalf("capacity %d after deleting the recovered volume; want both disks (%d)", avail, 2*size)
+	}
+}
