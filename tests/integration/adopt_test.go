@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -49,9 +50,8 @@ func TestLostStateVolumesRecoveredFromDisks(t *testing.T) {
 
 	// A forged ID for the same disk (another allocation nonce) does not
 	// match the filesystem: NOT_FOUND, nothing touched.
-	forged := *v
-	forged.VolumeId = v.VolumeId[:strings.LastIndexByte(v.VolumeId, ':')+1] + "000000000000"
-	if err := e.stageErr(&forged, vc, e.path("forged")); status.Code(err) != codes.NotFound {
+	forged := &csi.Volume{VolumeId: v.VolumeId[:strings.LastIndexByte(v.VolumeId, ':')+1] + "000000000000", VolumeContext: v.VolumeContext}
+	if err := e.stageErr(forged, vc, e.path("forged")); status.Code(err) != codes.NotFound {
 		t.Fatalf("stage of a forged ID: %v; want NOT_FOUND", err)
 	}
 
