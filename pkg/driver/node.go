@@ -16,6 +16,7 @@ import (
 	"k8s.io/klog/v2"
 	mount "k8s.io/mount-utils"
 
+	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/inventory"
 	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/mounter"
 	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/state"
 )
@@ -54,19 +55,16 @@ func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 		return nil, status.Errorf(codes.InvalidArgument, "volume_capability: fs_type %q conflicts with the volume's %q", fsType, stored)
 	}
 	fsType = orDefault(firstNonEmpty(fsType, stored))
-	flags := mountFlags(fsType, vc)
-	var limit int64
-	if v.Disk.ReservedTailBytes > 0 {
-		limit = v.Disk.SizeBytes // stop short of the driver's tail
-	}
-	err = d.stageFilesystem(ctx, id, dev, staging, fsType, v.FSUUID, v.Format, limit, strings.Fields(v.Parameters[ParamMkfsOptions]), flags)
-	if err != nil {
+	if err := d.stageFilesystem(ctx, v, dev, staging, fsType, mountFlags(fsType, vc)); err != nil {
 		return nil, toStatus(err)
 	}
 	return &csi.NodeStageVolumeResponse{}, nil
 }
 
-func (d *Driver) stageFilesystem(ctx context.Context, id, dev, staging, fsType, uuid string, format state.Format, sizeLimit int64, mkfsArgs, flags []string) error {
+// stageFilesystem mounts the volume's filesystem at staging, making it first
+// on a blank disk (or again, over what an interrupted mkfs of its own left).
+func (d *Driver) stageFilesystem(ctx context.Context, v inventory.Volume, dev, staging, fsType string, flags []string) error {
+	id, uuid := v.ID, v.FSUUID
 	if m, err := d.mountAt(staging); err != nil {
 		return err
 	} else if m != nil {
@@ -83,7 +81,7 @@ func (d *Driver) stageFilesystem(ctx context.Context, id, dev, staging, fsType, 
 		return err
 	}
 	switch {
-	case format == state.FormatStarted:
+	case v.Format == state.FormatStarted:
 		// The driver's own mkfs for this volume was cut short, and the
 		// disk was never mounted since: what is on it is a partial
 		// filesystem of the driver's, made again from scratch.
@@ -91,11 +89,11 @@ func (d *Driver) stageFilesystem(ctx context.Context, id, dev, staging, fsType, 
 		if err := d.cfg.Mounter.Wipe(ctx, dev, mounter.CleanupSignatures); err != nil {
 			return err
 		}
-		if err := d.format(ctx, id, dev, fsType, uuid, sizeLimit, mkfsArgs); err != nil {
+		if err := d.format(ctx, v, dev, fsType); err != nil {
 			return err
 		}
 	case len(probe.Signatures) == 0:
-		if err := d.format(ctx, id, dev, fsType, uuid, sizeLimit, mkfsArgs); err != nil {
+		if err := d.format(ctx, v, dev, fsType); err != nil {
 			return err
 		}
 	case probe.FSType == fsType && probe.UUID == uuid:
@@ -113,7 +111,12 @@ func (d *Driver) stageFilesystem(ctx context.Context, id, dev, staging, fsType, 
 // format makes the volume's filesystem on a blank disk (or over a partial
 // one of its own), recording the start and the end in the node state so
 // that a crash in between is told apart from data.
-func (d *Driver) format(ctx context.Context, id, dev, fsType, uuid string, sizeLimit int64, mkfsArgs []string) error {
+func (d *Driver) format(ctx context.Context, v inventory.Volume, dev, fsType string) error {
+	id, mkfsArgs := v.ID, strings.Fields(v.Parameters[ParamMkfsOptions])
+	var sizeLimit int64
+	if v.Disk.ReservedTailBytes > 0 {
+		sizeLimit = v.Disk.SizeBytes // stop short of the driver's tail
+	}
 	if err := ValidateMkfsOptions(fsType, mkfsArgs); err != nil {
 		return err
 	}
@@ -121,7 +124,7 @@ func (d *Driver) format(ctx context.Context, id, dev, fsType, uuid string, sizeL
 		return err
 	}
 	klog.InfoS("Formatting blank disk", "volumeID", id, "device", dev, "fsType", fsType, "mkfsOptions", mkfsArgs)
-	if err := d.cfg.Mounter.Format(ctx, dev, fsType, uuid, sizeLimit, mkfsArgs); err != nil {
+	if err := d.cfg.Mounter.Format(ctx, dev, fsType, v.FSUUID, sizeLimit, mkfsArgs); err != nil {
 		return err
 	}
 	return d.cfg.Inventory.SetFormat(id, state.FormatDone)

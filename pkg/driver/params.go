@@ -9,6 +9,7 @@ import (
 
 	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/inventory"
 	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/mounter"
+	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/state"
 )
 
 // StorageClass parameter keys.
@@ -26,7 +27,7 @@ const (
 
 // Volume context keys handed from CreateVolume to NodeStage.
 const (
-	ctxFSType      = "fsType"
+	ctxFSType      = state.ParamFSType
 	ctxMkfsOptions = "mkfsOptions"
 	ctxDisk        = "disk"
 	ctxIdentity    = "diskIdentity"

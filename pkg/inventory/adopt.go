@@ -48,7 +48,7 @@ func (inv *Inventory) lookupOrAdoptLocked(volumeID string) (Volume, error) {
 		Category: dev.Category, CloudID: dev.CloudID, ReservedTailBytes: dev.ReservedTailBytes,
 		Status: state.Allocated, UpdatedAt: now,
 		Volume: &state.Volume{ID: volumeID, CapacityBytes: dev.SizeBytes - dev.ReservedTailBytes,
-			Parameters: map[string]string{"fsType": f.Signatures[0]}, FSUUID: f.FSUUID, CreatedAt: now, Format: state.FormatDone},
+			Parameters: map[string]string{state.ParamFSType: f.Signatures[0]}, FSUUID: f.FSUUID, CreatedAt: now, Format: state.FormatDone},
 	}
 	if cerr := inv.commitLocked(next); cerr != nil {
 		return Volume{}, cerr

@@ -43,7 +43,8 @@ type Volume struct {
 	Name string `json:"name"`
 	// CapacityBytes is the size reported to the CO (the whole disk).
 	CapacityBytes int64 `json:"capacityBytes"`
-	// Parameters are the validated StorageClass parameters the volume was created with.
+	// Parameters are the validated StorageClass parameters the volume was
+	// created with; the filesystem type is under ParamFSType.
 	Parameters map[string]string `json:"parameters,omitempty"`
 	// FSUUID is the UUID the driver gives the filesystem it creates for this
 	// volume, so the driver can recognise its own filesystem on the device.
@@ -53,6 +54,9 @@ type Volume struct {
 	// Format is how far the driver got making the volume's filesystem.
 	Format Format `json:"format,omitempty"`
 }
+
+// ParamFSType is the key of the filesystem type in Volume.Parameters.
+const ParamFSType = "fsType"
 
 // Format is how far the driver got making a volume's filesystem.
 type Format string

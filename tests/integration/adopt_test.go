@@ -3,6 +3,7 @@ package integration
 import (
 	"bytes"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -66,5 +67,33 @@ func TestLostStateVolumesRecoveredFromDisks(t *testing.T) {
 	e.delete(v)
 	if avail, _ := e.capacity(); avail != 2*size {
 		t.Fatalf("capacity %d after deleting the recovered volume; want both disks (%d)", avail, 2*size)
+	}
+}
+
+// TestForeignFilesystemOnVolumeDiskNotMounted: a volume's disk that holds
+// an ext4 filesystem the driver did not make for it (made behind the
+// driver's back after allocation) is refused by NodeStage with
+// FAILED_PRECONDITION naming both UUIDs; it is neither mounted nor
+// formatted, and its bytes are unchanged.
+func TestForeignFilesystemOnVolumeDiskNotMounted(t *testing.T) {
+	e := newEnv(t, []int64{64 << 20}, nil)
+	vc := testutil.MountCap("ext4")
+	v := e.create("pvc-foreign", vc, nil)
+	dev := e.device(v)
+	const foreign = "0badc0de-0000-4000-8000-000000000001"
+	if out, err := exec.Command("mkfs.ext4", "-q", "-F", "-U", foreign, dev).CombinedOutput(); err != nil {
+		t.Fatalf("mkfs.ext4: %v: %s", err, out)
+	}
+	before := fingerprintOf(t, dev)
+	staging := e.path("staging")
+	err := e.stageErr(v, vc, staging)
+	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), foreign) || !strings.Contains(err.Error(), e.diskRecord(v.VolumeContext["disk"]).Volume.FSUUID) {
+		t.Fatalf("stage over a foreign filesystem: %v; want FAILED_PRECONDITION naming both UUIDs", err)
+	}
+	if m := e.mountAt(staging); m != "" {
+		t.Fatalf("staging path mounted: %s", m)
+	}
+	if after := fingerprintOf(t, dev); after != before {
+		t.Fatal("the device changed")
 	}
 }
