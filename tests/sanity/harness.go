@@ -6,6 +6,7 @@ package sanity
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -66,6 +67,11 @@ var AllowedSkips = map[string]string{
 // given access type ("mount" or "block").
 func Run(t *testing.T, accessType string) {
 	testutil.RequireRoot(t)
+	// Ginkgo refuses -count above 1 with os.Exit, which skips every cleanup
+	// and would leave the loop devices attached: refuse it before making any.
+	if f := flag.Lookup("test.count"); f != nil && f.Value.String() != "1" {
+		t.Fatalf("csi-sanity runs once per test binary: use -count=1, not -count=%s (repeat with a shell loop)", f.Value.String())
+	}
 	dir, err := os.MkdirTemp("", "sanity-")
 	if err != nil {
 		t.Fatal(err)
