@@ -54,8 +54,16 @@ type Disk struct {
 type Facts struct {
 	// System is set when the device holds the root filesystem (or a partition of it).
 	System bool `json:"system,omitempty"`
-	// Mounted is set when the device or one of its partitions is mounted anywhere.
+	// Mounted is set when the device or one of its partitions is in use by
+	// a mount anywhere: a filesystem mounted from it, or its device node
+	// bind-mounted (then DeviceNodeBinds says where).
 	Mounted bool `json:"mounted,omitempty"`
+	// DeviceNodeBinds lists the mount points onto which the device node of
+	// the device or of one of its partitions is bind-mounted: how the
+	// kubelet publishes a raw block volume, of this driver or any other.
+	// Such a mount shows the node's filesystem (devtmpfs, tmpfs) in the
+	// mount table, not the disk. Mounted is set whenever this is not empty.
+	DeviceNodeBinds []string `json:"deviceNodeBinds,omitempty"`
 	// Partitioned is set when the kernel sees partitions on the device.
 	Partitioned bool `json:"partitioned,omitempty"`
 	// DeviceMapper is set for dm-* devices.

@@ -16,14 +16,18 @@ import (
 // globs, for bare metal, other clouds and loop-device tests.
 type StaticConfig struct {
 	// Patterns are absolute device paths or filepath.Match globs, e.g.
-	// /dev/vd[b-z] or /dev/disk/by-id/nvme-*. At least one is required.
+	// /dev/vd[b-z] or /dev/disk/by-id/nvme-*. At least one is required. A
+	// glob is safe only where no other driver attaches disks it matches:
+	// a blank, unused disk that another driver has attached but not yet
+	// mounted or published looks free.
 	Patterns []string
 	// SysRoot is the sysfs mount, default /sys.
 	SysRoot string
 	// DevRoot is the device directory, default /dev.
 	DevRoot string
 	// MountInfoPath is the mount table in proc(5) mountinfo format, default
-	// /proc/self/mountinfo.
+	// /proc/self/mountinfo. Its devtmpfs and tmpfs mount points are stat'ed
+	// as this process sees them, so it must be this process's own table.
 	MountInfoPath string
 	// Prober reads signatures; required.
 	Prober Prober
@@ -31,6 +35,18 @@ type StaticConfig struct {
 	// reporting them as problems (for broad globs like /dev/vd*).
 	SkipPartitions bool
 }
+
+// PlaceholderPattern is the device pattern the static deploy overlay ships
+// with. NewStatic refuses it (ErrPlaceholderPattern), so that a driver
+// deployed before an operator listed the node's local disks stops at
+// start-up with a clear error instead of guessing from device names: a
+// glob such as /dev/vd* also matches the cloud disks that another driver
+// attaches to the node.
+const PlaceholderPattern = "/dev/REPLACE-WITH-THE-NODE-LOCAL-DISKS"
+
+// ErrPlaceholderPattern is NewStatic's error for PlaceholderPattern.
+var ErrPlaceholderPattern = errors.New("the device list is still the placeholder " + PlaceholderPattern +
+	": list the node's local disks explicitly (/dev/disk/by-id links or exact device paths; no glob that can match a cloud disk another driver attaches)")
 
 // Static is a Source that considers exactly the devices its patterns name.
 // It reads sysfs, the mount table and the prober, and never writes to a
@@ -43,13 +59,17 @@ type Static struct {
 var _ Source = (*Static)(nil)
 
 // NewStatic checks cfg (at least one pattern, every pattern absolute with
-// valid glob syntax, a prober), fills in the default roots and returns the
-// source. It does not look at any device.
+// valid glob syntax and none the PlaceholderPattern, a prober), fills in
+// the default roots and returns the source. It does not look at any
+// device.
 func NewStatic(cfg StaticConfig) (*Static, error) {
 	if len(cfg.Patterns) == 0 {
 		return nil, errors.New("static disk source: no device patterns")
 	}
 	for _, p := range cfg.Patterns {
+		if p == PlaceholderPattern {
+			return nil, fmt.Errorf("static disk source: %w", ErrPlaceholderPattern)
+		}
 		if !filepath.IsAbs(p) {
 			return nil, fmt.Errorf("static disk source: pattern %q is not an absolute path", p)
 		}
@@ -74,11 +94,13 @@ func orDefault(v, def string) string {
 	return v
 }
 
-// mountState is what one discovery knows about mounts: the mount table and
-// the devices the system runs from.
+// mountState is what one discovery knows about mounts: the mount table,
+// the devices the system runs from, and where device nodes are bound
+// (MAJ:MIN -> mount points).
 type mountState struct {
 	table  mountTable
 	system map[string]bool
+	binds  map[string][]string
 }
 
 // Discover expands the patterns in order and describes every whole block
@@ -87,14 +109,18 @@ type mountState struct {
 // partition (unless SkipPartitions), and a device without a stable identity
 // are reported as problems and left out. A device whose signatures cannot be
 // read is returned with the signature "unknown: probe failed", never as
-// blank, and a problem. The error is for an unreadable mount table or a
+// blank, and a problem. A device whose node (or a partition's) is
+// bind-mounted somewhere, as the kubelet does to publish any raw block
+// volume, is reported Mounted, with the mount points in DeviceNodeBinds.
+// Each call reads the mount table once and stats only the mount points of
+// devtmpfs and tmpfs binds. The error is for an unreadable mount table or a
 // cancelled ctx only.
 func (s *Static) Discover(ctx context.Context) ([]Disk, []error, error) {
 	table, err := readMountTable(s.cfg.MountInfoPath)
 	if err != nil {
 		return nil, nil, fmt.Errorf("reading %s: %w", s.cfg.MountInfoPath, err)
 	}
-	ms := mountState{table: table, system: s.fs.systemDisks(table)}
+	ms := mountState{table: table, system: s.fs.systemDisks(table), binds: deviceNodeBinds(table.nodeMounts)}
 	var (
 		disks    []Disk
 		problems []error
@@ -229,8 +255,14 @@ func (s *Static) describe(ctx context.Context, name, path string, ms mountState)
 	if bi.rotational {
 		d.Media = MediaHDD
 	}
+	binds := append([]string(nil), ms.binds[bi.majMin]...)
 	for _, p := range bi.partitions {
 		d.Facts.Mounted = d.Facts.Mounted || ms.table.mounted[p]
+		binds = append(binds, ms.binds[p]...)
+	}
+	if len(binds) > 0 {
+		d.Facts.Mounted = true
+		d.Facts.DeviceNodeBinds = binds
 	}
 	p, err := s.cfg.Prober.Probe(ctx, d.Path)
 	if err != nil {

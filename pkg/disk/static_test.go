@@ -109,10 +109,14 @@ func TestNewStaticValidates(t *testing.T) {
 		{StaticConfig{Patterns: []string{"dev/vdb"}, Prober: blkidProber{}}, `"dev/vdb"`},
 		{StaticConfig{Patterns: []string{"/dev/vdb", "/dev/vd[b"}, Prober: blkidProber{}}, `"/dev/vd[b"`},
 		{StaticConfig{Patterns: []string{"/dev/vdb"}}, "no prober"},
+		{StaticConfig{Patterns: []string{"/dev/vdb", PlaceholderPattern}, Prober: blkidProber{}}, "still the placeholder"},
 	} {
 		if _, err := NewStatic(tc.cfg); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("NewStatic(%+v) = %v, want an error with %s", tc.cfg, err, tc.want)
 		}
+	}
+	if _, err := NewStatic(StaticConfig{Patterns: []string{PlaceholderPattern}, Prober: blkidProber{}}); !errors.Is(err, ErrPlaceholderPattern) {
+		t.Errorf("NewStatic(placeholder) = %v, want ErrPlaceholderPattern", err)
 	}
 	s, err := NewStatic(StaticConfig{Patterns: []string{"/dev/vd[b-z]", "/dev/nvme*n1"}, Prober: blkidProber{}})
 	if err != nil {

@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+
+	"golang.org/x/sys/unix"
 )
 
 // sysfs reads block-device facts from a sysfs tree (normally /sys) and a
@@ -187,11 +189,15 @@ func (s sysfs) partitions(name string) []string {
 	return out
 }
 
-// mountTable is the set of mounted device numbers and the filesystems the
-// system runs from.
+// mountTable is the set of mounted device numbers, the filesystems the
+// system runs from, and the mounts that may be device-node binds.
 type mountTable struct {
 	mounted map[string]bool
 	system  []mountRef
+	// nodeMounts are the mount points of devtmpfs and tmpfs mounts of
+	// something below the filesystem's root: the only mounts that can be a
+	// bind of a device node (a whole devtmpfs or tmpfs is a directory).
+	nodeMounts []string
 }
 
 // mountRef is one mounted filesystem: its device number and mount source.
@@ -202,9 +208,14 @@ type mountRef struct {
 // systemMounts are the mount points whose disks hold the running system.
 var systemMounts = map[string]bool{"/": true, "/boot": true, "/boot/efi": true, "/usr": true}
 
+// nodeFS are the filesystems device nodes live on. A bind mount of a node
+// shows its source filesystem's type and device number, not the disk's.
+var nodeFS = map[string]bool{"devtmpfs": true, "tmpfs": true}
+
 // readMountTable parses a mountinfo file (proc(5)): field 3 is MAJ:MIN,
-// field 5 the mount point, and the mount source follows the fstype after
-// the " - " separator.
+// field 4 the root of the mount within its filesystem, field 5 the mount
+// point, and the filesystem type and mount source follow the " - "
+// separator.
 func readMountTable(path string) (mountTable, error) {
 	t := mountTable{mounted: map[string]bool{}}
 	f, err := os.Open(path)
@@ -223,6 +234,9 @@ func readMountTable(path string) (mountTable, error) {
 		if systemMounts[fields[4]] {
 			t.system = append(t.system, mountRef{majMin: fields[2], source: mountSource(fields)})
 		}
+		if nodeFS[mountFSType(fields)] && fields[3] != "/" {
+			t.nodeMounts = append(t.nodeMounts, unescapeMountField(fields[4]))
+		}
 	}
 	return t, sc.Err()
 }
@@ -236,6 +250,55 @@ func mountSource(fields []string) string {
 		}
 	}
 	return ""
+}
+
+// mountFSType returns the filesystem type of a split mountinfo line, ""
+// when the line is malformed.
+func mountFSType(fields []string) string {
+	for i, f := range fields {
+		if f == "-" && i+1 < len(fields) {
+			return fields[i+1]
+		}
+	}
+	return ""
+}
+
+// unescapeMountField undoes the octal escapes (\040 for a space, \011,
+// \012, \134) the kernel writes in mountinfo paths.
+func unescapeMountField(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(n))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+// deviceNodeBinds maps the device number ("MAJ:MIN") of every block device
+// node that is the root of one of mountPoints to those mount points. It
+// only stats the mount points themselves (never following a final link,
+// never opening anything), and skips one that is gone or not a block
+// device.
+func deviceNodeBinds(mountPoints []string) map[string][]string {
+	out := map[string][]string{}
+	for _, mp := range mountPoints {
+		var st unix.Stat_t
+		if err := unix.Lstat(mp, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFBLK {
+			continue
+		}
+		mm := fmt.Sprintf("%d:%d", unix.Major(st.Rdev), unix.Minor(st.Rdev))
+		out[mm] = append(out[mm], mp)
+	}
+	return out
 }
 
 // systemDisks names the devices behind the system's filesystems, with their

@@ -43,7 +43,7 @@ func (o *Options) AddFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.DriverName, "driver-name", DefaultDriverName, "CSI driver name")
 	fs.StringVar(&o.StateDir, "state-dir", "/var/lib/kubelet/plugins/"+DefaultDriverName+"/state", "directory of the node state record")
 	fs.StringVar(&o.DiskSource, "disk-source", "static", "where the node's disks come from: static (--devices) or ecs (the instance's local disks, matched by serial)")
-	fs.StringVar(&o.Devices, "devices", "", "comma-separated device paths or globs, e.g. /dev/vd[b-z],/dev/nvme*n1; required for static, optional for ecs (default /dev/vd*,/dev/nvme*n*,/dev/sd*,/dev/xvd*)")
+	fs.StringVar(&o.Devices, "devices", "", "comma-separated device paths or globs, e.g. /dev/vdb,/dev/vdc (a glob also matches cloud disks); required for static, optional for ecs (default /dev/vd*,/dev/nvme*n*,/dev/sd*,/dev/xvd*)")
 	fs.StringVar(&o.MetadataEndpoint, "metadata-endpoint", os.Getenv("ALIBABA_CLOUD_METADATA_ENDPOINT"), "ecs: instance metadata server (default http://100.100.100.200; env ALIBABA_CLOUD_METADATA_ENDPOINT)")
 	fs.StringVar(&o.ECSEndpoint, "ecs-endpoint", os.Getenv("ALIBABA_CLOUD_ECS_ENDPOINT"), "ecs: ECS OpenAPI endpoint, a host or URL, e.g. ecs-vpc.cn-hangzhou.aliyuncs.com (default: the region's public endpoint; env ALIBABA_CLOUD_ECS_ENDPOINT)")
 	fs.StringVar(&o.CredentialsFile, "credentials-file", "", "ecs: file or Secret directory with ALIBABA_CLOUD_ACCESS_KEY_ID/SECRET (and SECURITY_TOKEN); re-read when it changes")
