@@ -82,7 +82,20 @@ func newSource(o options.Options, m *mounter.Real) (disk.Source, error) {
 	return cloud.NewSource(cfg)
 }
 
+// serve runs the driver until SIGINT or SIGTERM. It first claims the state
+// directory and the endpoint, so that a second driver on either fails before
+// it touches a disk.
 func serve(o options.Options) error {
+	lock, err := state.LockDir(o.StateDir)
+	if err != nil {
+		return err
+	}
+	defer lock.Unlock() // last: after the inventory has stopped
+	lis, err := driver.OpenEndpoint(o.Endpoint)
+	if err != nil {
+		return err
+	}
+	defer lis.Close() // removes the socket only while it is still ours
 	m := mounter.New()
 	src, err := newSource(o, m)
 	if err != nil {
@@ -94,10 +107,6 @@ func serve(o options.Options) error {
 	inv := inventory.New(inventory.Config{Node: o.NodeID, Source: src, Store: state.NewStore(o.StateDir), Mounter: m})
 	defer inv.Stop()
 	drv, err := driver.New(driver.Config{Name: o.DriverName, Version: version, NodeID: o.NodeID, Inventory: inv, Mounter: m})
-	if err != nil {
-		return err
-	}
-	lis, err := driver.Listen(o.Endpoint)
 	if err != nil {
 		return err
 	}

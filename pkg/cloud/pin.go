@@ -13,6 +13,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 )
 
 // A pin identifies a local disk that has no serial. It is written once, on a
@@ -70,7 +71,8 @@ func (DevicePinner) Write(path string, p Pin) error {
 	if err != nil {
 		return err
 	}
-	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	// Exclusively: a device mounted or held since discovery is refused.
+	f, err := os.OpenFile(path, os.O_WRONLY|syscall.O_EXCL, 0)
 	if err != nil {
 		return err
 	}

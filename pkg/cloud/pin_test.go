@@ -85,7 +85,19 @@ func TestSourceFallbackPinsSerialLessDisks(t *testing.T) {
 		t.Cleanup(s.Close)
 		return s
 	}
-	disks, problems, err := newSrc().Discover(ctx)
+	// Discovery only reads: the blank disks are left out, unpinned.
+	src := newSrc()
+	disks, problems, err := src.Discover(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(disks) != 0 || len(pins.pins) != 0 || !strings.Contains(fmt.Sprint(problems), "not pinned yet") {
+		t.Fatalf("Discover pinned %d disks (%d pins), problems %v; want none pinned", len(disks), len(pins.pins), problems)
+	}
+	if err := src.PinBlank(ctx); err != nil {
+		t.Fatal(err)
+	}
+	disks, problems, err = src.Discover(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -217,7 +217,26 @@ func (s *Source) startRetry() {
 // instance's local disks, with their ECS disk ID and category. Devices the
 // cloud does not list, and local disks without a device, are reported as
 // problems; cloud disks (system, data) are left out quietly.
+//
+// Discover only reads: a blank device the serial-less fallback would take
+// is left out until PinBlank has pinned it.
 func (s *Source) Discover(ctx context.Context) ([]disk.Disk, []error, error) {
+	return s.discover(ctx, false)
+}
+
+// PinBlank pins the blank devices that the serial-less fallback takes and
+// that carry no pin yet. It writes to those devices (their last PinBytes)
+// and nothing else; the inventory calls it with its lock held, before a
+// discovery that may change the record, so that no two calls pin one disk.
+func (s *Source) PinBlank(ctx context.Context) error {
+	if s.cfg.Fallback == nil {
+		return nil
+	}
+	_, _, err := s.discover(ctx, true)
+	return err
+}
+
+func (s *Source) discover(ctx context.Context, pin bool) ([]disk.Disk, []error, error) {
 	c, from, cerr := s.current(ctx)
 	devices, problems, err := s.cfg.Devices.Discover(ctx)
 	if err != nil {
@@ -261,7 +280,7 @@ func (s *Source) Discover(ctx context.Context) ([]disk.Disk, []error, error) {
 		}
 	}
 	if s.cfg.Fallback != nil && unmatched > 0 {
-		pinned, left, fbProblems := s.fallback(c, rest, unmatched)
+		pinned, left, fbProblems := s.fallback(c, rest, unmatched, pin)
 		out, rest, problems = append(out, pinned...), left, append(problems, fbProblems...)
 		unmatched -= len(pinned)
 	}
@@ -302,9 +321,10 @@ func (s *Source) Identify(ctx context.Context, path string) (string, string, err
 }
 
 // fallback takes up to want devices without a serial, in the order of the
-// names from StartWith, and identifies each by its pin, pinning blank ones.
-// It returns the pinned disks and the devices it did not take.
-func (s *Source) fallback(c *confirmed, candidates []disk.Disk, want int) (pinned, left []disk.Disk, problems []error) {
+// names from StartWith, and identifies each by its pin, pinning blank ones
+// when pin is set. It returns the pinned disks and the devices it did not
+// take.
+func (s *Source) fallback(c *confirmed, candidates []disk.Disk, want int, pin bool) (pinned, left []disk.Disk, problems []error) {
 	count := c.Expected
 	if count < 0 {
 		count = want
@@ -323,7 +343,7 @@ func (s *Source) fallback(c *confirmed, candidates []disk.Disk, want int) (pinne
 		case strings.HasPrefix(d.Identity, "serial:"):
 			// Has a real serial the cloud does not list: not a local disk.
 		default:
-			p, err := s.pinOf(c, d)
+			p, err := s.pinOf(c, d, pin)
 			if err != nil {
 				problems = append(problems, fmt.Errorf("serial-less fallback: %s: %w", d.Path, err))
 				continue
@@ -342,8 +362,11 @@ func (s *Source) fallback(c *confirmed, candidates []disk.Disk, want int) (pinne
 	return pinned, left, problems
 }
 
-// pinOf reads the device's pin, or pins it if it is blank.
-func (s *Source) pinOf(c *confirmed, d disk.Disk) (Pin, error) {
+// errNotPinned: a blank device the fallback takes has no pin yet.
+var errNotPinned = errors.New("blank and not pinned yet; pinned at the next refresh of the inventory")
+
+// pinOf reads the device's pin, or pins it if it is blank and pin is set.
+func (s *Source) pinOf(c *confirmed, d disk.Disk, pin bool) (Pin, error) {
 	p, ok, err := s.cfg.Fallback.Pinner.Read(d.Path)
 	if err != nil {
 		return Pin{}, err
@@ -356,6 +379,9 @@ func (s *Source) pinOf(c *confirmed, d disk.Disk) (Pin, error) {
 	}
 	if f := d.Facts; len(f.Signatures) > 0 || f.Mounted || f.Partitioned || len(f.Holders) > 0 || f.System {
 		return Pin{}, errors.New("carries data but no pin: the driver did not create it and does not use it")
+	}
+	if !pin {
+		return Pin{}, errNotPinned
 	}
 	p = Pin{ID: newPinID(), InstanceID: c.InstanceID, FirstName: d.Name}
 	if err := s.cfg.Fallback.Pinner.Write(d.Path, p); err != nil {

@@ -54,7 +54,7 @@ func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 		return nil, err
 	}
 	defer release()
-	v, err := d.cfg.Inventory.Allocate(inventory.Request{
+	v, err := d.cfg.Inventory.Allocate(ctx, inventory.Request{
 		Name: name, RequiredBytes: required, LimitBytes: limit,
 		Filter:     params.filter(wantsBlock(req.GetVolumeCapabilities())),
 		Parameters: params.stored(), CleanupPolicy: string(params.CleanupPolicy),
@@ -150,7 +150,7 @@ func (d *Driver) GetCapacity(ctx context.Context, req *csi.GetCapacityRequest) (
 	if seg := req.GetAccessibleTopology().GetSegments(); len(seg) > 0 && !d.matchesSegment(seg) {
 		return &csi.GetCapacityResponse{AvailableCapacity: 0}, nil
 	}
-	avail, maxSize, err := d.cfg.Inventory.Capacity(params.filter(wantsBlock(req.GetVolumeCapabilities())))
+	avail, maxSize, err := d.cfg.Inventory.Capacity(ctx, params.filter(wantsBlock(req.GetVolumeCapabilities())))
 	if err != nil {
 		return nil, toStatus(err)
 	}
@@ -196,7 +196,7 @@ func (d *Driver) ListVolumes(ctx context.Context, req *csi.ListVolumesRequest) (
 	if tok := req.GetStartingToken(); tok != "" {
 		start, err = strconv.Atoi(tok)
 		if err != nil || start < 0 || start > len(vols) {
-			return nil, status.Errorf(codes.Aborted, "starting_token %q is not valid", tok)
+			return nil, status.Errorf(codes.Aborted, "starting_token %.64q is not valid", tok)
 		}
 	}
 	end := len(vols)

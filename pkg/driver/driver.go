@@ -8,19 +8,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
-	"net/url"
-	"os"
-	"path/filepath"
 	"sync"
-	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
-	"github.com/kubernetes-csi/csi-lib-utils/protosanitizer"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"k8s.io/klog/v2"
 
 	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/inventory"
 	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/mounter"
@@ -76,66 +69,15 @@ func (d *Driver) Register(s *grpc.Server) {
 	csi.RegisterNodeServer(s, d)
 }
 
-// Listen opens the endpoint (unix:///path or unix:/path; tcp://host:port for
-// tests). A stale unix socket is removed first; the socket is made 0600.
-func Listen(endpoint string) (net.Listener, error) {
-	u, err := url.Parse(endpoint)
-	if err != nil {
-		return nil, fmt.Errorf("endpoint %q: %w", endpoint, err)
-	}
-	switch u.Scheme {
-	case "unix":
-		path := u.Path
-		if path == "" {
-			path = u.Opaque
-		}
-		if path == "" {
-			return nil, fmt.Errorf("endpoint %q has no socket path", endpoint)
-		}
-		if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
-			return nil, err
-		}
-		// Only a stale socket is removed: a mistyped endpoint must not
-		// delete some other file.
-		if fi, err := os.Lstat(path); err == nil && fi.Mode().Type() != os.ModeSocket {
-			return nil, fmt.Errorf("endpoint %s exists and is not a socket; not replacing it", path)
-		}
-		if err := os.Remove(path); err != nil && !os.IsNotExist(err) {
-			return nil, fmt.Errorf("removing stale socket %s: %w", path, err)
-		}
-		l, err := net.Listen("unix", path)
-		if err != nil {
-			return nil, err
-		}
-		if err := os.Chmod(path, 0o600); err != nil {
-			l.Close()
-			return nil, err
-		}
-		return l, nil
-	case "tcp":
-		return net.Listen("tcp", u.Host)
-	}
-	return nil, fmt.Errorf("endpoint %q: scheme must be unix or tcp", endpoint)
-}
-
-// NewServer returns a gRPC server with the driver's services and logging.
+// NewServer returns a gRPC server with the driver's services behind its
+// interceptors (interceptors.go): every call is logged once, within a
+// bounded size and with secrets stripped; a panicking handler fails its own
+// call with INTERNAL and the server keeps serving; volume calls answer
+// UNAVAILABLE until the inventory is ready.
 func (d *Driver) NewServer() *grpc.Server {
-	s := grpc.NewServer(grpc.UnaryInterceptor(logRPC))
+	s := grpc.NewServer(grpc.ChainUnaryInterceptor(d.interceptors()...))
 	d.Register(s)
 	return s
-}
-
-// logRPC logs every call once with secrets stripped, and its outcome.
-func logRPC(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-	start := time.Now()
-	klog.V(4).InfoS("GRPC request", "method", info.FullMethod, "request", protosanitizer.StripSecrets(req))
-	resp, err := handler(ctx, req)
-	if err != nil {
-		klog.ErrorS(err, "GRPC failed", "method", info.FullMethod, "code", status.Code(err), "request", protosanitizer.StripSecrets(req), "duration", time.Since(start))
-	} else {
-		klog.V(2).InfoS("GRPC done", "method", info.FullMethod, "request", protosanitizer.StripSecrets(req), "response", protosanitizer.StripSecrets(resp), "duration", time.Since(start))
-	}
-	return resp, err
 }
 
 // toStatus maps the errors of lower packages to gRPC codes; it is the only
@@ -157,11 +99,10 @@ func toStatus(err error) error {
 		code = codes.NotFound
 	case errors.Is(err, inventory.ErrExhausted):
 		code = codes.ResourceExhausted
-	case errors.Is(err, inventory.ErrOutOfRange):
-		code = codes.OutOfRange
 	case errors.Is(err, inventory.ErrExists), errors.Is(err, errConflict):
 		code = codes.AlreadyExists
 	case errors.Is(err, inventory.ErrInUse), errors.Is(err, inventory.ErrIdentityMismatch),
+		errors.Is(err, inventory.ErrForeign), errors.Is(err, inventory.ErrDataGone),
 		errors.Is(err, errPrecondition):
 		code = codes.FailedPrecondition
 	case errors.Is(err, inventory.ErrDeviceMissing):
@@ -198,7 +139,7 @@ func (l *inflight) acquire(key string) (func(), error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if _, ok := l.busy[key]; ok {
-		return nil, status.Errorf(codes.Aborted, "an operation on %s is already in progress", key)
+		return nil, status.Errorf(codes.Aborted, "an operation on %.160q is already in progress", key)
 	}
 	l.busy[key] = struct{}{}
 	return func() {

@@ -159,9 +159,9 @@ func TestCreateVolumeErrors(t *testing.T) {
 		{"bad mount flag", &csi.CreateVolumeRequest{Name: "x", VolumeCapabilities: []*csi.VolumeCapability{testutil.MountCap("", "bind")}}, codes.InvalidArgument, "mount_flags"},
 		{"xfs mkfs option on ext4", createReq("x", 0, 0, map[string]string{ParamMkfsOptions: "-K -f"}), codes.InvalidArgument, "-f"},
 		{"content source", &csi.CreateVolumeRequest{Name: "x", VolumeCapabilities: []*csi.VolumeCapability{testutil.MountCap("")}, VolumeContentSource: &csi.VolumeContentSource{}}, codes.InvalidArgument, "volume_content_source"},
-		{"never fits", createReq("x", 5*gib, 0, nil), codes.OutOfRange, "4294967296"},
-		{"limit below every disk", createReq("x", 0, gib, nil), codes.OutOfRange, ""},
-		{"no matching media fits", createReq("x", 3*gib, 0, map[string]string{ParamMedia: "ssd"}), codes.OutOfRange, ""},
+		{"never fits", createReq("x", 5*gib, 0, nil), codes.ResourceExhausted, "no disk on this node can satisfy"},
+		{"limit below every disk", createReq("x", 0, gib, nil), codes.ResourceExhausted, ""},
+		{"no matching media fits", createReq("x", 3*gib, 0, map[string]string{ParamMedia: "ssd"}), codes.ResourceExhausted, ""},
 		{"other node", &csi.CreateVolumeRequest{Name: "x", VolumeCapabilities: []*csi.VolumeCapability{testutil.MountCap("")}, AccessibilityRequirements: other}, codes.ResourceExhausted, "node-1"},
 	}
 	for _, c := range cases {

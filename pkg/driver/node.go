@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"unicode"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -18,11 +20,11 @@ import (
 
 	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/inventory"
 	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/mounter"
-	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/state"
 )
 
 // NodeStageVolume formats the volume's disk if it is blank and mounts it at
-// the staging path; block volumes need nothing here.
+// the staging path; for a block volume it readies the disk to be handed out
+// raw (see inventory.ExposeRaw).
 func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRequest) (*csi.NodeStageVolumeResponse, error) {
 	id, staging, vc := req.GetVolumeId(), req.GetStagingTargetPath(), req.GetVolumeCapability()
 	if err := requireArgs(id, "staging_target_path", staging, vc); err != nil {
@@ -40,15 +42,15 @@ func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 		return nil, err
 	}
 	defer release()
-	v, dev, err := d.cfg.Inventory.Device(ctx, id)
-	if err != nil {
-		return nil, toStatus(err)
-	}
 	if vc.GetBlock() != nil {
-		if v.Disk.ReservedTailBytes > 0 {
-			return nil, status.Errorf(codes.FailedPrecondition, "volume %s is on a disk without a serial whose tail holds its identity pin; it cannot be used as a raw block device", id)
+		if _, _, err := d.cfg.Inventory.ExposeRaw(ctx, id); err != nil {
+			return nil, toStatus(err)
 		}
 		return &csi.NodeStageVolumeResponse{}, nil
+	}
+	v, dev, err := d.cfg.Inventory.Acquire(ctx, id)
+	if err != nil {
+		return nil, toStatus(err)
 	}
 	stored := v.Parameters[ctxFSType]
 	if fsType != "" && stored != "" && fsType != stored {
@@ -61,10 +63,9 @@ func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 	return &csi.NodeStageVolumeResponse{}, nil
 }
 
-// stageFilesystem mounts the volume's filesystem at staging, making it first
-// on a blank disk (or again, over what an interrupted mkfs of its own left).
+// stageFilesystem mounts the volume's filesystem at staging, having the
+// inventory make it first when the disk is blank (see PrepareFilesystem).
 func (d *Driver) stageFilesystem(ctx context.Context, v inventory.Volume, dev, staging, fsType string, flags []string) error {
-	id, uuid := v.ID, v.FSUUID
 	if m, err := d.mountAt(staging); err != nil {
 		return err
 	} else if m != nil {
@@ -73,64 +74,21 @@ func (d *Driver) stageFilesystem(ctx context.Context, v inventory.Volume, dev, s
 		}
 		return nil // already staged
 	}
-	if err := os.MkdirAll(staging, 0o750); err != nil {
+	if err := makeEmptyDir("staging_target_path", staging); err != nil {
 		return err
 	}
-	probe, err := d.cfg.Mounter.Probe(ctx, dev)
-	if err != nil {
+	if err := ValidateMkfsOptions(fsType, strings.Fields(v.Parameters[ParamMkfsOptions])); err != nil {
 		return err
 	}
-	switch {
-	case v.Format == state.FormatStarted:
-		// The driver's own mkfs for this volume was cut short, and the
-		// disk was never mounted since: what is on it is a partial
-		// filesystem of the driver's, made again from scratch.
-		klog.InfoS("Formatting of this volume was interrupted, formatting again", "volumeID", id, "device", dev, "signatures", probe.Signatures)
-		if err := d.cfg.Mounter.Wipe(ctx, dev, mounter.CleanupSignatures); err != nil {
-			return err
-		}
-		if err := d.format(ctx, v, dev, fsType); err != nil {
-			return err
-		}
-	case len(probe.Signatures) == 0:
-		if err := d.format(ctx, v, dev, fsType); err != nil {
-			return err
-		}
-	case probe.FSType == fsType && probe.UUID == uuid:
-		// The filesystem the driver made for this volume.
-	case probe.FSType == fsType:
-		return fmt.Errorf("%w: %s holds a %s filesystem with UUID %s, not %s that the driver makes for volume %s; it may hold another volume's data and is not mounted",
-			errPrecondition, dev, probe.FSType, probe.UUID, uuid, id)
-	default:
-		return fmt.Errorf("%w: %s carries %s, the volume needs %s; the driver never formats over existing data",
-			errPrecondition, dev, strings.Join(probe.Signatures, ","), fsType)
+	if err := d.cfg.Inventory.PrepareFilesystem(ctx, v, dev, fsType, strings.Fields(v.Parameters[ParamMkfsOptions])); err != nil {
+		return err
 	}
 	return d.cfg.Mounter.Mount(dev, staging, fsType, flags)
 }
 
-// format makes the volume's filesystem on a blank disk (or over a partial
-// one of its own), recording the start and the end in the node state so
-// that a crash in between is told apart from data.
-func (d *Driver) format(ctx context.Context, v inventory.Volume, dev, fsType string) error {
-	id, mkfsArgs := v.ID, strings.Fields(v.Parameters[ParamMkfsOptions])
-	var sizeLimit int64
-	if v.Disk.ReservedTailBytes > 0 {
-		sizeLimit = v.Disk.SizeBytes // stop short of the driver's tail
-	}
-	if err := ValidateMkfsOptions(fsType, mkfsArgs); err != nil {
-		return err
-	}
-	if err := d.cfg.Inventory.SetFormat(id, state.FormatStarted); err != nil {
-		return err
-	}
-	klog.InfoS("Formatting blank disk", "volumeID", id, "device", dev, "fsType", fsType, "mkfsOptions", mkfsArgs)
-	if err := d.cfg.Mounter.Format(ctx, dev, fsType, v.FSUUID, sizeLimit, mkfsArgs); err != nil {
-		return err
-	}
-	return d.cfg.Inventory.SetFormat(id, state.FormatDone)
-}
-
-// NodeUnstageVolume unmounts the staging path. It is idempotent.
+// NodeUnstageVolume unmounts the volume's filesystem from the staging
+// path. It is idempotent, and it unmounts nothing but the volume's own
+// mount (see unmountOwn).
 func (d *Driver) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolumeRequest) (*csi.NodeUnstageVolumeResponse, error) {
 	id, staging := req.GetVolumeId(), req.GetStagingTargetPath()
 	if id == "" || staging == "" {
@@ -144,7 +102,7 @@ func (d *Driver) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolu
 		return nil, err
 	}
 	defer release()
-	if err := d.unmountAll(staging); err != nil {
+	if err := d.unmountOwn(ctx, id, staging); err != nil {
 		return nil, toStatus(err)
 	}
 	return &csi.NodeUnstageVolumeResponse{}, nil
@@ -175,15 +133,17 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 		return nil, err
 	}
 	defer release()
-	_, dev, err := d.cfg.Inventory.Device(ctx, id)
-	if err != nil {
-		return nil, toStatus(err)
-	}
 	ro := req.GetReadonly() || readOnlyMode(vc)
 	if vc.GetBlock() != nil {
-		err = d.publishBlock(dev, target, ro)
+		var dev string
+		if _, dev, err = d.cfg.Inventory.ExposeRaw(ctx, id); err == nil {
+			err = d.publishBlock(dev, target, ro)
+		}
 	} else {
-		err = d.publishMount(dev, staging, target, ro)
+		var dev string
+		if _, dev, err = d.cfg.Inventory.Acquire(ctx, id); err == nil {
+			err = d.publishMount(dev, staging, target, ro)
+		}
 	}
 	if err != nil {
 		return nil, toStatus(err)
@@ -191,6 +151,11 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 	return &csi.NodePublishVolumeResponse{}, nil
 }
 
+// publishBlock binds the device node onto target. A read-only publication
+// sets the device's kernel read-only flag before the bind and again on
+// every retry, so that no moment and no crash leaves it writable; read-only
+// and read-write publications of one device at once are refused, because
+// the flag is the device's.
 func (d *Driver) publishBlock(dev, target string, ro bool) error {
 	if m, err := d.mountAt(target); err != nil {
 		return err
@@ -198,7 +163,14 @@ func (d *Driver) publishBlock(dev, target string, ro bool) error {
 		if same, err := d.sameDeviceNode(target, dev); err != nil || !same || readOnly(m) != ro {
 			return fmt.Errorf("%w: %s is already published differently", errConflict, target)
 		}
-		return nil
+		return d.syncBlockReadOnly(dev)
+	}
+	anyRO, anyRW, err := d.blockPublications(dev)
+	if err != nil {
+		return err
+	}
+	if (ro && anyRW) || (!ro && anyRO) {
+		return fmt.Errorf("%w: %s is published read-only and read-write at once elsewhere; the kernel's read-only flag is the whole device's", errPrecondition, dev)
 	}
 	if err := os.MkdirAll(filepath.Dir(target), 0o750); err != nil {
 		return err
@@ -208,21 +180,24 @@ func (d *Driver) publishBlock(dev, target string, ro bool) error {
 		return fmt.Errorf("creating block target %s: %w", target, err)
 	}
 	f.Close()
+	if ro {
+		if err := d.cfg.Mounter.SetDeviceReadOnly(dev, true); err != nil {
+			return err
+		}
+	}
 	if err := d.cfg.Mounter.BindMount(dev, target, ro); err != nil {
-		return err
+		return errors.Join(err, d.syncBlockReadOnly(dev))
 	}
 	return d.syncBlockReadOnly(dev)
 }
 
-// syncBlockReadOnly makes the device read-only exactly while it is published
-// and every publication of it is read-only: a read-only bind mount alone does
-// not stop writes through a device node.
-func (d *Driver) syncBlockReadOnly(dev string) error {
+// blockPublications says whether the device node dev is bind-mounted
+// read-only, read-write, or both, anywhere.
+func (d *Driver) blockPublications(dev string) (anyRO, anyRW bool, err error) {
 	uses, err := mounter.Uses(d.cfg.Mounter, dev)
 	if err != nil {
-		return err
+		return false, false, err
 	}
-	anyRO, anyRW := false, false
 	for i := range uses {
 		if !uses[i].DeviceNode {
 			continue
@@ -232,6 +207,17 @@ func (d *Driver) syncBlockReadOnly(dev string) error {
 		} else {
 			anyRW = true
 		}
+	}
+	return anyRO, anyRW, nil
+}
+
+// syncBlockReadOnly makes the device read-only exactly while it is published
+// and every publication of it is read-only: a read-only bind mount alone does
+// not stop writes through a device node.
+func (d *Driver) syncBlockReadOnly(dev string) error {
+	anyRO, anyRW, err := d.blockPublications(dev)
+	if err != nil {
+		return err
 	}
 	return d.cfg.Mounter.SetDeviceReadOnly(dev, anyRO && !anyRW)
 }
@@ -255,13 +241,37 @@ func (d *Driver) publishMount(dev, staging, target string, ro bool) error {
 		}
 		return nil
 	}
-	if err := os.MkdirAll(target, 0o750); err != nil {
+	if err := makeEmptyDir("target_path", target); err != nil {
 		return err
 	}
 	return d.cfg.Mounter.BindMount(staging, target, ro)
 }
 
-// NodeUnpublishVolume unmounts the target and removes it. It is idempotent.
+// makeEmptyDir creates the directory path, or checks that it is empty: a
+// mount over a directory with entries would hide them, and the directory
+// could then never be removed at unpublish.
+func makeEmptyDir(field, path string) error {
+	if err := os.MkdirAll(path, 0o750); err != nil {
+		return err
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	names, err := f.Readdirnames(1)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return err
+	}
+	if len(names) > 0 {
+		return fmt.Errorf("%w: %s: %s is not empty (it holds %q); mounting over it would hide its files", errPrecondition, field, path, names[0])
+	}
+	return nil
+}
+
+// NodeUnpublishVolume unmounts the volume's publication from the target and
+// removes the target. It is idempotent, and it unmounts nothing but the
+// volume's own publication (see unmountOwn).
 func (d *Driver) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublishVolumeRequest) (*csi.NodeUnpublishVolumeResponse, error) {
 	id, target := req.GetVolumeId(), req.GetTargetPath()
 	if id == "" || target == "" {
@@ -276,7 +286,7 @@ func (d *Driver) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublish
 	}
 	defer release()
 	wasBlock := d.isBlock(target)
-	if err := d.unmountAll(target); err != nil {
+	if err := d.unmountOwn(ctx, id, target); err != nil {
 		return nil, toStatus(err)
 	}
 	if err := removeTarget(target); err != nil {
@@ -295,18 +305,57 @@ func (d *Driver) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublish
 // maxStackedMounts bounds how many mounts stacked on one path are undone.
 const maxStackedMounts = 8
 
-// unmountAll unmounts path until nothing is mounted there.
-func (d *Driver) unmountAll(path string) error {
+// unmountOwn is the one owner of unmounting a volume: it unmounts what is
+// mounted at path for as long as it is the volume's own (a mount of its
+// disk's filesystem, a bind of its staging mount, or a bind of its device
+// node), and nothing else. Nothing mounted at path is OK whatever the ID.
+// A mounted path with an ID that names no volume of this node is NOT_FOUND;
+// a mount that is not the volume's is FAILED_PRECONDITION and stays.
+func (d *Driver) unmountOwn(ctx context.Context, id, path string) error {
 	for i := 0; i < maxStackedMounts; i++ {
 		m, err := d.mountAt(path)
 		if err != nil || m == nil {
 			return err
+		}
+		own, err := d.ownMount(ctx, id, path, m)
+		if err != nil {
+			return err
+		}
+		if !own {
+			return fmt.Errorf("%w: %s is a mount of %s (%s %d:%d), not of volume %s; it is left mounted",
+				errPrecondition, path, m.Source, m.FsType, m.Major, m.Minor, id)
 		}
 		if err := d.cfg.Mounter.Unmount(path); err != nil {
 			return err
 		}
 	}
 	return fmt.Errorf("%s still mounted after %d unmounts", path, maxStackedMounts)
+}
+
+// ownMount says whether the mount m at path is volume id's own: of its
+// disk's device, as a filesystem or as a bound device node. When the disk is
+// gone, a mount naming the path where it was last seen counts as its own,
+// so that a dead disk's volume can still be unmounted.
+func (d *Driver) ownMount(ctx context.Context, id, path string, m *mount.MountInfo) (bool, error) {
+	_, dev, err := d.cfg.Inventory.Acquire(ctx, id)
+	switch {
+	case errors.Is(err, inventory.ErrDeviceMissing), errors.Is(err, inventory.ErrIdentityMismatch):
+		last := d.cfg.Inventory.LastDevicePath(id)
+		if last == "" {
+			return false, nil
+		}
+		if other, err := d.sameDevice(m, last); err == nil && other {
+			return false, nil // another disk sits where the volume's was
+		}
+		return m.Source == last || (m.FsType == "devtmpfs" && m.Root == "/"+filepath.Base(last)), nil
+	case err != nil:
+		return false, err
+	}
+	if same, err := d.sameDevice(m, dev); err == nil && same {
+		return true, nil
+	}
+	same, err := d.sameDeviceNode(path, dev)
+	return err == nil && same, nil
 }
 
 // NodeGetVolumeStats reports usage of a published or staged volume and its
@@ -316,15 +365,19 @@ func (d *Driver) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVolumeS
 	if id == "" || path == "" {
 		return nil, status.Error(codes.InvalidArgument, "volume_id and volume_path are required")
 	}
-	if _, err := d.cfg.Inventory.Lookup(id); err != nil {
+	v, err := d.cfg.Inventory.Lookup(id)
+	if err != nil {
 		return nil, toStatus(err)
+	}
+	if v.Abnormal != "" {
+		return &csi.NodeGetVolumeStatsResponse{VolumeCondition: &csi.VolumeCondition{Abnormal: true, Message: v.Abnormal}}, nil
 	}
 	m, err := d.mountAt(path)
 	if err != nil {
 		return nil, toStatus(err)
 	}
 	if m == nil {
-		return nil, status.Errorf(codes.NotFound, "volume %s is not mounted at %s", id, path)
+		return nil, status.Errorf(codes.NotFound, "volume %.160s is not mounted at %.256q", id, path)
 	}
 	_, dev, devErr := d.cfg.Inventory.Device(ctx, id)
 	if devErr != nil {
@@ -333,7 +386,7 @@ func (d *Driver) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVolumeS
 	}
 	if d.isBlock(path) {
 		if same, err := d.sameDeviceNode(path, dev); err != nil || !same {
-			return nil, status.Errorf(codes.NotFound, "volume %s is not at %s", id, path)
+			return nil, status.Errorf(codes.NotFound, "volume %.160s is not at %.256q", id, path)
 		}
 		size, err := d.cfg.Mounter.DeviceSize(path)
 		if err != nil {
@@ -345,7 +398,7 @@ func (d *Driver) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVolumeS
 		}, nil
 	}
 	if same, err := d.sameDevice(m, dev); err != nil || !same {
-		return nil, status.Errorf(codes.NotFound, "volume %s is not at %s", id, path)
+		return nil, status.Errorf(codes.NotFound, "volume %.160s is not at %.256q", id, path)
 	}
 	st, err := d.cfg.Mounter.FSStats(path)
 	if err != nil {
@@ -387,11 +440,17 @@ func fsCondition(m *mount.MountInfo) *csi.VolumeCondition {
 }
 
 // NodeGetInfo reports the node ID, the disk count as the volume limit, and the
-// topology segment naming this node.
+// topology segment naming this node. Until the inventory is ready it answers
+// UNAVAILABLE: the kubelet caches the limit, and a limit read before the
+// record loaded would be wrong.
 func (d *Driver) NodeGetInfo(context.Context, *csi.NodeGetInfoRequest) (*csi.NodeGetInfoResponse, error) {
+	limit, err := d.cfg.Inventory.VolumeLimit()
+	if err != nil {
+		return nil, toStatus(err)
+	}
 	return &csi.NodeGetInfoResponse{
 		NodeId:             d.cfg.NodeID,
-		MaxVolumesPerNode:  int64(d.cfg.Inventory.ManagedDisks()),
+		MaxVolumesPerNode:  int64(limit),
 		AccessibleTopology: d.topology(),
 	}, nil
 }
@@ -465,7 +524,8 @@ func checkNotSymlink(field, path string) error {
 // removeTarget removes what publish leaves at target once unmounted: a
 // directory (os.Remove takes only an empty one) or an empty regular file, the
 // block target. Anything else (a file with data, a device node, a symbolic
-// link) was not made by the driver and is left in place.
+// link) was not made by the driver and is left in place; so is a directory
+// holding files, and that answer is OK, so that unpublish converges.
 func removeTarget(target string) error {
 	fi, err := os.Lstat(target)
 	if os.IsNotExist(err) {
@@ -477,7 +537,14 @@ func removeTarget(target string) error {
 	if !fi.IsDir() && !(fi.Mode().IsRegular() && fi.Size() == 0) {
 		return invalid("target_path: %s is not a directory or an empty file (mode %s, %d bytes); the driver never created it and leaves it in place", target, fi.Mode(), fi.Size())
 	}
-	if err := os.Remove(target); err != nil && !os.IsNotExist(err) {
+	err = os.Remove(target)
+	if fi.IsDir() && errors.Is(err, syscall.ENOTEMPTY) {
+		// Files the driver never put there (publish refuses a directory
+		// that is not empty): they are kept, and the call converges.
+		klog.InfoS("Target directory not removed: it holds files the driver did not create", "targetPath", target)
+		return nil
+	}
+	if err != nil && !os.IsNotExist(err) {
 		return fmt.Errorf("removing %s: %w", target, err)
 	}
 	return nil

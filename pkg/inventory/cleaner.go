@@ -3,7 +3,6 @@ package inventory
 import (
 	"context"
 	"fmt"
-	"strings"
 	"time"
 
 	"k8s.io/klog/v2"
@@ -54,8 +53,11 @@ func (inv *Inventory) cleanUntilDone(id string) {
 	}
 }
 
-// cleanOnce wipes the disk once; nil means the disk is free or no longer
-// being cleaned.
+// cleanOnce wipes the disk once; nil means the disk is free, excluded, or
+// no longer being cleaned. Right before the wipe it checks the device
+// itself: it must be the same disk, unused, and hold only what the driver
+// can show is the deleted volume's own (see ownContent). Anything else
+// excludes the disk, and nothing on it is erased.
 func (inv *Inventory) cleanOnce(id string) error {
 	inv.mu.Lock()
 	d := inv.rec.Disks[id]
@@ -67,30 +69,28 @@ func (inv *Inventory) cleanOnce(id string) error {
 	if policy == "" {
 		policy = mounter.CleanupSignatures
 	}
+	var vol *state.Volume
+	if d.Volume != nil {
+		v := *d.Volume
+		vol = &v
+	}
 	path := inv.devices[id].Path
 	inv.mu.Unlock()
 
 	ctx := inv.ctx
-	if path != "" {
-		if got, _, err := inv.cfg.Source.Identify(ctx, path); err != nil || got != id {
-			path = ""
-		}
-	}
-	if path == "" {
-		var err error
-		if path, err = inv.rediscover(ctx, id); err != nil {
-			return err
-		}
-		if path == "" {
-			return fmt.Errorf("%w: disk %s", ErrDeviceMissing, id)
-		}
-	}
-	mounts, err := inv.mountsOf(path)
+	path, err := inv.currentPath(ctx, id, path)
 	if err != nil {
 		return err
 	}
-	if len(mounts) > 0 {
-		return fmt.Errorf("%w: %s is mounted at %s", ErrInUse, path, strings.Join(mounts, ", "))
+	if err := inv.checkUnused(path); err != nil {
+		return err
+	}
+	p, err := inv.cfg.Mounter.Probe(ctx, path)
+	if err != nil {
+		return fmt.Errorf("reading the signatures of %s before cleanup: %w", path, err)
+	}
+	if own, why := ownContent(vol, p); !own {
+		return inv.excludeCleaning(id, why)
 	}
 	start := time.Now()
 	klog.InfoS("Cleaning disk", "disk", id, "device", path, "cleanupPolicy", policy)
@@ -112,12 +112,53 @@ func (inv *Inventory) cleanOnce(id string) error {
 	if nd == nil || (nd.Status != state.Cleaning && nd.Status != state.Failed) {
 		return nil // no longer being cleaned: nothing left to do
 	}
+	nd.Residual = residualAfter(policy, nd.Residual, vol)
 	nd.Status, nd.Volume, nd.CleanupPolicy, nd.Reason, nd.UpdatedAt = state.Free, nil, "", "", time.Now().UTC()
 	if err := inv.commitLocked(next); err != nil {
 		return err
 	}
-	klog.InfoS("Disk clean and free", "disk", id, "device", path, "cleanupPolicy", policy, "duration", time.Since(start))
+	klog.InfoS("Disk clean and free", "disk", id, "device", path, "cleanupPolicy", policy, "residual", nd.Residual, "duration", time.Since(start))
 	return nil
+}
+
+// residualAfter says whether a disk may still hold a previous volume's
+// bytes after a cleanup with policy: zero and shred (which ends with zeroes)
+// leave none; signatures and discard may (not every device reads zeroes
+// after a discard) once a volume wrote to the disk.
+func residualAfter(policy mounter.CleanupPolicy, before bool, vol *state.Volume) bool {
+	switch policy {
+	case mounter.CleanupZero, mounter.CleanupShred:
+		return false
+	}
+	written := vol != nil && (vol.RawExposed || vol.Format != state.FormatNone)
+	return before || written
+}
+
+// currentPath returns the device path of disk id now, checking the identity
+// of the device at the last known path and rediscovering when it changed.
+func (inv *Inventory) currentPath(ctx context.Context, id, path string) (string, error) {
+	if path != "" && inv.checkIdentity(ctx, id, path) == nil {
+		return path, nil
+	}
+	path, err := inv.rediscover(ctx, id)
+	if err != nil {
+		return "", err
+	}
+	if path == "" {
+		return "", fmt.Errorf("%w: disk %s", ErrDeviceMissing, id)
+	}
+	return path, nil
+}
+
+// excludeCleaning excludes a disk whose cleanup found content that is not
+// the deleted volume's, if the disk is still being cleaned.
+func (inv *Inventory) excludeCleaning(id, reason string) error {
+	inv.mu.Lock()
+	defer inv.mu.Unlock()
+	if d := inv.rec.Disks[id]; d == nil || (d.Status != state.Cleaning && d.Status != state.Failed) {
+		return nil
+	}
+	return inv.excludeLocked(id, reason)
 }
 
 // afterWiper is a source that keeps something on its disks (a pin) that a

@@ -1,6 +1,9 @@
 package inventory
 
-import "errors"
+import (
+	"errors"
+	"fmt"
+)
 
 // Sentinel errors of the inventory. pkg/driver maps each to one gRPC code.
 var (
@@ -11,11 +14,18 @@ var (
 	// ErrExhausted: no matching disk is free now, though one could fit later.
 	ErrExhausted = errors.New("no free disk matches")
 	// ErrOutOfRange: no disk of this node could ever satisfy the request.
-	ErrOutOfRange = errors.New("no disk on this node can satisfy the capacity range")
+	// It is an ErrExhausted: in this per-node design, only that answer
+	// makes the provisioner try another node, where a disk may fit.
+	ErrOutOfRange = fmt.Errorf("%w: no disk on this node can satisfy the capacity range", ErrExhausted)
 	// ErrExists: the name is taken by a volume with incompatible properties.
 	ErrExists = errors.New("a volume with this name exists with different properties")
-	// ErrInUse: the volume's device is still mounted.
-	ErrInUse = errors.New("volume's device is in use")
+	// ErrInUse: the device is mounted, its node bound, or claimed.
+	ErrInUse = errors.New("device is in use")
+	// ErrForeign: the device holds data the driver did not put there.
+	ErrForeign = errors.New("disk holds data the driver did not put there")
+	// ErrDataGone: the volume's filesystem was complete, and the device
+	// no longer carries it.
+	ErrDataGone = errors.New("the volume's filesystem is gone from its disk")
 	// ErrDeviceMissing: the disk holding the volume is not present now.
 	ErrDeviceMissing = errors.New("volume's disk is not present on this node")
 	// ErrIdentityMismatch: the device at the expected path is another disk.

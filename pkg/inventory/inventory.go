@@ -84,6 +84,9 @@ type Excluded struct {
 type Inventory struct {
 	cfg Config
 
+	// refreshMu serialises refreshes (discovery, pinning, reconciling).
+	refreshMu sync.Mutex
+
 	mu       sync.Mutex
 	rec      *state.Record
 	devices  map[string]disk.Disk // present devices by disk ID
@@ -94,6 +97,12 @@ type Inventory struct {
 	// outlives the disk's absence, so that whatever device sits at that
 	// path later can be named as the wrong disk.
 	lastPath map[string]string
+
+	// reserved are free disks being checked for a CreateVolume; no other
+	// one takes them, and capacity leaves them out.
+	reserved map[string]bool
+	// checks serialise the device checks of each disk (checkBlank).
+	checks map[string]*sync.Mutex
 
 	ctx     context.Context
 	cancel  context.CancelFunc
@@ -107,7 +116,7 @@ func New(cfg Config) *Inventory {
 		cfg.RetryInterval = time.Minute
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Inventory{cfg: cfg, devices: map[string]disk.Disk{}, lastPath: map[string]string{}, ctx: ctx, cancel: cancel, active: map[string]bool{}}
+	return &Inventory{cfg: cfg, devices: map[string]disk.Disk{}, lastPath: map[string]string{}, reserved: map[string]bool{}, checks: map[string]*sync.Mutex{}, ctx: ctx, cancel: cancel, active: map[string]bool{}}
 }
 
 // Start loads the state record, discovers the devices, reconciles the two,
@@ -147,6 +156,12 @@ func (inv *Inventory) start(ctx context.Context) error {
 	return nil
 }
 
+// blankPinner is a source that identifies some disks by what it writes onto
+// them (the pins of disks without a serial).
+type blankPinner interface {
+	PinBlank(ctx context.Context) error
+}
+
 // notifier is a source that can say its view changed (the cloud answered
 // after being unreachable).
 type notifier interface {
@@ -170,7 +185,18 @@ func (inv *Inventory) watch(n notifier) {
 
 // refresh discovers the devices, reconciles them with the record, persists
 // the result and starts cleaners for disks that need them.
+//
+// Refreshes run one at a time (refreshMu): a source that writes identities
+// onto blank disks (PinBlank) does so here only, and the rediscoveries of
+// the other calls only read. The inventory lock is held only to reconcile.
 func (inv *Inventory) refresh(ctx context.Context) error {
+	inv.refreshMu.Lock()
+	defer inv.refreshMu.Unlock()
+	if p, ok := inv.cfg.Source.(blankPinner); ok {
+		if err := p.PinBlank(ctx); err != nil {
+			klog.ErrorS(err, "Pinning blank disks without serial", "node", inv.cfg.Node)
+		}
+	}
 	found, problems, err := inv.cfg.Source.Discover(ctx)
 	if err != nil {
 		return fmt.Errorf("discovering disks: %w", err)
@@ -219,13 +245,24 @@ func reconcile(rec *state.Record, found []disk.Disk) (map[string]disk.Disk, []Ex
 		}
 		seen[d.ID] = true
 		r := rec.Disks[d.ID]
-		if r == nil || r.Status == state.Free {
-			if reason := exclusionReason(d); reason != "" {
-				// A free disk that now carries foreign data or is in use
-				// elsewhere stops being managed; nothing of ours is on it.
-				delete(rec.Disks, d.ID)
+		if r == nil || r.Status == state.Free || r.Status == state.Excluded {
+			reason := exclusionReason(d)
+			switch {
+			case reason != "" && r == nil:
+				// Never the driver's: not managed at all.
 				excluded = append(excluded, Excluded{d, reason})
 				continue
+			case reason != "":
+				// A free disk that now carries data or is in use
+				// elsewhere: recorded as excluded, never touched.
+				if r.Status == state.Free {
+					klog.ErrorS(nil, "Free disk now holds data or is in use; excluded, nothing on it is erased", "disk", d.ID, "device", d.Path, "reason", reason)
+					r.Status, r.Reason, r.UpdatedAt = state.Excluded, reason, time.Now().UTC()
+				}
+				excluded = append(excluded, Excluded{d, r.Reason})
+			case r != nil && r.Status == state.Excluded:
+				klog.InfoS("Excluded disk is blank and unused again; free", "disk", d.ID, "device", d.Path, "previousReason", r.Reason)
+				r.Status, r.Reason, r.UpdatedAt = state.Free, "", time.Now().UTC()
 			}
 		}
 		if r == nil {
@@ -240,7 +277,7 @@ func reconcile(rec *state.Record, found []disk.Disk) (map[string]disk.Disk, []Ex
 		if _, ok := devices[id]; ok {
 			continue
 		}
-		if r.Status == state.Free {
+		if r.Status == state.Free || r.Status == state.Excluded {
 			delete(rec.Disks, id) // nothing of ours was on it
 			continue
 		}
@@ -258,6 +295,8 @@ func exclusionReason(d disk.Disk) string {
 		return "system disk"
 	case f.DeviceMapper:
 		return "device-mapper device"
+	case len(f.DeviceNodeBinds) > 0:
+		return "device node bind-mounted at " + strings.Join(f.DeviceNodeBinds, ",")
 	case f.Mounted:
 		return "mounted"
 	case f.Partitioned:
@@ -292,57 +331,125 @@ func (inv *Inventory) Node() string { return inv.cfg.Node }
 
 // Allocate returns the volume named req.Name, allocating the smallest free
 // matching disk that satisfies the capacity range if the name is new. The
-// allocation is persisted before Allocate returns.
-func (inv *Inventory) Allocate(req Request) (Volume, error) {
-	inv.mu.Lock()
-	defer inv.mu.Unlock()
-	if !inv.ready {
-		return Volume{}, ErrNotReady
+// chosen disk is checked right before it is given out: it must still be
+// the same disk, unused and blank; a disk that is not is excluded (nothing
+// on it is touched) and the next one is tried. The allocation is persisted
+// before Allocate returns.
+func (inv *Inventory) Allocate(ctx context.Context, req Request) (Volume, error) {
+	unconfirmed := map[string]bool{} // disks whose check could not conclude
+	for {
+		inv.mu.Lock()
+		if !inv.ready {
+			inv.mu.Unlock()
+			return Volume{}, ErrNotReady
+		}
+		if v, ok := inv.byNameLocked(req.Name); ok {
+			inv.mu.Unlock()
+			return v, compatible(v, req)
+		}
+		best, err := inv.pickLocked(req, unconfirmed)
+		if err != nil {
+			inv.mu.Unlock()
+			return Volume{}, err
+		}
+		inv.reserved[best] = true
+		path := inv.devices[best].Path
+		inv.mu.Unlock()
+
+		checkErr := inv.checkBlank(ctx, best, path)
+
+		inv.mu.Lock()
+		delete(inv.reserved, best)
+		v, done, err := inv.allocateLocked(req, best, checkErr)
+		inv.mu.Unlock()
+		if checkErr != nil {
+			unconfirmed[best] = true
+		}
+		if done || err != nil {
+			return v, err
+		}
 	}
-	if v, ok := inv.byNameLocked(req.Name); ok {
-		return v, compatible(v, req)
-	}
+}
+
+// pickLocked chooses the disk for a new volume: the smallest free, present,
+// unreserved disk that matches and fits, and is not in skip. Of equal sizes, a block volume
+// takes a disk known to hold no earlier volume's bytes, a filesystem volume
+// one that may (a new filesystem exposes none of them). No disk that fits
+// is ErrExhausted, with the reason.
+func (inv *Inventory) pickLocked(req Request, skip map[string]bool) (string, error) {
 	var best *state.Disk
 	fits := false
+	better := func(d *state.Disk) bool {
+		if d.SizeBytes != best.SizeBytes {
+			return d.SizeBytes < best.SizeBytes
+		}
+		if d.Residual != best.Residual {
+			return d.Residual != req.Filter.Raw
+		}
+		return d.ID < best.ID
+	}
 	for _, d := range inv.rec.Disks {
 		if !req.Filter.match(d) || !inRange(d.SizeBytes, req.RequiredBytes, req.LimitBytes) {
 			continue
 		}
 		fits = true
-		if _, present := inv.devices[d.ID]; !present || d.Status != state.Free {
+		if _, present := inv.devices[d.ID]; !present || d.Status != state.Free || inv.reserved[d.ID] || skip[d.ID] {
 			continue
 		}
-		if best == nil || d.SizeBytes < best.SizeBytes || (d.SizeBytes == best.SizeBytes && d.ID < best.ID) {
+		if best == nil || better(d) {
 			best = d
 		}
 	}
 	switch {
 	case best != nil:
+		return best.ID, nil
 	case fits:
-		return Volume{}, fmt.Errorf("%w: %d free of %d managed disks on node %s", ErrExhausted, inv.countLocked(state.Free), len(inv.rec.Disks), inv.cfg.Node)
-	default:
-		return Volume{}, fmt.Errorf("%w: %s", ErrOutOfRange, inv.sizesLocked(req.Filter))
+		return "", fmt.Errorf("%w: %d free of %d managed disks on node %s", ErrExhausted, inv.countLocked(state.Free), len(inv.rec.Disks), inv.cfg.Node)
+	}
+	return "", fmt.Errorf("%w: %s", ErrOutOfRange, inv.sizesLocked(req.Filter))
+}
+
+// allocateLocked gives disk id to the new volume once checkBlank has looked
+// at the device (checkErr). A disk found holding or used by something else
+// is excluded, and done is false so that the caller picks again; so it is
+// when the disk changed hands while it was checked. inv.mu must be held.
+func (inv *Inventory) allocateLocked(req Request, id string, checkErr error) (Volume, bool, error) {
+	if v, ok := inv.byNameLocked(req.Name); ok {
+		return v, true, compatible(v, req)
+	}
+	d := inv.rec.Disks[id]
+	if d == nil || d.Status != state.Free {
+		return Volume{}, false, nil
+	}
+	switch {
+	case isForeign(checkErr):
+		return Volume{}, false, inv.excludeLocked(id, checkErr.Error())
+	case checkErr != nil:
+		// Renamed, swapped, or a probe that failed: not given out now,
+		// and not excluded either; the next call looks again.
+		klog.InfoS("Disk not allocated: its device could not be confirmed", "disk", id, "err", checkErr.Error())
+		return Volume{}, false, nil
 	}
 	next := inv.rec.Clone()
-	d := next.Disks[best.ID]
-	id := VolumeID{Node: inv.cfg.Node, Disk: d.ID, Nonce: newNonce()}.String()
-	if len(id) > MaxVolumeIDLength {
+	d = next.Disks[id]
+	vid := VolumeID{Node: inv.cfg.Node, Disk: d.ID, Nonce: newNonce()}.String()
+	if len(vid) > MaxVolumeIDLength {
 		// Every later call would be refused for the ID's length: better
 		// no volume than one nobody can use.
-		return Volume{}, fmt.Errorf("volume ID %s would be %d bytes, more than the CSI limit of %d: the node ID %q (%d bytes) is too long for disk %s",
-			id, len(id), MaxVolumeIDLength, inv.cfg.Node, len(inv.cfg.Node), d.ID)
+		return Volume{}, true, fmt.Errorf("volume ID %s would be %d bytes, more than the CSI limit of %d: the node ID %q (%d bytes) is too long for disk %s",
+			vid, len(vid), MaxVolumeIDLength, inv.cfg.Node, len(inv.cfg.Node), d.ID)
 	}
 	d.Status, d.UpdatedAt, d.Reason = state.Allocated, time.Now().UTC(), ""
 	d.CleanupPolicy = req.CleanupPolicy
 	d.Volume = &state.Volume{
-		ID: id, Name: req.Name, CapacityBytes: d.SizeBytes, Parameters: req.Parameters,
-		FSUUID: fsUUID(id), CreatedAt: d.UpdatedAt,
+		ID: vid, Name: req.Name, CapacityBytes: d.SizeBytes, Parameters: req.Parameters,
+		FSUUID: fsUUID(vid), CreatedAt: d.UpdatedAt,
 	}
 	if err := inv.commitLocked(next); err != nil {
-		return Volume{}, err
+		return Volume{}, true, err
 	}
-	klog.InfoS("Disk allocated", "volumeID", id, "name", req.Name, "disk", d.ID, "device", inv.devices[d.ID].Path, "sizeBytes", d.SizeBytes)
-	return inv.volumeLocked(d), nil
+	klog.InfoS("Disk allocated", "volumeID", vid, "name", req.Name, "disk", d.ID, "device", inv.devices[d.ID].Path, "sizeBytes", d.SizeBytes, "residual", d.Residual)
+	return inv.volumeLocked(d), true, nil
 }
 
 func inRange(size, required, limit int64) bool {
@@ -425,24 +532,37 @@ func (inv *Inventory) volumeLocked(d *state.Disk) Volume {
 	return Volume{Volume: *d.Volume, Disk: *d, Device: inv.devices[d.ID]}
 }
 
-// Lookup returns the allocated volume with this ID.
+// Lookup returns the allocated volume with this ID. It only reads.
 func (inv *Inventory) Lookup(volumeID string) (Volume, error) {
 	inv.mu.Lock()
 	defer inv.mu.Unlock()
 	if !inv.ready {
 		return Volume{}, ErrNotReady
 	}
-	return inv.lookupOrAdoptLocked(volumeID)
+	return inv.lookupLocked(volumeID)
+}
+
+// Adopt returns the allocated volume with this ID like Lookup, and
+// recovers a filesystem volume the record lost from its disk (see
+// lookupOrAdoptLocked). It may save the state: only calls that may change
+// state use it.
+func (inv *Inventory) Adopt(ctx context.Context, volumeID string) (Volume, error) {
+	inv.mu.Lock()
+	defer inv.mu.Unlock()
+	if !inv.ready {
+		return Volume{}, ErrNotReady
+	}
+	return inv.lookupOrAdoptLocked(ctx, volumeID)
 }
 
 func (inv *Inventory) lookupLocked(volumeID string) (Volume, error) {
 	id, err := ParseVolumeID(volumeID)
 	if err != nil || id.Node != inv.cfg.Node {
-		return Volume{}, fmt.Errorf("%w: %s", ErrNotFound, volumeID)
+		return Volume{}, fmt.Errorf("%w: %.160q", ErrNotFound, volumeID)
 	}
 	d := inv.rec.Disks[id.Disk]
 	if d == nil || d.Volume == nil || d.Volume.ID != volumeID || d.Status != state.Allocated {
-		return Volume{}, fmt.Errorf("%w: %s", ErrNotFound, volumeID)
+		return Volume{}, fmt.Errorf("%w: %.160q", ErrNotFound, volumeID)
 	}
 	return inv.volumeLocked(d), nil
 }
@@ -457,6 +577,22 @@ func (inv *Inventory) Device(ctx context.Context, volumeID string) (Volume, stri
 	if err != nil {
 		return Volume{}, "", err
 	}
+	return inv.deviceOf(ctx, v)
+}
+
+// Acquire is Device for the calls that may change state (stage, publish,
+// unstage, unpublish): a volume the record lost is recovered from its disk
+// first (see Adopt).
+func (inv *Inventory) Acquire(ctx context.Context, volumeID string) (Volume, string, error) {
+	v, err := inv.Adopt(ctx, volumeID)
+	if err != nil {
+		return Volume{}, "", err
+	}
+	return inv.deviceOf(ctx, v)
+}
+
+func (inv *Inventory) deviceOf(ctx context.Context, v Volume) (Volume, string, error) {
+	volumeID := v.ID
 	if v.Device.Path != "" {
 		id, identity, err := inv.cfg.Source.Identify(ctx, v.Device.Path)
 		if err == nil && id == v.Disk.ID {
@@ -521,6 +657,21 @@ func (inv *Inventory) lastPathOf(id string) string {
 	return inv.lastPath[id]
 }
 
+// LastDevicePath is the device path where the disk of the allocated
+// volume volumeID was last found since start-up, "" when unknown.
+func (inv *Inventory) LastDevicePath(volumeID string) string {
+	inv.mu.Lock()
+	defer inv.mu.Unlock()
+	if !inv.ready {
+		return ""
+	}
+	v, err := inv.lookupLocked(volumeID)
+	if err != nil {
+		return ""
+	}
+	return inv.lastPath[v.Disk.ID]
+}
+
 func (inv *Inventory) device(id string) disk.Disk {
 	inv.mu.Lock()
 	defer inv.mu.Unlock()
@@ -536,9 +687,12 @@ func (inv *Inventory) Release(ctx context.Context, volumeID string) error {
 	if !inv.ready {
 		return ErrNotReady
 	}
-	v, err := inv.lookupOrAdoptLocked(volumeID)
-	if err != nil {
+	v, err := inv.lookupOrAdoptLocked(ctx, volumeID)
+	if errors.Is(err, ErrNotFound) {
 		return nil // already deleted, or never ours
+	}
+	if err != nil {
+		return err // the release is not recorded: the CO must retry
 	}
 	if path := inv.devices[v.Disk.ID].Path; path != "" {
 		if mounts, err := inv.mountsOf(path); err != nil {
@@ -575,15 +729,41 @@ func (inv *Inventory) mountsOf(path string) ([]string, error) {
 	return out, nil
 }
 
-// Capacity sums the free matching disks and finds the largest one.
-func (inv *Inventory) Capacity(f Filter) (available, maximum int64, err error) {
+// Capacity sums the free matching disks and finds the largest one. Each
+// free disk is looked at first: one that now carries data or is in use is
+// excluded and counts for nothing, so that no claim is sent here for a disk
+// that CreateVolume would refuse.
+func (inv *Inventory) Capacity(ctx context.Context, f Filter) (available, maximum int64, err error) {
 	inv.mu.Lock()
-	defer inv.mu.Unlock()
 	if !inv.ready {
+		inv.mu.Unlock()
 		return 0, 0, ErrNotReady
 	}
+	paths := map[string]string{}
 	for _, d := range inv.rec.Disks {
-		if _, present := inv.devices[d.ID]; !present || d.Status != state.Free || !f.match(d) {
+		if dev, present := inv.devices[d.ID]; present && d.Status == state.Free && f.match(d) && !inv.reserved[d.ID] {
+			paths[d.ID] = dev.Path
+		}
+	}
+	inv.mu.Unlock()
+	checked := map[string]error{}
+	for id, path := range paths {
+		checked[id] = inv.checkBlank(ctx, id, path)
+	}
+	inv.mu.Lock()
+	defer inv.mu.Unlock()
+	for id, cerr := range checked {
+		d := inv.rec.Disks[id]
+		if d == nil || d.Status != state.Free || inv.reserved[id] {
+			continue
+		}
+		if isForeign(cerr) {
+			if err := inv.excludeLocked(id, cerr.Error()); err != nil {
+				return 0, 0, err
+			}
+			continue
+		}
+		if cerr != nil {
 			continue
 		}
 		available += d.SizeBytes
@@ -609,11 +789,32 @@ func (inv *Inventory) Volumes() ([]Volume, error) {
 	return out, nil
 }
 
-// ManagedDisks is the number of disks the node manages, in use or free.
+// ManagedDisks is the number of disks the node manages, in use or free; 0
+// before the record has loaded.
 func (inv *Inventory) ManagedDisks() int {
 	inv.mu.Lock()
 	defer inv.mu.Unlock()
-	return len(inv.rec.Disks)
+	if inv.rec == nil {
+		return 0
+	}
+	return inv.usableLocked()
+}
+
+// usableLocked counts the managed disks that are not excluded.
+func (inv *Inventory) usableLocked() int {
+	return len(inv.rec.Disks) - inv.countLocked(state.Excluded)
+}
+
+// VolumeLimit is the number of volumes this node can hold at most: its
+// managed disks. ErrNotReady until the inventory has started, so that no
+// caller caches a limit read from a record that is not loaded.
+func (inv *Inventory) VolumeLimit() (int, error) {
+	inv.mu.Lock()
+	defer inv.mu.Unlock()
+	if !inv.ready || inv.rec == nil {
+		return 0, ErrNotReady
+	}
+	return inv.usableLocked(), nil
 }
 
 // Snapshot returns a copy of the state record and the excluded devices, for

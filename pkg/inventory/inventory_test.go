@@ -1,9 +1,11 @@
 package inventory
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -19,8 +21,20 @@ func dsk(i int, size int64) disk.Disk {
 	return disk.Disk{ID: fmt.Sprintf("serial-%d", i), Identity: fmt.Sprintf("serial:%d", i), Path: fmt.Sprintf("/dev/f%d", i), SizeBytes: size, Media: disk.MediaSSD}
 }
 
+// addDevices registers the source's disks with the fake mounter, blank,
+// so that the checks before allocation and cleanup find them.
+func addDevices(src *disk.FakeSource, m *mounter.Fake) {
+	found, _, _ := src.Discover(context.Background())
+	for i, d := range found {
+		if _, ok := m.Device(d.Path); !ok {
+			m.AddDevice(d.Path, d.SizeBytes, 250, uint32(i))
+		}
+	}
+}
+
 func start(t *testing.T, dir string, src *disk.FakeSource, m *mounter.Fake) *Inventory {
 	t.Helper()
+	addDevices(src, m)
 	inv := New(Config{Node: "n1", Source: src, Store: state.NewStore(dir), Mounter: m, RetryInterval: 10 * time.Millisecond})
 	if err := inv.Start(context.Background()); err != nil {
 		t.Fatal(err)
@@ -69,7 +83,7 @@ func TestReconcileKeepsOwnedDisks(t *testing.T) {
 	a, b := dsk(0, 100), dsk(1, 100)
 	src := disk.NewFakeSource(a, b)
 	inv := start(t, dir, src, mounter.NewFake())
-	v, err := inv.Allocate(Request{Name: "v", CleanupPolicy: "signatures"})
+	v, err := inv.Allocate(context.Background(), Request{Name: "v", CleanupPolicy: "signatures"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -92,8 +106,11 @@ func TestReconcileKeepsOwnedDisks(t *testing.T) {
 		t.Fatalf("owned volume lost: %v", err)
 	}
 	rec, excluded := inv.Snapshot()
-	if len(rec.Disks) != 1 || len(excluded) != 1 || excluded[0].Disk.ID != other.ID {
-		t.Fatalf("disks %v excluded %+v", rec.Disks, excluded)
+	if len(rec.Disks) != 2 || rec.Disks[other.ID].Status != state.Excluded || len(excluded) != 1 || excluded[0].Disk.ID != other.ID {
+		t.Fatalf("disks %v excluded %+v; want the free disk that gained data recorded as excluded", rec.Disks, excluded)
+	}
+	if inv.ManagedDisks() != 1 {
+		t.Fatalf("%d usable disks; the excluded one must not count", inv.ManagedDisks())
 	}
 	// The owned disk vanishes: its record stays, the volume is missing.
 	inv.Stop()
@@ -110,7 +127,7 @@ func TestReconcileKeepsOwnedDisks(t *testing.T) {
 func TestAllocationIsPersistedBeforeItIsReturned(t *testing.T) {
 	dir := t.TempDir()
 	inv := start(t, dir, disk.NewFakeSource(dsk(0, 100)), mounter.NewFake())
-	v, err := inv.Allocate(Request{Name: "pvc", CleanupPolicy: "zero", Parameters: map[string]string{"k": "v"}})
+	v, err := inv.Allocate(context.Background(), Request{Name: "pvc", CleanupPolicy: "zero", Parameters: map[string]string{"k": "v"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -129,10 +146,10 @@ func TestFailedSaveAllocatesNothing(t *testing.T) {
 	inv := start(t, filepath.Join(dir, "state"), disk.NewFakeSource(dsk(0, 100)), mounter.NewFake())
 	// Make the state directory unwritable by replacing it with a file.
 	inv.cfg.Store = state.NewStore(filepath.Join(dir, "state", "state.json", "sub"))
-	if _, err := inv.Allocate(Request{Name: "pvc"}); err == nil {
+	if _, err := inv.Allocate(context.Background(), Request{Name: "pvc"}); err == nil {
 		t.Fatal("allocation succeeded without being saved")
 	}
-	if a, _, _ := inv.Capacity(Filter{}); a != 100 {
+	if a, _, _ := inv.Capacity(context.Background(), Filter{}); a != 100 {
 		t.Fatalf("capacity %d after a failed save, want 100", a)
 	}
 }
@@ -153,7 +170,7 @@ func TestConcurrentAllocation(t *testing.T) {
 		wg.Add(1)
 		go func(i int) {
 			defer wg.Done()
-			v, err := inv.Allocate(Request{Name: fmt.Sprintf("pvc-%d", i)})
+			v, err := inv.Allocate(context.Background(), Request{Name: fmt.Sprintf("pvc-%d", i)})
 			mu.Lock()
 			defer mu.Unlock()
 			switch {
@@ -176,7 +193,7 @@ func TestConcurrentAllocation(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			v, err := inv2.Allocate(Request{Name: "same"})
+			v, err := inv2.Allocate(context.Background(), Request{Name: "same"})
 			if err != nil {
 				t.Error(err)
 				return
@@ -187,7 +204,7 @@ func TestConcurrentAllocation(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	if a, _, _ := inv2.Capacity(Filter{}); len(ids) != 1 || a != 300 {
+	if a, _, _ := inv2.Capacity(context.Background(), Filter{}); len(ids) != 1 || a != 300 {
 		t.Fatalf("one name gave %d volumes, capacity left %d", len(ids), a)
 	}
 }
@@ -225,7 +242,7 @@ func TestCleaningResumesAfterRestart(t *testing.T) {
 	if err := inv.WaitIdle(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	if a, _, _ := inv.Capacity(Filter{}); a != 100 {
+	if a, _, _ := inv.Capacity(context.Background(), Filter{}); a != 100 {
 		t.Fatalf("capacity %d after resumed cleaning", a)
 	}
 	if calls := strings.Join(m.Calls(), ";"); !strings.Contains(calls, "wipe /dev/f0 discard") {
@@ -241,16 +258,65 @@ func TestCleaningResumesAfterRestart(t *testing.T) {
 // nothing is allocated.
 func TestAllocateRefusesOverlongVolumeID(t *testing.T) {
 	node := strings.Repeat("n", 120)
-	inv := New(Config{Node: node, Source: disk.NewFakeSource(dsk(0, 1<<30)), Store: state.NewStore(t.TempDir()), Mounter: mounter.NewFake()})
+	src, m := disk.NewFakeSource(dsk(0, 1<<30)), mounter.NewFake()
+	addDevices(src, m)
+	inv := New(Config{Node: node, Source: src, Store: state.NewStore(t.TempDir()), Mounter: m})
 	if err := inv.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	defer inv.Stop()
-	_, err := inv.Allocate(Request{Name: "pvc"})
+	_, err := inv.Allocate(context.Background(), Request{Name: "pvc"})
 	if err == nil || !strings.Contains(err.Error(), "too long") || !strings.Contains(err.Error(), node) {
 		t.Fatalf("Allocate = %v; want an error naming the overlong node ID", err)
 	}
-	if avail, _, _ := inv.Capacity(Filter{}); avail != 1<<30 {
+	if avail, _, _ := inv.Capacity(context.Background(), Filter{}); avail != 1<<30 {
 		t.Fatalf("capacity %d after the refusal; want the disk still free", avail)
+	}
+}
+
+// TestLookupNeverWrites: with the state lost, a volume's disk carries the
+// filesystem the driver made for it. Lookup and Device, which read-only
+// calls use, find no volume and save nothing; Adopt, which only calls that
+// may change state use, recovers the volume and saves it.
+func TestLookupNeverWrites(t *testing.T) {
+	dir := t.TempDir()
+	src, m := disk.NewFakeSource(dsk(0, 100)), mounter.NewFake()
+	inv := start(t, dir, src, m)
+	v, err := inv.Allocate(context.Background(), Request{Name: "pvc"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	inv.Stop()
+	probe := disk.Probe{Signatures: []string{"ext4"}, FSType: "ext4", UUID: fsUUID(v.ID)}
+	m.SetSignatures("/dev/f0", probe)
+	d := dsk(0, 100)
+	d.Facts.Signatures, d.Facts.FSUUID = probe.Signatures, probe.UUID
+	src.Set(d)
+	store := state.NewStore(dir)
+	for _, p := range []string{store.Path(), store.BackupPath()} {
+		if err := os.Remove(p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	inv = start(t, dir, src, m)
+	before, err := os.ReadFile(store.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := inv.Lookup(v.ID); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("Lookup of a volume the record lost: %v, want ErrNotFound", err)
+	}
+	if _, _, err := inv.Device(context.Background(), v.ID); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("Device of a volume the record lost: %v, want ErrNotFound", err)
+	}
+	if after, _ := os.ReadFile(store.Path()); !bytes.Equal(before, after) {
+		t.Fatal("a read-only lookup saved the state")
+	}
+	got, err := inv.Adopt(context.Background(), v.ID)
+	if err != nil || got.ID != v.ID || got.Format != state.FormatDone {
+		t.Fatalf("Adopt = %+v, %v; want the volume recovered", got, err)
+	}
+	if after, _ := os.ReadFile(store.Path()); bytes.Equal(before, after) {
+		t.Fatal("Adopt did not save the recovered volume")
 	}
 }

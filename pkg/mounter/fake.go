@@ -74,6 +74,9 @@ type FakeDevice struct {
 	FSSize int64
 	// ReadOnly is the kernel read-only flag (SetDeviceReadOnly).
 	ReadOnly bool
+	// Held stands for a holder or another exclusive opener (device-mapper,
+	// md, another program): CheckUnclaimed and Wipe fail while it is set.
+	Held bool
 	// Content stands for the data on the device: a test sets it with
 	// SetContent. Format keeps it (mkfs rewrites metadata only), Wipe with
 	// CleanupSignatures keeps it, the other policies erase it.
@@ -111,6 +114,38 @@ func (f *Fake) SetSignatures(path string, p disk.Probe) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.mustDevice(path).Probe = p
+}
+
+// SetHeld makes the device at path look claimed by a holder (true) or
+// released (false). It panics for a path AddDevice has not registered.
+func (f *Fake) SetHeld(path string, held bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.mustDevice(path).Held = held
+}
+
+// CheckUnclaimed fails with EBUSY while a filesystem of the device is
+// mounted or the device is held, like an exclusive open of a real device.
+func (f *Fake) CheckUnclaimed(device string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	d, ok := f.devices[device]
+	if !ok {
+		return &os.PathError{Op: "open", Path: device, Err: os.ErrNotExist}
+	}
+	return f.claimedLocked(device, d)
+}
+
+func (f *Fake) claimedLocked(device string, d *FakeDevice) error {
+	if d.Held {
+		return fmt.Errorf("%s is in use (held): %w", device, syscall.EBUSY)
+	}
+	for _, m := range f.mounts {
+		if uint32(m.Major) == unix.Major(d.Rdev) && uint32(m.Minor) == unix.Minor(d.Rdev) {
+			return fmt.Errorf("%s is in use (mounted at %s): %w", device, m.MountPoint, syscall.EBUSY)
+		}
+	}
+	return nil
 }
 
 // SetContent sets the data marker of the device at path. It panics for a
@@ -417,10 +452,8 @@ func (f *Fake) Wipe(ctx context.Context, device string, policy CleanupPolicy) er
 	if !ok {
 		return fmt.Errorf("wipe: %w", &os.PathError{Op: "open", Path: device, Err: os.ErrNotExist})
 	}
-	for _, m := range f.mounts {
-		if uint32(m.Major) == unix.Major(d.Rdev) && uint32(m.Minor) == unix.Minor(d.Rdev) {
-			return fmt.Errorf("%s is in use (mounted at %s): %w", device, m.MountPoint, syscall.EBUSY)
-		}
+	if err := f.claimedLocked(device, d); err != nil {
+		return err
 	}
 	d.ReadOnly = false
 	d.Probe = disk.Probe{}

@@ -63,6 +63,11 @@ type Interface interface {
 	// st_rdev) of the block device node at path, or of the device node
 	// bind-mounted onto path; an error when path is not a block device.
 	DeviceNumber(path string) (uint64, error)
+	// CheckUnclaimed opens the block device at path exclusively and closes
+	// it again: it fails (EBUSY) while the device is mounted, held by
+	// device-mapper, md or LVM, or opened exclusively by anyone else. A bind
+	// mount of the device node is no such claim; Uses finds those.
+	CheckUnclaimed(device string) error
 	// SetDeviceReadOnly sets or clears the kernel's read-only flag of the
 	// block device at path. A read-only bind mount does not stop writes
 	// through a device node; this flag does.

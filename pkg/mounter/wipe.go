@@ -87,6 +87,9 @@ func (r *Real) wipe(ctx context.Context, device string, policy CleanupPolicy) er
 	return nil
 }
 
+// CheckUnclaimed opens device exclusively and closes it again.
+func (r *Real) CheckUnclaimed(device string) error { return checkNotInUse(device) }
+
 // checkNotInUse opens device exclusively and closes it again; for a block
 // device that fails with EBUSY while it is mounted or otherwise claimed.
 func checkNotInUse(device string) error {

@@ -33,6 +33,11 @@ const (
 	Cleaning Status = "cleaning"
 	// Failed disks could not be cleaned; they are retried and never allocated.
 	Failed Status = "failed"
+	// Excluded disks hold data the driver cannot show is its own, or are in
+	// use by something else; Reason says which. They are never allocated,
+	// formatted or wiped. An excluded disk found blank and unused again (an
+	// operator cleared it) becomes free.
+	Excluded Status = "excluded"
 )
 
 // Volume is what the node remembers of a volume living on a disk.
@@ -53,6 +58,14 @@ type Volume struct {
 	CreatedAt time.Time `json:"createdAt"`
 	// Format is how far the driver got making the volume's filesystem.
 	Format Format `json:"format,omitempty"`
+	// RawExposed is set, before the device is first handed to a pod as a
+	// raw block device, for the rest of the volume's life: from then on,
+	// whatever the disk holds was written through the volume and is the
+	// volume's to erase.
+	RawExposed bool `json:"rawExposed,omitempty"`
+	// Abnormal, when set, says why the volume cannot be served (its
+	// filesystem is gone from its disk); the volume condition reports it.
+	Abnormal string `json:"abnormal,omitempty"`
 }
 
 // ParamFSType is the key of the filesystem type in Volume.Parameters.
@@ -93,8 +106,14 @@ type Disk struct {
 	Volume *Volume `json:"volume,omitempty"`
 	// CleanupPolicy is the policy being applied while Cleaning or Failed.
 	CleanupPolicy string `json:"cleanupPolicy,omitempty"`
-	// Reason explains a Failed status (or the last cleaning error).
+	// Reason explains a Failed or Excluded status (or the last cleaning
+	// error).
 	Reason string `json:"reason,omitempty"`
+	// Residual is set while the disk may still hold bytes a previous
+	// volume wrote: its cleanup erased signatures only. Such a disk is
+	// never handed out raw until it is zeroed; a new filesystem on it
+	// exposes none of the old bytes.
+	Residual bool `json:"residual,omitempty"`
 	// UpdatedAt is the time of the last change of Status.
 	UpdatedAt time.Time `json:"updatedAt"`
 }
@@ -197,6 +216,10 @@ func checkDisks(disks map[string]*Disk) error {
 				return fmt.Errorf("%w: disk %q is allocated but holds no volume ID", ErrCorrupt, id)
 			}
 		case Cleaning, Failed:
+		case Excluded:
+			if d.Volume != nil {
+				return fmt.Errorf("%w: disk %q is excluded but holds volume %q", ErrCorrupt, id, d.Volume.ID)
+			}
 		default:
 			return fmt.Errorf("%w: disk %q has unknown status %q", ErrCorrupt, id, d.Status)
 		}

@@ -34,6 +34,9 @@ type env struct {
 	// newSource, when set, builds the disk source at each start; the default
 	// is the static source over the loop devices.
 	newSource func() disk.Source
+	// mnt, when set, is the mounter of the inventory and the driver at each
+	// start instead of m (a wrapper that watches or slows calls).
+	mnt mounter.Interface
 }
 
 // newEnv attaches one loop device per size and starts a driver on them.
@@ -67,13 +70,25 @@ func (e *env) start() {
 	} else if src, err = disk.NewStatic(disk.StaticConfig{Patterns: e.loopPaths(), Prober: e.m}); err != nil {
 		e.t.Fatal(err)
 	}
-	e.inv = inventory.New(inventory.Config{Node: node, Source: src, Store: state.NewStore(filepath.Join(e.dir, "state")), Mounter: e.m, RetryInterval: 200 * time.Millisecond})
+	m := e.mnt
+	if m == nil {
+		m = e.m
+	}
+	e.inv = inventory.New(inventory.Config{Node: node, Source: src, Store: state.NewStore(filepath.Join(e.dir, "state")), Mounter: m, RetryInterval: 200 * time.Millisecond})
 	if err := e.inv.Start(context.Background()); err != nil {
 		e.t.Fatal(err)
 	}
 	inv := e.inv
 	e.t.Cleanup(inv.Stop)
-	e.drv = e.newDriver(e.m)
+	e.drv = e.newDriver(m)
+}
+
+// useMounter restarts the inventory and the driver over the same state with
+// m as their mounter (nil: the real one).
+func (e *env) useMounter(m mounter.Interface) {
+	e.t.Helper()
+	e.mnt = m
+	e.start()
 }
 
 // newDriver returns a driver over the env's inventory that formats and

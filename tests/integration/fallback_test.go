@@ -47,10 +47,15 @@ func TestSerialLessFallbackSurvivesRename(t *testing.T) {
 	}
 	pins := map[string]string{loops[0].Backing: pinOf(loops[0].Path).ID, loops[1].Backing: pinOf(loops[1].Path).ID}
 
-	// Raw block volumes are refused: a pod would own the pin's bytes.
+	// Raw block volumes are refused: a pod would own the pin's bytes. The
+	// answer is RESOURCE_EXHAUSTED, so that the provisioner tries another
+	// node, and GetCapacity for block agrees: nothing here.
 	_, err := e.drv.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "raw", VolumeCapabilities: []*csi.VolumeCapability{testutil.BlockCap()}})
-	if status.Code(err) != codes.OutOfRange {
-		t.Fatalf("raw block on pinned disks: %v, want OutOfRange", err)
+	if status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("raw block on pinned disks: %v, want ResourceExhausted", err)
+	}
+	if c, err := e.drv.GetCapacity(ctx, &csi.GetCapacityRequest{VolumeCapabilities: []*csi.VolumeCapability{testutil.BlockCap()}}); err != nil || c.AvailableCapacity != 0 {
+		t.Fatalf("GetCapacity for block on pinned disks = %v, %v; want 0", c, err)
 	}
 	vc := testutil.MountCap("ext4")
 	v := e.create("pvc-old", vc, map[string]string{"cleanupPolicy": "zero", "diskCategory": "local_hdd_pro"})

@@ -164,16 +164,17 @@ func TestReadOnlyPublish(t *testing.T) {
 	if err := writeAt(btarget, []byte("x"), 0); err == nil {
 		t.Fatal("wrote through a read-only block publish")
 	}
-	// A second, read-write publication of the same volume makes it writable;
-	// removing it makes it read-only again.
+	// A second, read-write publication of the same volume is refused: the
+	// kernel's read-only flag is the whole device's, and clearing it would
+	// make the read-only publication writable.
 	rw := e.path("pod/rw-block")
-	e.publish(b, bc, e.path("staging-b"), rw, false)
-	if err := writeAt(rw, []byte("x"), 0); err != nil {
-		t.Fatalf("read-write publication not writable: %v", err)
+	_, err = e.drv.NodePublishVolume(context.Background(), &csi.NodePublishVolumeRequest{
+		VolumeId: b.VolumeId, StagingTargetPath: e.path("staging-b"), TargetPath: rw, VolumeCapability: bc})
+	if status.Code(err) != codes.FailedPrecondition {
+		t.Fatalf("read-write publication beside a read-only one: %v, want FailedPrecondition", err)
 	}
-	e.unpublish(b, rw)
 	if err := writeAt(btarget, []byte("x"), 0); err == nil {
-		t.Fatal("wrote through a read-only block publish after the read-write one left")
+		t.Fatal("wrote through a read-only block publish after a read-write one was asked for")
 	}
 	e.unpublish(b, btarget)
 	if err := writeAt(e.device(b), []byte("x"), 0); err != nil {

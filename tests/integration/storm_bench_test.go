@@ -85,8 +85,8 @@ func stagePublishDuringFormat(e *env, vc *csi.VolumeCapability, i int) (stage, p
 	va := r.Volume
 	vb := e.create(fmt.Sprintf("pvc-b-during-%d", i), vc, nil)
 	watch := newWatchedFormat(e.m, e.device(va), false)
-	e.drv = e.newDriver(watch)
-	defer func() { e.drv = e.newDriver(e.m) }()
+	e.useMounter(watch)
+	defer e.useMounter(nil)
 	var aErr error
 	aDone := make(chan struct{})
 	go func() {

@@ -543,7 +543,7 @@ func TestPublishDuringSlowFormat(t *testing.T) {
 	a := e.create("pvc-slow", vc, nil)
 	b := e.create("pvc-other", vc, nil)
 	held := newWatchedFormat(e.m, e.device(a), true)
-	e.drv = e.newDriver(held)
+	e.useMounter(held)
 	stagingA, stagingB, targetA, targetB := e.path("a/staging"), e.path("b/staging"), e.path("a/pod/volume"), e.path("b/pod/volume")
 
 	var aErr error

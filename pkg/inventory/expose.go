@@ -1,0 +1,150 @@
+package inventory
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"k8s.io/klog/v2"
+
+	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/mounter"
+	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/state"
+)
+
+// ErrNoRaw: the volume's disk cannot be handed out as a raw block device.
+var ErrNoRaw = fmt.Errorf("%w: the disk cannot be used as a raw block device", ErrForeign)
+
+// ExposeRaw readies the volume's disk to be handed to a pod as a raw block
+// device and returns the volume and its device path. It is the one owner of
+// that act. The first time, the device must be the volume's disk, unused
+// and blank, and a disk that may hold an earlier volume's bytes is zeroed;
+// then RawExposed is recorded, before the caller binds the device. From
+// then on the disk holds what the pod wrote, and only the identity is
+// checked. A disk whose tail holds the driver's identity pin is never
+// handed out raw.
+func (inv *Inventory) ExposeRaw(ctx context.Context, volumeID string) (Volume, string, error) {
+	v, path, err := inv.Acquire(ctx, volumeID)
+	if err != nil {
+		return Volume{}, "", err
+	}
+	if v.Disk.ReservedTailBytes > 0 {
+		return Volume{}, "", fmt.Errorf("%w: volume %s is on a disk without a serial whose tail holds its identity pin", ErrNoRaw, volumeID)
+	}
+	if v.RawExposed {
+		return v, path, nil
+	}
+	if err := inv.checkBlank(ctx, v.Disk.ID, path); err != nil {
+		return Volume{}, "", fmt.Errorf("volume %s cannot be handed out raw: %w", volumeID, err)
+	}
+	if v.Disk.Residual {
+		start := time.Now()
+		klog.InfoS("Zeroing a disk that may hold an earlier volume's data before handing it out raw", "volumeID", volumeID, "disk", v.Disk.ID, "device", path)
+		if err := inv.cfg.Mounter.Wipe(ctx, path, mounter.CleanupZero); err != nil {
+			return Volume{}, "", fmt.Errorf("zeroing %s before handing it out raw: %w", path, err)
+		}
+		klog.InfoS("Disk zeroed", "volumeID", volumeID, "disk", v.Disk.ID, "device", path, "duration", time.Since(start))
+	}
+	if err := inv.updateVolume(volumeID, func(d *state.Disk) {
+		d.Residual = false
+		d.Volume.RawExposed = true
+	}); err != nil {
+		return Volume{}, "", err
+	}
+	v.RawExposed, v.Disk.Residual = true, false
+	return v, path, nil
+}
+
+// PrepareFilesystem makes sure the volume's disk at path carries the
+// filesystem the driver makes for it, and is the one owner of mkfs and of
+// the wipe before it. It runs mkfs on a blank disk of a volume never
+// formatted, and again over the partial filesystem of a mkfs of its own that
+// was cut short; each time it first checks that the device is still the
+// volume's disk and unused, and records the start and the end of mkfs.
+// A complete filesystem is never made again: a volume recorded as formatted
+// whose disk now probes blank is ErrDataGone, and the volume is marked
+// abnormal. Any other content is ErrForeign and is not touched.
+func (inv *Inventory) PrepareFilesystem(ctx context.Context, v Volume, path, fsType string, mkfsArgs []string) error {
+	p, err := inv.cfg.Mounter.Probe(ctx, path)
+	if err != nil {
+		return err
+	}
+	switch {
+	case v.Format == state.FormatStarted:
+		// The driver's own mkfs for this volume was cut short, and the
+		// disk was never mounted since: what is on it is a partial
+		// filesystem of the driver's, made again from scratch.
+		klog.InfoS("Formatting of this volume was interrupted, formatting again", "volumeID", v.ID, "device", path, "signatures", p.Signatures)
+		return inv.format(ctx, v, path, fsType, mkfsArgs, true)
+	case len(p.Signatures) == 0 && v.Format == state.FormatDone:
+		err := fmt.Errorf("%w: volume %s was formatted by the driver and %s now carries no filesystem (zeroed or wiped by someone else); "+
+			"the driver never formats it again: restore the data from a backup into a new volume", ErrDataGone, v.ID, path)
+		inv.markAbnormal(v.ID, err.Error())
+		return err
+	case len(p.Signatures) == 0 && v.RawExposed:
+		return fmt.Errorf("%w: volume %s was handed out as a raw block device; it is not formatted", ErrForeign, v.ID)
+	case len(p.Signatures) == 0:
+		return inv.format(ctx, v, path, fsType, mkfsArgs, false)
+	case p.FSType == fsType && p.UUID == v.FSUUID && len(p.Signatures) == 1:
+		return nil // the filesystem the driver made for this volume
+	case p.FSType == fsType:
+		return fmt.Errorf("%w: %s holds a %s filesystem with UUID %s, not %s that the driver makes for volume %s; it may hold another volume's data and is not mounted",
+			ErrForeign, path, p.FSType, p.UUID, v.FSUUID, v.ID)
+	}
+	return fmt.Errorf("%w: %s carries %s, the volume needs %s; the driver never formats over existing data",
+		ErrForeign, path, strings.Join(p.Signatures, ","), fsType)
+}
+
+// format checks the device, wipes the partial filesystem of an interrupted
+// mkfs of its own when again is set, and makes the filesystem, recording
+// its start and end.
+func (inv *Inventory) format(ctx context.Context, v Volume, path, fsType string, mkfsArgs []string, again bool) error {
+	if err := inv.checkIdentity(ctx, v.Disk.ID, path); err != nil {
+		return err
+	}
+	if err := inv.checkUnused(path); err != nil {
+		return err
+	}
+	if again {
+		if err := inv.cfg.Mounter.Wipe(ctx, path, mounter.CleanupSignatures); err != nil {
+			return err
+		}
+	}
+	var sizeLimit int64
+	if v.Disk.ReservedTailBytes > 0 {
+		sizeLimit = v.Disk.SizeBytes // stop short of the driver's tail
+	}
+	if err := inv.SetFormat(v.ID, state.FormatStarted); err != nil {
+		return err
+	}
+	klog.InfoS("Formatting blank disk", "volumeID", v.ID, "device", path, "fsType", fsType, "mkfsOptions", mkfsArgs)
+	if err := inv.cfg.Mounter.Format(ctx, path, fsType, v.FSUUID, sizeLimit, mkfsArgs); err != nil {
+		return err
+	}
+	return inv.SetFormat(v.ID, state.FormatDone)
+}
+
+// markAbnormal records why a volume cannot be served, for its volume
+// condition; failing to save it is logged only (the call fails anyway).
+func (inv *Inventory) markAbnormal(volumeID, why string) {
+	err := inv.updateVolume(volumeID, func(d *state.Disk) { d.Volume.Abnormal = why })
+	if err != nil {
+		klog.ErrorS(err, "Recording the volume as abnormal", "volumeID", volumeID)
+	}
+}
+
+// updateVolume changes the allocated volume's record and saves it.
+func (inv *Inventory) updateVolume(volumeID string, change func(*state.Disk)) error {
+	inv.mu.Lock()
+	defer inv.mu.Unlock()
+	if !inv.ready {
+		return ErrNotReady
+	}
+	v, err := inv.lookupLocked(volumeID)
+	if err != nil {
+		return err
+	}
+	next := inv.rec.Clone()
+	change(next.Disks[v.Disk.ID])
+	return inv.commitLocked(next)
+}

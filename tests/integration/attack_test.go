@@ -1,0 +1,458 @@
+package integration
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/ecs-localdisk/ecs-localdisk-csi/internal/testutil"
+	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/state"
+)
+
+// The tests in this file attack the driver's promises from outside its
+// assumptions: another actor writes to a disk the record calls free or
+// allocated, mounts something where a volume would be, or hands the driver
+// IDs and paths that belong to something else. Each works on real loop
+// devices and real mounts.
+
+// deviceSum is the SHA-256 of the whole device.
+func deviceSum(t *testing.T, dev string) [32]byte {
+	t.Helper()
+	f, err := os.Open(dev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		t.Fatal(err)
+	}
+	var s [32]byte
+	copy(s[:], h.Sum(nil))
+	return s
+}
+
+// plant writes what another actor would onto dev: "ext4" a filesystem,
+// "gpt" a partition table. It returns the device's checksum afterwards.
+func plant(t *testing.T, dev, kind string) [32]byte {
+	t.Helper()
+	switch kind {
+	case "ext4":
+		run(t, "mkfs.ext4", "-q", "-F", "-L", "planted", dev)
+	case "gpt":
+		execIn(t, "label: gpt\n,8MiB\n", "sfdisk", "--quiet", "--wipe=never", dev)
+	}
+	run(t, "blockdev", "--flushbufs", dev)
+	return deviceSum(t, dev)
+}
+
+// execIn runs a command with stdin.
+func execIn(t *testing.T, stdin, name string, args ...string) {
+	t.Helper()
+	c := exec.Command(name, args...)
+	c.Stdin = strings.NewReader(stdin)
+	out, err := c.CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %v: %v\n%s", name, args, err, out)
+	}
+}
+
+func wantStatus(t *testing.T, err error, code codes.Code, words ...string) {
+	t.Helper()
+	if status.Code(err) != code {
+		t.Fatalf("got %v; want %s", err, code)
+	}
+	for _, w := range words {
+		if !strings.Contains(status.Convert(err).Message(), w) {
+			t.Fatalf("message %q does not mention %q", status.Convert(err).Message(), w)
+		}
+	}
+}
+
+// TestPlantedDataOnFreeDiskIsNeverHandedOut: after start-up, an operator
+// formats one free disk by hand and another tool writes a partition table
+// onto a second. Neither counts in GetCapacity, CreateVolume gives out
+// neither (the last free disk goes, then RESOURCE_EXHAUSTED), both are
+// recorded as excluded with the reason, and their bytes are unchanged.
+func TestPlantedDataOnFreeDiskIsNeverHandedOut(t *testing.T) {
+	e := newEnv(t, []int64{64 << 20, 64 << 20, 64 << 20}, nil)
+	sumFS := plant(t, e.loops[0].Path, "ext4")
+	sumPT := plant(t, e.loops[1].Path, "gpt")
+	if avail, _ := e.capacity(); avail != 64<<20 {
+		t.Fatalf("GetCapacity %d after two disks were taken by others; want the one blank disk, %d", avail, 64<<20)
+	}
+	v := e.create("pvc-a", testutil.MountCap("ext4"), nil)
+	if v.VolumeContext["disk"] != loopID(e.loops[2]) {
+		t.Fatalf("volume on %s; want the blank disk %s", v.VolumeContext["disk"], loopID(e.loops[2]))
+	}
+	_, err := e.createSized("pvc-b", testutil.MountCap("ext4"), nil, 0)
+	wantStatus(t, err, codes.ResourceExhausted)
+	for i, kind := range []string{"ext4", "gpt"} {
+		d := e.diskRecord(loopID(e.loops[i]))
+		if d == nil || d.Status != state.Excluded || !strings.Contains(d.Reason, kind) {
+			t.Fatalf("disk with a planted %s: %+v; want excluded with the reason", kind, d)
+		}
+	}
+	if deviceSum(t, e.loops[0].Path) != sumFS || deviceSum(t, e.loops[1].Path) != sumPT {
+		t.Fatal("planted data changed")
+	}
+	// Excluded stays excluded across a restart, and a disk the operator
+	// clears again is free again.
+	run(t, "wipefs", "--all", "--quiet", e.loops[1].Path)
+	e.start()
+	if d := e.diskRecord(loopID(e.loops[0])); d.Status != state.Excluded {
+		t.Fatalf("after restart: %+v", d)
+	}
+	if d := e.diskRecord(loopID(e.loops[1])); d.Status != state.Free {
+		t.Fatalf("cleared disk after restart: %+v; want free", d)
+	}
+}
+
+// TestPlantedDataOnAllocatedDiskIsNeverWiped: a disk is allocated; before
+// it is staged, someone formats it by hand. NodeStage refuses it, and when
+// the claim is deleted the cleaner does not wipe it (the filesystem is not
+// the one the driver derives from the volume ID): the disk is excluded with
+// the reason, and every byte is as the other actor left it. The same for a
+// block volume: NodeStage and NodePublish refuse to hand the disk out raw.
+func TestPlantedDataOnAllocatedDiskIsNeverWiped(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		vc   *csi.VolumeCapability
+	}{{"filesystem", testutil.MountCap("ext4")}, {"block", testutil.BlockCap()}} {
+		t.Run(c.name, func(t *testing.T) {
+			e := newEnv(t, []int64{64 << 20}, nil)
+			ctx := context.Background()
+			v := e.create("pvc", c.vc, map[string]string{"cleanupPolicy": "zero"})
+			dev := e.device(v)
+			sum := plant(t, dev, "ext4")
+			staging, target := e.path("staging"), e.path("pod/target")
+			_, err := e.drv.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: v.VolumeId, StagingTargetPath: staging, VolumeCapability: c.vc})
+			wantStatus(t, err, codes.FailedPrecondition, "ext4")
+			_, err = e.drv.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: v.VolumeId, StagingTargetPath: staging, TargetPath: target, VolumeCapability: c.vc})
+			wantStatus(t, err, codes.FailedPrecondition)
+			if m := e.mountAt(target); m != "" {
+				t.Fatalf("published anyway: %s", m)
+			}
+			if _, err := e.drv.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: v.VolumeId}); err != nil {
+				t.Fatal(err)
+			}
+			d := e.waitStatus(v.VolumeContext["disk"], state.Excluded)
+			if !strings.Contains(d.Reason, "ext4") || d.Volume != nil {
+				t.Fatalf("excluded disk: %+v", d)
+			}
+			if deviceSum(t, dev) != sum {
+				t.Fatal("the cleaner erased data the driver did not put there")
+			}
+			if avail, _ := e.capacity(); avail != 0 {
+				t.Fatalf("GetCapacity %d with the only disk excluded", avail)
+			}
+		})
+	}
+}
+
+// TestCleanerWipesOnlyItsOwn: the cleaner still wipes what is the deleted
+// volume's own: its filesystem, and whatever a pod wrote to a raw volume
+// (here a filesystem made inside it).
+func TestCleanerWipesOnlyItsOwn(t *testing.T) {
+	e := newEnv(t, []int64{64 << 20, 64 << 20}, nil)
+	fs, _ := e.filledVolume("fs", "signatures", 0)
+	e.delete(fs)
+	bc := testutil.BlockCap()
+	raw := e.create("raw", bc, nil)
+	staging, target := e.path("staging-raw"), e.path("pod-raw/dev")
+	e.stage(raw, bc, staging)
+	e.publish(raw, bc, staging, target, false)
+	run(t, "mkfs.ext4", "-q", "-F", target) // what a pod may do with its raw volume
+	e.unpublish(raw, target)
+	e.unstage(raw, staging)
+	e.delete(raw)
+}
+
+// TestHostileIDsNeverUnmountLiveVolumes: with a real volume staged and
+// published, NodeUnpublish and NodeUnstage are sent with IDs that are not
+// that volume's (another node's, a forged nonce, the ID in upper case, the
+// ID of a deleted volume that lived on the same disk) at its paths, and with
+// the real ID at paths holding something else (an admin's tmpfs, another
+// volume's staging mount). Unknown IDs get NOT_FOUND, foreign mounts
+// FAILED_PRECONDITION; every mount stays and the data reads back.
+func TestHostileIDsNeverUnmountLiveVolumes(t *testing.T) {
+	e := newEnv(t, []int64{64 << 20, 64 << 20}, nil)
+	ctx := context.Background()
+	vc := testutil.MountCap("ext4")
+	old := e.create("old", vc, nil)
+	e.delete(old) // its disk is free again, and may hold the next volume
+	a := e.create("a", vc, nil)
+	b := e.create("b", vc, nil)
+	stA, tgA, stB := e.path("st-a"), e.path("pod-a/vol"), e.path("st-b")
+	e.stage(a, vc, stA)
+	e.publish(a, vc, stA, tgA, false)
+	e.stage(b, vc, stB)
+	if err := os.WriteFile(filepath.Join(tgA, "data"), []byte("a's data"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	admin := e.path("admin-tmpfs")
+	if err := os.MkdirAll(admin, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	run(t, "mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", admin)
+	t.Cleanup(func() { _ = e.m.Unmount(admin) })
+
+	upper := a.VolumeId[:len(a.VolumeId)-12] + strings.ToUpper(a.VolumeId[len(a.VolumeId)-12:])
+	if upper == a.VolumeId {
+		upper = a.VolumeId[:len(a.VolumeId)-1] + "Z"
+	}
+	otherNode := strings.Replace(a.VolumeId, ":"+node+":", ":other-node:", 1)
+	forged := a.VolumeId[:len(a.VolumeId)-12] + "0123456789ab"
+	for _, id := range []string{otherNode, forged, upper, old.VolumeId} {
+		for _, p := range []string{tgA, stA, stB, admin} {
+			_, err := e.drv.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: id, TargetPath: p})
+			wantStatus(t, err, codes.NotFound)
+			_, err = e.drv.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: id, StagingTargetPath: p})
+			wantStatus(t, err, codes.NotFound)
+		}
+	}
+	for _, p := range []string{admin, stB} {
+		_, err := e.drv.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: a.VolumeId, TargetPath: p})
+		wantStatus(t, err, codes.FailedPrecondition, "left mounted")
+		_, err = e.drv.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: a.VolumeId, StagingTargetPath: p})
+		wantStatus(t, err, codes.FailedPrecondition, "left mounted")
+	}
+	for _, p := range []string{tgA, stA, stB, admin} {
+		if e.mountAt(p) == "" {
+			t.Fatalf("%s was unmounted", p)
+		}
+	}
+	if b, err := os.ReadFile(filepath.Join(tgA, "data")); err != nil || string(b) != "a's data" {
+		t.Fatalf("data of a: %q %v", b, err)
+	}
+	// A path with nothing mounted: OK whatever the ID.
+	if _, err := e.drv.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: forged, TargetPath: e.path("nothing")}); err != nil {
+		t.Fatalf("unpublish of an unknown ID where nothing is mounted: %v", err)
+	}
+	// The real calls still work.
+	e.unpublish(a, tgA)
+	e.unstage(a, stA)
+	e.unstage(b, stB)
+}
+
+// TestFormattedVolumeIsNeverFormattedAgain: a volume's filesystem is made
+// and unstaged, then someone runs wipefs -a on the disk (as the README once
+// suggested for excluded disks). NodeStage does not format it again: it
+// answers FAILED_PRECONDITION saying that the data is gone, the disk stays
+// blank, and the volume's condition is abnormal.
+func TestFormattedVolumeIsNeverFormattedAgain(t *testing.T) {
+	e := newEnv(t, []int64{64 << 20}, nil)
+	ctx := context.Background()
+	vc := testutil.MountCap("ext4")
+	v := e.create("pvc", vc, nil)
+	staging := e.path("staging")
+	e.stage(v, vc, staging)
+	e.unstage(v, staging)
+	dev := e.device(v)
+	run(t, "wipefs", "--all", "--quiet", dev)
+	sum := deviceSum(t, dev)
+	for i := 0; i < 2; i++ { // the kubelet retries
+		_, err := e.drv.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: v.VolumeId, StagingTargetPath: staging, VolumeCapability: vc})
+		wantStatus(t, err, codes.FailedPrecondition, "never formats it again")
+	}
+	if deviceSum(t, dev) != sum || e.mountAt(staging) != "" {
+		t.Fatal("the volume's disk was formatted again or mounted")
+	}
+	st, err := e.drv.NodeGetVolumeStats(ctx, &csi.NodeGetVolumeStatsRequest{VolumeId: v.VolumeId, VolumePath: staging})
+	if err != nil || !st.GetVolumeCondition().GetAbnormal() || !strings.Contains(st.GetVolumeCondition().GetMessage(), "no filesystem") {
+		t.Fatalf("volume condition %v, %v; want abnormal", st.GetVolumeCondition(), err)
+	}
+}
+
+// TestReadOnlyBlockRetryReassertsFlag: a read-only raw block publication
+// whose device lost its kernel read-only flag (the driver died between the
+// bind and the flag, or setting it failed) is made read-only again by the
+// kubelet's retry: no write reaches the device through the publication.
+func TestReadOnlyBlockRetryReassertsFlag(t *testing.T) {
+	e := newEnv(t, []int64{64 << 20}, nil)
+	bc := testutil.BlockCap()
+	v := e.create("raw", bc, nil)
+	staging, target := e.path("staging"), e.path("pod/dev")
+	e.stage(v, bc, staging)
+	e.publish(v, bc, staging, target, true)
+	dev := e.device(v)
+	if ro := strings.TrimSpace(run(t, "blockdev", "--getro", dev)); ro != "1" {
+		t.Fatalf("read-only publication: device ro flag %s", ro)
+	}
+	run(t, "blockdev", "--setrw", dev) // as a crash right after the bind leaves it
+	e.publish(v, bc, staging, target, true)
+	if ro := strings.TrimSpace(run(t, "blockdev", "--getro", dev)); ro != "1" {
+		t.Fatalf("after the retry the device is writable (ro flag %s)", ro)
+	}
+	if err := writeAt(target, []byte("x"), 0); err == nil {
+		t.Fatal("a write through the read-only publication succeeded")
+	}
+	e.unpublish(v, target)
+	if ro := strings.TrimSpace(run(t, "blockdev", "--getro", dev)); ro != "0" {
+		t.Fatalf("after unpublish: ro flag %s", ro)
+	}
+}
+
+// TestRawBlockNeverReadsPreviousTenant: a raw block volume's pod writes a
+// pattern; the volume is deleted with the default (signatures) cleanup; the
+// next raw block volume on that disk reads zeroes where the pattern was. A
+// filesystem volume may take such a disk without zeroing.
+func TestRawBlockNeverReadsPreviousTenant(t *testing.T) {
+	e := newEnv(t, []int64{64 << 20}, nil)
+	bc := testutil.BlockCap()
+	pattern := bytes.Repeat([]byte("previous tenant "), 4096)
+	first := e.create("first", bc, nil)
+	staging, target := e.path("staging"), e.path("pod/dev")
+	e.stage(first, bc, staging)
+	e.publish(first, bc, staging, target, false)
+	if err := writeAt(target, pattern, 32<<20); err != nil {
+		t.Fatal(err)
+	}
+	e.unpublish(first, target)
+	e.unstage(first, staging)
+	e.delete(first)
+	residual := e.diskRecord(first.VolumeContext["disk"]).Residual
+	second := e.create("second", bc, nil)
+	e.stage(second, bc, staging)
+	e.publish(second, bc, staging, target, false)
+	f, err := os.Open(target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, len(pattern))
+	_, err = f.ReadAt(got, 32<<20)
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Contains(got, []byte("previous tenant")) {
+		t.Fatal("the second raw volume reads the first one's bytes")
+	}
+	if !residual {
+		t.Fatal("the disk was not recorded residual after a signatures cleanup of a written volume")
+	}
+	if d := e.diskRecord(second.VolumeContext["disk"]); d.Residual || !d.Volume.RawExposed {
+		t.Fatalf("disk after zeroing: %+v", d)
+	}
+}
+
+// TestPublishRefusesNonEmptyDirectory: a target directory that already holds
+// files is refused (a mount would hide them); the files stay visible, and a
+// later unpublish of that path converges (OK, the files kept).
+func TestPublishRefusesNonEmptyDirectory(t *testing.T) {
+	e := newEnv(t, []int64{64 << 20}, nil)
+	ctx := context.Background()
+	vc := testutil.MountCap("ext4")
+	v := e.create("pvc", vc, nil)
+	staging, target := e.path("staging"), e.path("pod/vol")
+	e.stage(v, vc, staging)
+	if err := os.MkdirAll(target, 0o750); err != nil {
+		t.Fatal(err)
+	}
+	keep := filepath.Join(target, "keep")
+	if err := os.WriteFile(keep, []byte("someone's"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err := e.drv.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: v.VolumeId, StagingTargetPath: staging, TargetPath: target, VolumeCapability: vc})
+	wantStatus(t, err, codes.FailedPrecondition, "not empty")
+	if e.mountAt(target) != "" {
+		t.Fatal("published over a directory with files")
+	}
+	for i := 0; i < 2; i++ {
+		if _, err := e.drv.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: v.VolumeId, TargetPath: target}); err != nil {
+			t.Fatalf("unpublish of a directory with files: %v", err)
+		}
+	}
+	if b, err := os.ReadFile(keep); err != nil || string(b) != "someone's" {
+		t.Fatalf("file in the target: %q %v", b, err)
+	}
+}
+
+// TestDeleteFailsWhenReleaseNotRecorded: with both copies of the state lost,
+// DeleteVolume of a volume recovered from its disk must record the release;
+// while the state cannot be saved it answers an error (the CO retries)
+// instead of OK, which would delete the PV and leave the disk out of service
+// for good. Once the state can be saved again, the retry frees the disk.
+func TestDeleteFailsWhenReleaseNotRecorded(t *testing.T) {
+	e := newEnv(t, []int64{64 << 20}, nil)
+	vc := testutil.MountCap("ext4")
+	v := e.create("pvc", vc, nil)
+	staging := e.path("staging")
+	e.stage(v, vc, staging)
+	e.unstage(v, staging)
+	dir := e.path("state")
+	if err := os.RemoveAll(dir); err != nil {
+		t.Fatal(err)
+	}
+	e.start()
+	// The state directory becomes a file: no save can succeed (root
+	// ignores permissions, not this).
+	if err := os.RemoveAll(dir); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(dir, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err := e.drv.DeleteVolume(context.Background(), &csi.DeleteVolumeRequest{VolumeId: v.VolumeId})
+	if err == nil {
+		t.Fatal("DeleteVolume answered OK though the release could not be recorded")
+	}
+	if err := os.Remove(dir); err != nil {
+		t.Fatal(err)
+	}
+	e.delete(v)
+}
+
+// TestConcurrentChecksNeverExcludeBlankDisks: the checks before allocation
+// and capacity open each disk exclusively; many GetCapacity and CreateVolume
+// calls at once must never take one another's open for another user and
+// exclude a blank disk.
+func TestConcurrentChecksNeverExcludeBlankDisks(t *testing.T) {
+	e := newEnv(t, []int64{32 << 20, 32 << 20, 32 << 20, 32 << 20}, nil)
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	errs := make(chan error, 200)
+	for i := 0; i < 40; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := 0; j < 5; j++ {
+				if _, err := e.drv.GetCapacity(ctx, &csi.GetCapacityRequest{}); err != nil {
+					errs <- err
+				}
+			}
+		}()
+	}
+	for i := 0; i < 4; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := e.createSized(fmt.Sprintf("pvc-%d", i), testutil.MountCap("ext4"), nil, 0); err != nil {
+				errs <- err
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Errorf("call failed: %v", err)
+	}
+	rec, _ := e.inv.Snapshot()
+	for id, d := range rec.Disks {
+		if d.Status != state.Allocated {
+			t.Errorf("disk %s is %s (%s); want every blank disk allocated", id, d.Status, d.Reason)
+		}
+	}
+}
