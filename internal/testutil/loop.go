@@ -61,10 +61,23 @@ func NewLoop(t testing.TB, dir string, size int64) Loop {
 		t.Fatalf("%v", err)
 	}
 	t.Cleanup(func() {
-		Detach(l.Path)
+		DetachIfBacking(l)
 		os.Remove(backing)
 	})
 	return l
+}
+
+// DetachIfBacking detaches l.Path only while that loop device is still
+// attached to l.Backing: a test that detached and re-attached its disk must
+// not detach a device someone else has attached since at the same path.
+func DetachIfBacking(l Loop) {
+	b, err := os.ReadFile(filepath.Join("/sys/block", filepath.Base(l.Path), "loop", "backing_file"))
+	got := strings.TrimSpace(string(b))
+	real, _ := filepath.EvalSymlinks(l.Backing)
+	if err != nil || (got != l.Backing && got != real) {
+		return
+	}
+	Detach(l.Path)
 }
 
 // Attach attaches a loop device to an existing backing file.

@@ -587,12 +587,18 @@ func TestNodeArgumentErrors(t *testing.T) {
 	check("stats elsewhere", err, codes.NotFound, "")
 }
 
+// TestNodeStageConflict: staging a volume where another volume is staged
+// is FAILED_PRECONDITION (the path holds something that is not this
+// volume's), and the other volume's mount stays.
 func TestNodeStageConflict(t *testing.T) {
 	f := newFixture(t, fakeDisk(0, gib, disk.MediaSSD), fakeDisk(1, gib, disk.MediaSSD))
 	a, b := f.create("a", 0, nil), f.create("b", 0, nil)
 	staging, _ := f.stageFS(a, testutil.MountCap(""))
 	_, err := f.d.NodeStageVolume(context.Background(), &csi.NodeStageVolumeRequest{VolumeId: b.VolumeId, StagingTargetPath: staging, VolumeCapability: testutil.MountCap("")})
-	wantCode(t, err, codes.AlreadyExists, staging)
+	wantCode(t, err, codes.FailedPrecondition, staging)
+	if m, _ := f.d.mountAt(staging); m == nil {
+		t.Fatal("the other volume's staging mount is gone")
+	}
 }
 
 func TestVolumeStatsAndCondition(t *testing.T) {

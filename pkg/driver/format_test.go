@@ -69,7 +69,18 @@ func TestInterruptedFormatIsMadeAgain(t *testing.T) {
 	if err := f.inv.SetFormat(v.VolumeId, state.FormatStarted); err != nil {
 		t.Fatal(err)
 	}
-	f.m.SetSignatures("/dev/fake0", disk.Probe{FSType: "ext4", UUID: "half-made", Signatures: []string{"ext4"}})
+	vol, err := f.inv.Lookup(v.VolumeId)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Something else on the disk than what that mkfs writes (its UUID) is
+	// not a partial filesystem of the driver's: refused, nothing wiped.
+	f.m.SetSignatures("/dev/fake0", disk.Probe{FSType: "ext4", UUID: "someone-elses", Signatures: []string{"ext4"}})
+	wantCode(t, f.stage(v.VolumeId), codes.FailedPrecondition, "someone-elses")
+	if calls := strings.Join(f.m.Calls(), ";"); strings.Contains(calls, "wipe") || strings.Contains(calls, "format ") {
+		t.Fatalf("calls %q on a disk whose cut-short mkfs was followed by someone else's data", calls)
+	}
+	f.m.SetSignatures("/dev/fake0", disk.Probe{FSType: "ext4", UUID: vol.FSUUID, Signatures: []string{"ext4"}})
 	if err := f.stage(v.VolumeId); err != nil {
 		t.Fatal(err)
 	}

@@ -70,7 +70,7 @@ func (d *Driver) stageFilesystem(ctx context.Context, v inventory.Volume, dev, s
 		return err
 	} else if m != nil {
 		if same, err := d.sameDevice(m, dev); err != nil || !same {
-			return fmt.Errorf("%w: %s is already a mount of %s", errConflict, staging, m.Source)
+			return fmt.Errorf("%w: %s is a mount of %s, not of this volume; it is left as it is", errPrecondition, staging, m.Source)
 		}
 		return nil // already staged
 	}
@@ -160,7 +160,10 @@ func (d *Driver) publishBlock(dev, target string, ro bool) error {
 	if m, err := d.mountAt(target); err != nil {
 		return err
 	} else if m != nil {
-		if same, err := d.sameDeviceNode(target, dev); err != nil || !same || readOnly(m) != ro {
+		if same, err := d.sameDeviceNode(target, dev); err != nil || !same {
+			return fmt.Errorf("%w: %s is a mount of %s, not this volume's device; it is left as it is", errPrecondition, target, m.Source)
+		}
+		if readOnly(m) != ro {
 			return fmt.Errorf("%w: %s is already published differently", errConflict, target)
 		}
 		return d.syncBlockReadOnly(dev)
@@ -236,7 +239,10 @@ func (d *Driver) publishMount(dev, staging, target string, ro bool) error {
 	if m, err := d.mountAt(target); err != nil {
 		return err
 	} else if m != nil {
-		if same, err := d.sameDevice(m, dev); err != nil || !same || readOnly(m) != ro {
+		if same, err := d.sameDevice(m, dev); err != nil || !same {
+			return fmt.Errorf("%w: %s is a mount of %s, not of this volume; it is left as it is", errPrecondition, target, m.Source)
+		}
+		if readOnly(m) != ro {
 			return fmt.Errorf("%w: %s is already published differently", errConflict, target)
 		}
 		return nil

@@ -82,6 +82,8 @@ func (inv *Inventory) cleanOnce(id string) error {
 	if err != nil {
 		return err
 	}
+	unlock := inv.lockCheck(id)
+	defer unlock()
 	if err := inv.checkUnused(path); err != nil {
 		return err
 	}

@@ -8,6 +8,7 @@ import (
 
 	"k8s.io/klog/v2"
 
+	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/disk"
 	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/mounter"
 	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/state"
 )
@@ -34,7 +35,12 @@ func (inv *Inventory) ExposeRaw(ctx context.Context, volumeID string) (Volume, s
 	if v.RawExposed {
 		return v, path, nil
 	}
-	if err := inv.checkBlank(ctx, v.Disk.ID, path); err != nil {
+	if v.Format != state.FormatNone {
+		return Volume{}, "", fmt.Errorf("%w: volume %s has a filesystem of the driver's (mkfs %s); it is not handed out raw", ErrForeign, volumeID, v.Format)
+	}
+	unlock := inv.lockCheck(v.Disk.ID)
+	defer unlock()
+	if err := inv.checkBlankHeld(ctx, v.Disk.ID, path); err != nil {
 		return Volume{}, "", fmt.Errorf("volume %s cannot be handed out raw: %w", volumeID, err)
 	}
 	if v.Disk.Residual {
@@ -70,6 +76,11 @@ func (inv *Inventory) PrepareFilesystem(ctx context.Context, v Volume, path, fsT
 		return err
 	}
 	switch {
+	case v.RawExposed:
+		return fmt.Errorf("%w: volume %s was handed out as a raw block device; the driver does not format it", ErrForeign, v.ID)
+	case v.Format == state.FormatStarted && !partialOwn(&v.Volume, p):
+		return fmt.Errorf("%w: the driver's mkfs for volume %s was cut short, and %s now carries %s with UUID %q, not what that mkfs writes; it is not wiped",
+			ErrForeign, v.ID, path, strings.Join(p.Signatures, ","), p.UUID)
 	case v.Format == state.FormatStarted:
 		// The driver's own mkfs for this volume was cut short, and the
 		// disk was never mounted since: what is on it is a partial
@@ -81,8 +92,6 @@ func (inv *Inventory) PrepareFilesystem(ctx context.Context, v Volume, path, fsT
 			"the driver never formats it again: restore the data from a backup into a new volume", ErrDataGone, v.ID, path)
 		inv.markAbnormal(v.ID, err.Error())
 		return err
-	case len(p.Signatures) == 0 && v.RawExposed:
-		return fmt.Errorf("%w: volume %s was handed out as a raw block device; it is not formatted", ErrForeign, v.ID)
 	case len(p.Signatures) == 0:
 		return inv.format(ctx, v, path, fsType, mkfsArgs, false)
 	case p.FSType == fsType && p.UUID == v.FSUUID && len(p.Signatures) == 1:
@@ -95,10 +104,20 @@ func (inv *Inventory) PrepareFilesystem(ctx context.Context, v Volume, path, fsT
 		ErrForeign, path, strings.Join(p.Signatures, ","), fsType)
 }
 
+// partialOwn says whether what a probe found on the disk of a volume whose
+// mkfs was cut short is what that mkfs leaves: nothing, or a filesystem with
+// the UUID the driver gave it.
+func partialOwn(v *state.Volume, p disk.Probe) bool {
+	return len(p.Signatures) == 0 || (len(p.Signatures) == 1 && p.UUID == v.FSUUID)
+}
+
 // format checks the device, wipes the partial filesystem of an interrupted
 // mkfs of its own when again is set, and makes the filesystem, recording
-// its start and end.
+// its start and end. The checks and the acts on one disk hold its check
+// lock, so that no other check's exclusive open fails them.
 func (inv *Inventory) format(ctx context.Context, v Volume, path, fsType string, mkfsArgs []string, again bool) error {
+	unlock := inv.lockCheck(v.Disk.ID)
+	defer unlock()
 	if err := inv.checkIdentity(ctx, v.Disk.ID, path); err != nil {
 		return err
 	}

@@ -62,6 +62,12 @@ func (inv *Inventory) checkUnused(path string) error {
 func (inv *Inventory) checkBlank(ctx context.Context, id, path string) error {
 	unlock := inv.lockCheck(id)
 	defer unlock()
+	return inv.checkBlankHeld(ctx, id, path)
+}
+
+// checkBlankHeld is checkBlank for a caller that holds the disk's check
+// lock (and acts on the disk before it lets go).
+func (inv *Inventory) checkBlankHeld(ctx context.Context, id, path string) error {
 	if err := inv.checkIdentity(ctx, id, path); err != nil {
 		return err
 	}
@@ -94,7 +100,7 @@ func ownContent(v *state.Volume, p disk.Probe) (bool, string) {
 		return false, "carries " + strings.Join(p.Signatures, ",") + " and no volume of the driver's was on it"
 	case v.RawExposed:
 		return true, ""
-	case v.Format == state.FormatStarted:
+	case v.Format == state.FormatStarted && partialOwn(v, p):
 		return true, ""
 	case len(p.Signatures) == 1 && p.FSType != "" && p.UUID == v.FSUUID:
 		return true, ""

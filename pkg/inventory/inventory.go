@@ -15,6 +15,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"k8s.io/klog/v2"
@@ -210,7 +211,7 @@ func (inv *Inventory) refresh(ctx context.Context) error {
 	defer inv.mu.Unlock()
 	next := inv.rec.Clone()
 	next.Problems = texts
-	devices, excluded := reconcile(next, found)
+	devices, excluded := reconcile(next, found, inv.claimed)
 	if err := inv.cfg.Store.Save(next); err != nil {
 		return fmt.Errorf("saving node state: %w", err)
 	}
@@ -233,7 +234,10 @@ func (inv *Inventory) refresh(ctx context.Context) error {
 
 // reconcile joins the record with the devices found now. It changes rec in
 // place and returns the present managed devices and the excluded ones.
-func reconcile(rec *state.Record, found []disk.Disk) (map[string]disk.Disk, []Excluded) {
+// claimed says whether a device is opened exclusively by someone (a use that
+// discovery does not see); an excluded disk becomes free again only when it
+// is blank and unused, claimed included.
+func reconcile(rec *state.Record, found []disk.Disk, claimed func(path string) bool) (map[string]disk.Disk, []Excluded) {
 	devices := map[string]disk.Disk{}
 	var excluded []Excluded
 	seen := map[string]bool{}
@@ -260,6 +264,8 @@ func reconcile(rec *state.Record, found []disk.Disk) (map[string]disk.Disk, []Ex
 					r.Status, r.Reason, r.UpdatedAt = state.Excluded, reason, time.Now().UTC()
 				}
 				excluded = append(excluded, Excluded{d, r.Reason})
+			case r != nil && r.Status == state.Excluded && claimed(d.Path):
+				excluded = append(excluded, Excluded{d, r.Reason})
 			case r != nil && r.Status == state.Excluded:
 				klog.InfoS("Excluded disk is blank and unused again; free", "disk", d.ID, "device", d.Path, "previousReason", r.Reason)
 				r.Status, r.Reason, r.UpdatedAt = state.Free, "", time.Now().UTC()
@@ -277,8 +283,15 @@ func reconcile(rec *state.Record, found []disk.Disk) (map[string]disk.Disk, []Ex
 		if _, ok := devices[id]; ok {
 			continue
 		}
-		if r.Status == state.Free || r.Status == state.Excluded {
+		switch {
+		case r.Status == state.Free && !r.Residual:
 			delete(rec.Disks, id) // nothing of ours was on it
+			continue
+		case r.Status == state.Free || r.Status == state.Excluded:
+			// Kept while absent: that it may hold an earlier volume's
+			// bytes, or why it was excluded, must outlive a restart
+			// that did not see it.
+			klog.InfoS("Disk not found now; its record is kept", "disk", id, "identity", r.Identity, "status", r.Status, "residual", r.Residual)
 			continue
 		}
 		klog.ErrorS(nil, "Disk holding a volume is missing", "disk", id, "identity", r.Identity, "status", r.Status)
@@ -542,19 +555,6 @@ func (inv *Inventory) Lookup(volumeID string) (Volume, error) {
 	return inv.lookupLocked(volumeID)
 }
 
-// Adopt returns the allocated volume with this ID like Lookup, and
-// recovers a filesystem volume the record lost from its disk (see
-// lookupOrAdoptLocked). It may save the state: only calls that may change
-// state use it.
-func (inv *Inventory) Adopt(ctx context.Context, volumeID string) (Volume, error) {
-	inv.mu.Lock()
-	defer inv.mu.Unlock()
-	if !inv.ready {
-		return Volume{}, ErrNotReady
-	}
-	return inv.lookupOrAdoptLocked(ctx, volumeID)
-}
-
 func (inv *Inventory) lookupLocked(volumeID string) (Volume, error) {
 	id, err := ParseVolumeID(volumeID)
 	if err != nil || id.Node != inv.cfg.Node {
@@ -682,17 +682,19 @@ func (inv *Inventory) device(id string) disk.Disk {
 // volume that does not exist is already released. A volume whose device is
 // still mounted is refused with ErrInUse.
 func (inv *Inventory) Release(ctx context.Context, volumeID string) error {
+	if _, err := inv.Adopt(ctx, volumeID); errors.Is(err, ErrNotFound) {
+		return nil // already deleted, or never ours
+	} else if err != nil {
+		return err // the release is not recorded: the CO must retry
+	}
 	inv.mu.Lock()
 	defer inv.mu.Unlock()
-	if !inv.ready {
-		return ErrNotReady
-	}
-	v, err := inv.lookupOrAdoptLocked(ctx, volumeID)
+	v, err := inv.lookupLocked(volumeID)
 	if errors.Is(err, ErrNotFound) {
-		return nil // already deleted, or never ours
+		return nil // released meanwhile
 	}
 	if err != nil {
-		return err // the release is not recorded: the CO must retry
+		return err
 	}
 	if path := inv.devices[v.Disk.ID].Path; path != "" {
 		if mounts, err := inv.mountsOf(path); err != nil {
@@ -739,23 +741,27 @@ func (inv *Inventory) Capacity(ctx context.Context, f Filter) (available, maximu
 		inv.mu.Unlock()
 		return 0, 0, ErrNotReady
 	}
-	paths := map[string]string{}
+	type seen struct {
+		path    string
+		updated time.Time
+	}
+	free := map[string]seen{}
 	for _, d := range inv.rec.Disks {
 		if dev, present := inv.devices[d.ID]; present && d.Status == state.Free && f.match(d) && !inv.reserved[d.ID] {
-			paths[d.ID] = dev.Path
+			free[d.ID] = seen{dev.Path, d.UpdatedAt}
 		}
 	}
 	inv.mu.Unlock()
 	checked := map[string]error{}
-	for id, path := range paths {
-		checked[id] = inv.checkBlank(ctx, id, path)
+	for id, s := range free {
+		checked[id] = inv.checkBlank(ctx, id, s.path)
 	}
 	inv.mu.Lock()
 	defer inv.mu.Unlock()
 	for id, cerr := range checked {
 		d := inv.rec.Disks[id]
-		if d == nil || d.Status != state.Free || inv.reserved[id] {
-			continue
+		if d == nil || d.Status != state.Free || inv.reserved[id] || !d.UpdatedAt.Equal(free[id].updated) {
+			continue // changed hands while it was checked: the check is stale
 		}
 		if isForeign(cerr) {
 			if err := inv.excludeLocked(id, cerr.Error()); err != nil {
@@ -800,9 +806,22 @@ func (inv *Inventory) ManagedDisks() int {
 	return inv.usableLocked()
 }
 
-// usableLocked counts the managed disks that are not excluded.
+// usableLocked counts the managed disks that can hold a volume: not
+// excluded, and present unless a volume lives on them.
 func (inv *Inventory) usableLocked() int {
-	return len(inv.rec.Disks) - inv.countLocked(state.Excluded)
+	n := 0
+	for id, d := range inv.rec.Disks {
+		if _, present := inv.devices[id]; d.Status != state.Excluded && (present || d.Status != state.Free) {
+			n++
+		}
+	}
+	return n
+}
+
+// claimed says whether the device at path is opened exclusively by someone
+// now (mounted, held, or claimed by another program).
+func (inv *Inventory) claimed(path string) bool {
+	return errors.Is(inv.cfg.Mounter.CheckUnclaimed(path), syscall.EBUSY)
 }
 
 // VolumeLimit is the number of volumes this node can hold at most: its

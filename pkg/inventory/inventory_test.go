@@ -320,3 +320,44 @@ func TestLookupNeverWrites(t *testing.T) {
 		t.Fatal("Adopt did not save the recovered volume")
 	}
 }
+
+// TestReleaseRetriesWhenTheDiskCannotBeRead: with the state lost, a volume
+// lives on only in its disk's filesystem. A DeleteVolume whose look at the
+// disk fails once (a transient probe failure) must not answer OK, which
+// would make the CO forget a volume whose disk then stays excluded with its
+// data; the retry records the release.
+func TestReleaseRetriesWhenTheDiskCannotBeRead(t *testing.T) {
+	dir := t.TempDir()
+	a := dsk(0, 100)
+	src, m := disk.NewFakeSource(a), mounter.NewFake()
+	inv := start(t, dir, src, m)
+	ctx := context.Background()
+	v, err := inv.Allocate(ctx, Request{Name: "v", CleanupPolicy: "signatures"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := inv.PrepareFilesystem(ctx, v, a.Path, "ext4", nil); err != nil {
+		t.Fatal(err)
+	}
+	inv.Stop()
+	store := state.NewStore(dir)
+	for _, p := range []string{store.Path(), store.BackupPath()} {
+		if err := os.Remove(p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a.Facts.Signatures = []string{"ext4"}
+	src.Set(a)
+	inv = start(t, dir, src, m)
+	m.FailNext(mounter.OpProbe, errors.New("blkid: transient failure"))
+	if err := inv.Release(ctx, v.ID); err == nil || errors.Is(err, ErrNotFound) {
+		t.Fatalf("Release with the disk unreadable = %v; want an error to retry on", err)
+	}
+	if err := inv.Release(ctx, v.ID); err != nil {
+		t.Fatalf("retried Release: %v", err)
+	}
+	rec, _ := inv.Snapshot()
+	if d := rec.Disks[a.ID]; d == nil || (d.Status != state.Cleaning && d.Status != state.Free) {
+		t.Fatalf("after the retried release the disk is %+v; want it cleaning or clean", d)
+	}
+}

@@ -18,6 +18,8 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/ecs-localdisk/ecs-localdisk-csi/internal/testutil"
+	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/disk"
+	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/mounter"
 	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/state"
 )
 
@@ -229,9 +231,18 @@ func TestHostileIDsNeverUnmountLiveVolumes(t *testing.T) {
 		_, err = e.drv.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: a.VolumeId, StagingTargetPath: p})
 		wantStatus(t, err, codes.FailedPrecondition, "left mounted")
 	}
+	// Staging or publishing onto the admin's tmpfs or another volume's
+	// mount is refused the same way, and mounts nothing over it.
+	_, err := e.drv.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: b.VolumeId, StagingTargetPath: admin, VolumeCapability: vc})
+	wantStatus(t, err, codes.FailedPrecondition, "not of this volume")
+	_, err = e.drv.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: b.VolumeId, StagingTargetPath: stB, TargetPath: tgA, VolumeCapability: vc})
+	wantStatus(t, err, codes.FailedPrecondition, "not of this volume")
 	for _, p := range []string{tgA, stA, stB, admin} {
 		if e.mountAt(p) == "" {
 			t.Fatalf("%s was unmounted", p)
+		}
+		if n := len(mountinfoLines(t, 4, p)); n != 1 {
+			t.Fatalf("%s has %d mounts; want the one it had", p, n)
 		}
 	}
 	if b, err := os.ReadFile(filepath.Join(tgA, "data")); err != nil || string(b) != "a's data" {
@@ -455,4 +466,121 @@ func TestConcurrentChecksNeverExcludeBlankDisks(t *testing.T) {
 			t.Errorf("disk %s is %s (%s); want every blank disk allocated", id, d.Status, d.Reason)
 		}
 	}
+}
+
+// TestResidualSurvivesAbsentDisk: a disk that may hold a raw volume's bytes
+// is absent while the driver restarts (slow udev, an NVMe reset); when it
+// is back, it is still known to be residual, and the next raw volume on it
+// reads zeroes, not the previous tenant's bytes.
+func TestResidualSurvivesAbsentDisk(t *testing.T) {
+	e := newEnv(t, []int64{64 << 20}, nil)
+	bc := testutil.BlockCap()
+	pattern := bytes.Repeat([]byte("previous tenant "), 4096)
+	first := e.create("first", bc, nil)
+	staging, target := e.path("staging"), e.path("pod/dev")
+	e.stage(first, bc, staging)
+	e.publish(first, bc, staging, target, false)
+	if err := writeAt(target, pattern, 32<<20); err != nil {
+		t.Fatal(err)
+	}
+	e.unpublish(first, target)
+	e.unstage(first, staging)
+	e.delete(first)
+	diskID := first.VolumeContext["disk"]
+
+	// Restart with the disk detached, then with it back.
+	backing := e.loops[0].Backing
+	testutil.Detach(e.loops[0].Path)
+	other := testutil.NewLoop(t, e.dir, 64<<20)
+	e.newSource = e.staticSource(other.Path)
+	e.start()
+	back, err := testutil.Attach(backing)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { testutil.DetachIfBacking(back) })
+	e.loops[0] = back
+	e.newSource = e.staticSource(back.Path)
+	e.start()
+	if d := e.diskRecord(diskID); d == nil || !d.Residual {
+		t.Fatalf("disk back after an absence: %+v; want it still residual", d)
+	}
+	second := e.create("second", bc, nil)
+	if second.VolumeContext["disk"] != diskID {
+		t.Fatalf("second volume on %s, want %s", second.VolumeContext["disk"], diskID)
+	}
+	e.stage(second, bc, staging)
+	e.publish(second, bc, staging, target, false)
+	got := make([]byte, len(pattern))
+	f, err := os.Open(target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = f.ReadAt(got, 32<<20)
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Contains(got, []byte("previous tenant")) {
+		t.Fatal("the second raw volume reads the first one's bytes")
+	}
+	e.unpublish(second, target)
+	e.unstage(second, staging)
+}
+
+// staticSource returns a source builder over exactly these device paths.
+func (e *env) staticSource(paths ...string) func() disk.Source {
+	return func() disk.Source {
+		s, err := disk.NewStatic(disk.StaticConfig{Patterns: paths, Prober: e.m})
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		return s
+	}
+}
+
+// cutShortFormat is a mounter whose mkfs is cut short before it writes
+// anything (a kubelet deadline, an OOM kill).
+type cutShortFormat struct{ *mounter.Real }
+
+func (cutShortFormat) Format(context.Context, string, string, string, int64, []string) error {
+	return context.DeadlineExceeded
+}
+
+// TestRawDataNeverTakenForPartialFormat: a filesystem volume's mkfs is cut
+// short (recorded as started); the same volume is then asked for as a raw
+// block device. It is not handed out raw (it has a format of the driver's
+// in progress); and were a pod's data on it, a later filesystem stage would
+// not take that for a partial mkfs of the driver's and wipe it.
+func TestRawDataNeverTakenForPartialFormat(t *testing.T) {
+	e := newEnv(t, []int64{64 << 20}, nil)
+	ctx := context.Background()
+	mc, bc := testutil.MountCap("ext4"), testutil.BlockCap()
+	v := e.create("pvc", mc, nil)
+	staging, target := e.path("staging"), e.path("pod/dev")
+	e.useMounter(cutShortFormat{e.m})
+	if _, err := e.drv.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: v.VolumeId, StagingTargetPath: staging, VolumeCapability: mc}); err == nil {
+		t.Fatal("stage with mkfs cut short succeeded")
+	}
+	e.useMounter(nil)
+	if d := e.diskRecord(v.VolumeContext["disk"]); d.Volume.Format != state.FormatStarted {
+		t.Fatalf("format after a cut-short mkfs: %q", d.Volume.Format)
+	}
+	_, err := e.drv.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: v.VolumeId, StagingTargetPath: e.path("bstaging"), VolumeCapability: bc})
+	wantStatus(t, err, codes.FailedPrecondition, "not handed out raw")
+	_, err = e.drv.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: v.VolumeId, StagingTargetPath: e.path("bstaging"), TargetPath: target, VolumeCapability: bc})
+	wantStatus(t, err, codes.FailedPrecondition, "not handed out raw")
+	// Someone else's data lands on the disk after the cut-short mkfs: the
+	// retried filesystem stage refuses it instead of wiping it.
+	dev := e.device(v)
+	sum := plant(t, dev, "ext4")
+	_, err = e.drv.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: v.VolumeId, StagingTargetPath: staging, VolumeCapability: mc})
+	wantStatus(t, err, codes.FailedPrecondition, "cut short")
+	if deviceSum(t, dev) != sum {
+		t.Fatal("data on the disk of a cut-short mkfs was wiped")
+	}
+	// Cleared again, the retry makes the filesystem.
+	run(t, "wipefs", "--all", "--quiet", dev)
+	e.stage(v, mc, staging)
+	e.unstage(v, staging)
 }

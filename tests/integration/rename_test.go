@@ -200,8 +200,17 @@ func (r *loopRig) tryAttach(num int, file string, ro bool) error {
 	if ro {
 		args = []string{"--read-only", path, file}
 	}
-	if out, err := exec.Command("losetup", args...).CombinedOutput(); err != nil {
-		return fmt.Errorf("losetup %v: %v: %s", args, err, out)
+	// A just-detached device runs down only when its last opener lets go,
+	// and the driver under test may be probing it (its cleaner retries):
+	// losetup then says busy for a moment.
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		out, err := exec.Command("losetup", args...).CombinedOutput()
+		if err == nil {
+			break
+		}
+		if !strings.Contains(string(out), "busy") || time.Now().After(deadline) {
+			return fmt.Errorf("losetup %v: %v: %s", args, err, out)
+		}
 	}
 	if !ro {
 		if out, err := exec.Command("blockdev", "--setrw", path).CombinedOutput(); err != nil {
