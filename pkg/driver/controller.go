@@ -42,6 +42,9 @@ func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 	if err := ValidateMkfsOptions(orDefault(fsType), params.MkfsOptions); err != nil {
 		return nil, toStatus(err)
 	}
+	if err := params.checkMode(req.GetVolumeCapabilities()); err != nil {
+		return nil, toStatus(err)
+	}
 	required, limit := req.GetCapacityRange().GetRequiredBytes(), req.GetCapacityRange().GetLimitBytes()
 	if required < 0 || limit < 0 || (limit > 0 && required > limit) {
 		return nil, status.Errorf(codes.InvalidArgument, "capacity_range: required_bytes %d and limit_bytes %d are not a valid range", required, limit)
@@ -145,6 +148,9 @@ func (d *Driver) GetCapacity(ctx context.Context, req *csi.GetCapacityRequest) (
 		return nil, toStatus(err)
 	}
 	if _, err := checkCapabilities(req.GetVolumeCapabilities(), params.FSType); err != nil {
+		return nil, toStatus(err)
+	}
+	if err := params.checkMode(req.GetVolumeCapabilities()); err != nil {
 		return nil, toStatus(err)
 	}
 	if seg := req.GetAccessibleTopology().GetSegments(); len(seg) > 0 && !d.matchesSegment(seg) {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/ecs-localdisk/ecs-localdisk-csi/internal/testutil"
 	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/disk"
+	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/mounter"
 	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/state"
 )
 
@@ -108,6 +109,32 @@ func TestForeignUUIDIsNotMounted(t *testing.T) {
 	for _, c := range f.m.Calls() {
 		if strings.HasPrefix(c, "format") || strings.HasPrefix(c, "mount") || strings.HasPrefix(c, "wipe") {
 			t.Fatalf("call %q on a disk holding a foreign filesystem", c)
+		}
+	}
+}
+
+// TestRemadeFormatLooksAgainBeforeWiping: between NodeStage's first look at
+// a disk whose mkfs was cut short and the wipe before mkfs runs again,
+// someone writes a filesystem onto it. The wipe's owner looks again, right
+// before it wipes, and refuses: nothing is wiped or formatted.
+func TestRemadeFormatLooksAgainBeforeWiping(t *testing.T) {
+	f := newFixture(t, fakeDisk(0, gib, disk.MediaSSD))
+	v := f.create("pvc", 0, nil)
+	if err := f.inv.SetFormat(v.VolumeId, state.FormatStarted); err != nil {
+		t.Fatal(err)
+	}
+	probes := 0
+	f.m.SetBefore(func(op, arg string) {
+		if op == mounter.OpProbe {
+			if probes++; probes == 2 {
+				f.m.SetSignatures("/dev/fake0", disk.Probe{FSType: "xfs", UUID: "planted", Signatures: []string{"xfs"}})
+			}
+		}
+	})
+	wantCode(t, f.stage(v.VolumeId), codes.FailedPrecondition, "planted")
+	for _, c := range f.m.Calls() {
+		if strings.HasPrefix(c, "wipe") || strings.HasPrefix(c, "format") || strings.HasPrefix(c, "mount") {
+			t.Fatalf("call %q on a disk someone wrote to after the first look", c)
 		}
 	}
 }

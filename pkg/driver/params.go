@@ -7,6 +7,8 @@ import (
 	"strings"
 	"unicode"
 
+	"github.com/container-storage-interface/spec/lib/go/csi"
+
 	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/inventory"
 	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/mounter"
 	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/state"
@@ -19,6 +21,7 @@ const (
 	ParamCleanupPolicy = "cleanupPolicy"
 	ParamMedia         = "media"
 	ParamDiskCategory  = "diskCategory"
+	ParamVolumeMode    = "volumeMode"
 
 	// reservedPrefix marks keys set by Kubernetes sidecars (for example
 	// --extra-create-metadata's pvc/name); they are accepted and not stored.
@@ -64,6 +67,11 @@ type Params struct {
 	Media string
 	// DiskCategory is an ECS local disk category, or "" for any.
 	DiskCategory string
+	// VolumeMode is "Block" or "Filesystem" when the class serves only
+	// that mode, "" for both. csi-provisioner asks GetCapacity without
+	// capabilities; a Block class makes it count only the disks a raw
+	// block volume can have.
+	VolumeMode string
 }
 
 // ParseParams validates StorageClass parameters. Unknown keys are rejected so
@@ -119,10 +127,18 @@ func ParseParams(in map[string]string) (Params, error) {
 			default:
 				return p, invalid("parameter %s: %q is not one of local_ssd_pro, local_hdd_pro, any", k, v)
 			}
+		case k == ParamVolumeMode:
+			switch v {
+			case "Block", "Filesystem":
+				p.VolumeMode = v
+			case "any", "":
+			default:
+				return p, invalid("parameter %s: %q is not one of Block, Filesystem, any", k, v)
+			}
 		case strings.HasPrefix(k, reservedPrefix):
 			// Set by the provisioner (pvc/name, pv/name, ...): not ours to check.
 		default:
-			return p, invalid("unknown parameter %q (known: %s, %s, %s, %s, %s)", k, ParamFSType, ParamMkfsOptions, ParamCleanupPolicy, ParamMedia, ParamDiskCategory)
+			return p, invalid("unknown parameter %.64q (known: %s, %s, %s, %s, %s, %s)", k, ParamFSType, ParamMkfsOptions, ParamCleanupPolicy, ParamMedia, ParamDiskCategory, ParamVolumeMode)
 		}
 	}
 	fs := p.FSType
@@ -153,7 +169,20 @@ func parseFSType(v string) (string, error) {
 // filter selects the disks the class may use; raw block volumes need disks
 // the driver keeps nothing on.
 func (p Params) filter(raw bool) inventory.Filter {
-	return inventory.Filter{Media: p.Media, Category: p.DiskCategory, Raw: raw}
+	return inventory.Filter{Media: p.Media, Category: p.DiskCategory, Raw: raw || p.VolumeMode == "Block"}
+}
+
+// checkMode refuses capabilities of a mode the class does not serve.
+func (p Params) checkMode(caps []*csi.VolumeCapability) error {
+	for _, c := range caps {
+		switch {
+		case p.VolumeMode == "Block" && c.GetMount() != nil:
+			return invalid("volume_capabilities: the class has %s: Block; it serves raw block volumes only", ParamVolumeMode)
+		case p.VolumeMode == "Filesystem" && c.GetBlock() != nil:
+			return invalid("volume_capabilities: the class has %s: Filesystem; it serves filesystem volumes only", ParamVolumeMode)
+		}
+	}
+	return nil
 }
 
 // stored is the canonical form kept with the volume and compared when a
@@ -171,6 +200,9 @@ func (p Params) stored() map[string]string {
 	}
 	if p.DiskCategory != "" {
 		m[ParamDiskCategory] = p.DiskCategory
+	}
+	if p.VolumeMode != "" {
+		m[ParamVolumeMode] = p.VolumeMode
 	}
 	return m
 }

@@ -5,6 +5,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/container-storage-interface/spec/lib/go/csi"
+
+	"github.com/ecs-localdisk/ecs-localdisk-csi/internal/testutil"
 	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/mounter"
 )
 
@@ -30,6 +33,17 @@ func TestParseParams(t *testing.T) {
 	if a, err := ParseParams(map[string]string{ParamMedia: "any"}); err != nil || a.Media != "" {
 		t.Fatalf("media any: %+v %v", a, err)
 	}
+	b, err := ParseParams(map[string]string{ParamVolumeMode: "Block"})
+	if err != nil || b.VolumeMode != "Block" || !b.filter(false).Raw || b.stored()[ParamVolumeMode] != "Block" {
+		t.Fatalf("volumeMode Block: %+v %v", b, err)
+	}
+	if err := b.checkMode([]*csi.VolumeCapability{testutil.MountCap("")}); !errors.Is(err, errInvalid) {
+		t.Fatalf("a Block class took a filesystem capability: %v", err)
+	}
+	fsOnly, _ := ParseParams(map[string]string{ParamVolumeMode: "Filesystem"})
+	if err := fsOnly.checkMode([]*csi.VolumeCapability{testutil.BlockCap()}); !errors.Is(err, errInvalid) {
+		t.Fatalf("a Filesystem class took a block capability: %v", err)
+	}
 }
 
 func TestParseParamsRejects(t *testing.T) {
@@ -47,6 +61,7 @@ func TestParseParamsRejects(t *testing.T) {
 		{"bad fstype", map[string]string{ParamFSType: "btrfs"}, "btrfs"},
 		{"bad policy", map[string]string{ParamCleanupPolicy: "none"}, ParamCleanupPolicy},
 		{"bad media", map[string]string{ParamMedia: "nvme"}, ParamMedia},
+		{"bad volume mode", map[string]string{ParamVolumeMode: "block"}, ParamVolumeMode},
 		{"force ext4", map[string]string{ParamMkfsOptions: "-F"}, "-F"},
 		{"force combined", map[string]string{ParamMkfsOptions: "-qF"}, "-F"},
 		{"uuid ext4", map[string]string{ParamMkfsOptions: "-U 1234"}, "-U"},

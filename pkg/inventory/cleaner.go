@@ -2,6 +2,7 @@ package inventory
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -84,20 +85,11 @@ func (inv *Inventory) cleanOnce(id string) error {
 	}
 	unlock := inv.lockCheck(id)
 	defer unlock()
-	if err := inv.checkUnused(path); err != nil {
-		return err
-	}
-	p, err := inv.cfg.Mounter.Probe(ctx, path)
-	if err != nil {
-		return fmt.Errorf("reading the signatures of %s before cleanup: %w", path, err)
-	}
-	if own, why := ownContent(vol, p); !own {
-		return inv.excludeCleaning(id, why)
-	}
 	start := time.Now()
-	klog.InfoS("Cleaning disk", "disk", id, "device", path, "cleanupPolicy", policy)
-	if err := inv.cfg.Mounter.Wipe(ctx, path, policy); err != nil {
-		return fmt.Errorf("cleanup %s of %s: %w", policy, path, err)
+	if err := inv.wipeOwn(ctx, id, path, vol, policy); errors.Is(err, ErrForeign) {
+		return inv.excludeCleaning(id, err.Error())
+	} else if err != nil {
+		return err
 	}
 	if r, ok := inv.cfg.Source.(afterWiper); ok {
 		inv.mu.Lock()

@@ -46,7 +46,7 @@ func (inv *Inventory) ExposeRaw(ctx context.Context, volumeID string) (Volume, s
 	if v.Disk.Residual {
 		start := time.Now()
 		klog.InfoS("Zeroing a disk that may hold an earlier volume's data before handing it out raw", "volumeID", volumeID, "disk", v.Disk.ID, "device", path)
-		if err := inv.cfg.Mounter.Wipe(ctx, path, mounter.CleanupZero); err != nil {
+		if err := inv.wipeOwn(ctx, v.Disk.ID, path, &v.Volume, mounter.CleanupZero); err != nil {
 			return Volume{}, "", fmt.Errorf("zeroing %s before handing it out raw: %w", path, err)
 		}
 		klog.InfoS("Disk zeroed", "volumeID", volumeID, "disk", v.Disk.ID, "device", path, "duration", time.Since(start))
@@ -118,16 +118,17 @@ func partialOwn(v *state.Volume, p disk.Probe) bool {
 func (inv *Inventory) format(ctx context.Context, v Volume, path, fsType string, mkfsArgs []string, again bool) error {
 	unlock := inv.lockCheck(v.Disk.ID)
 	defer unlock()
+	if again {
+		// What the cut-short mkfs left, looked at again under the lock.
+		if err := inv.wipeOwn(ctx, v.Disk.ID, path, &v.Volume, mounter.CleanupSignatures); err != nil {
+			return err
+		}
+	}
 	if err := inv.checkIdentity(ctx, v.Disk.ID, path); err != nil {
 		return err
 	}
 	if err := inv.checkUnused(path); err != nil {
 		return err
-	}
-	if again {
-		if err := inv.cfg.Mounter.Wipe(ctx, path, mounter.CleanupSignatures); err != nil {
-			return err
-		}
 	}
 	var sizeLimit int64
 	if v.Disk.ReservedTailBytes > 0 {

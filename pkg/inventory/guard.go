@@ -12,6 +12,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/disk"
+	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/mounter"
 	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/state"
 )
 
@@ -109,6 +110,35 @@ func ownContent(v *state.Volume, p disk.Probe) (bool, string) {
 			strings.Join(p.Signatures, ","), p.UUID, v.FSUUID, v.ID)
 	}
 	return false, fmt.Sprintf("carries %s, which the driver did not put there for volume %s", strings.Join(p.Signatures, ","), v.ID)
+}
+
+// wipeOwn is the one owner of wiping a disk: the cleaner, the wipe before a
+// re-made mkfs and the zeroing before a raw hand-out all come here. Right
+// before the wipe it checks the device itself: disk id at path, unused, and
+// holding only what ownContent calls vol's own. Content that is not is
+// ErrForeign with the reason, and nothing is erased. The caller holds the
+// disk's check lock.
+func (inv *Inventory) wipeOwn(ctx context.Context, id, path string, vol *state.Volume, policy mounter.CleanupPolicy) error {
+	if err := inv.checkIdentity(ctx, id, path); err != nil {
+		return err
+	}
+	if err := inv.checkUnused(path); err != nil {
+		return err
+	}
+	p, err := inv.cfg.Mounter.Probe(ctx, path)
+	if err != nil {
+		return fmt.Errorf("reading the signatures of %s before wiping it: %w", path, err)
+	}
+	if own, why := ownContent(vol, p); !own {
+		return fmt.Errorf("%w: %s", ErrForeign, why)
+	}
+	start := time.Now()
+	klog.InfoS("Wiping disk", "disk", id, "device", path, "cleanupPolicy", policy)
+	if err := inv.cfg.Mounter.Wipe(ctx, path, policy); err != nil {
+		return fmt.Errorf("cleanup %s of %s: %w", policy, path, err)
+	}
+	klog.InfoS("Disk wiped", "disk", id, "device", path, "cleanupPolicy", policy, "duration", time.Since(start))
+	return nil
 }
 
 // excludeLocked records that disk id holds content or a use the driver does

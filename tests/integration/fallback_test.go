@@ -57,6 +57,21 @@ func TestSerialLessFallbackSurvivesRename(t *testing.T) {
 	if c, err := e.drv.GetCapacity(ctx, &csi.GetCapacityRequest{VolumeCapabilities: []*csi.VolumeCapability{testutil.BlockCap()}}); err != nil || c.AvailableCapacity != 0 {
 		t.Fatalf("GetCapacity for block on pinned disks = %v, %v; want 0", c, err)
 	}
+	// csi-provisioner asks without capabilities: a class with volumeMode
+	// Block gets the same answer as a block CreateVolume, and refuses a
+	// filesystem claim.
+	blockClass := map[string]string{"volumeMode": "Block"}
+	if c, err := e.drv.GetCapacity(ctx, &csi.GetCapacityRequest{Parameters: blockClass}); err != nil || c.AvailableCapacity != 0 {
+		t.Fatalf("GetCapacity of a Block class on pinned disks = %v, %v; want 0", c, err)
+	}
+	_, err = e.drv.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "raw", Parameters: blockClass, VolumeCapabilities: []*csi.VolumeCapability{testutil.BlockCap()}})
+	if status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("raw block of a Block class on pinned disks: %v, want ResourceExhausted", err)
+	}
+	_, err = e.drv.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "fs", Parameters: blockClass, VolumeCapabilities: []*csi.VolumeCapability{testutil.MountCap("ext4")}})
+	if status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("filesystem claim of a Block class: %v, want InvalidArgument", err)
+	}
 	vc := testutil.MountCap("ext4")
 	v := e.create("pvc-old", vc, map[string]string{"cleanupPolicy": "zero", "diskCategory": "local_hdd_pro"})
 	if v.CapacityBytes != 64<<20-cloud.PinReserve {
