@@ -32,6 +32,8 @@ type Disk struct {
 	Path string `json:"path"`
 	// Name is the kernel name, e.g. vdb, nvme0n1, loop3.
 	Name string `json:"name"`
+	// DevNum is the device number "MAJ:MIN" now, e.g. "253:16".
+	DevNum string `json:"devNum,omitempty"`
 	// SizeBytes is the size of the whole device.
 	SizeBytes int64 `json:"sizeBytes"`
 	// Media is ssd or hdd, from the rotational flag.

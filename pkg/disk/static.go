@@ -244,7 +244,7 @@ func (s *Static) describe(ctx context.Context, name, path string, ms mountState)
 	}
 	d := Disk{
 		ID: MakeID(kind, value), Identity: kind + ":" + value,
-		Path: s.nodePath(name, bi.majMin, path), Name: name,
+		Path: s.nodePath(name, bi.majMin, path), Name: name, DevNum: bi.majMin,
 		SizeBytes: bi.sizeBytes, Media: MediaSSD,
 		Facts: Facts{
 			System: ms.system[name], Mounted: ms.table.mounted[bi.majMin],

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"regexp"
 	"sort"
 	"strings"
 	"testing"
@@ -410,6 +411,10 @@ func TestDescribeFakeTree(t *testing.T) {
 		} else if err != nil {
 			t.Errorf("describe(%s): %v", name, err)
 		}
+		if ok, _ := regexp.MatchString(`^[0-9]+:[0-9]+$`, got.DevNum); !ok {
+			t.Errorf("describe(%s): device number %q, want MAJ:MIN", name, got.DevNum)
+		}
+		w.DevNum = got.DevNum // the fake tree's numbers; checked in form above
 		if !reflect.DeepEqual(got, w) {
 			t.Errorf("describe(%s) =\n%+v\nwant\n%+v", name, got, w)
 		}

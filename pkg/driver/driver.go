@@ -97,6 +97,8 @@ func toStatus(err error) error {
 		code = codes.Unavailable
 	case errors.Is(err, inventory.ErrNotFound), errors.Is(err, errNotHere):
 		code = codes.NotFound
+	case errors.Is(err, inventory.ErrBusy):
+		code = codes.Aborted
 	case errors.Is(err, inventory.ErrExhausted):
 		code = codes.ResourceExhausted
 	case errors.Is(err, inventory.ErrExists), errors.Is(err, errConflict):

@@ -340,20 +340,16 @@ func (d *Driver) unmountOwn(ctx context.Context, id, path string) error {
 
 // ownMount says whether the mount m at path is volume id's own: of its
 // disk's device, as a filesystem or as a bound device node. When the disk is
-// gone, a mount naming the path where it was last seen counts as its own,
-// so that a dead disk's volume can still be unmounted.
+// gone (dead, unplugged, or absent at this start), the device number it was
+// last seen with, kept in the node state, tells its mounts: a filesystem
+// mount carries that number, and a bound device node still stats as it
+// after the node itself was deleted. A device present now under that number
+// is another disk, and its mounts are not the volume's.
 func (d *Driver) ownMount(ctx context.Context, id, path string, m *mount.MountInfo) (bool, error) {
 	_, dev, err := d.cfg.Inventory.Acquire(ctx, id)
 	switch {
 	case errors.Is(err, inventory.ErrDeviceMissing), errors.Is(err, inventory.ErrIdentityMismatch):
-		last := d.cfg.Inventory.LastDevicePath(id)
-		if last == "" {
-			return false, nil
-		}
-		if other, err := d.sameDevice(m, last); err == nil && other {
-			return false, nil // another disk sits where the volume's was
-		}
-		return m.Source == last || (m.FsType == "devtmpfs" && m.Root == "/"+filepath.Base(last)), nil
+		return d.lastSeenMount(ctx, id, path, m), nil
 	case err != nil:
 		return false, err
 	}
@@ -363,6 +359,28 @@ func (d *Driver) ownMount(ctx context.Context, id, path string, m *mount.MountIn
 	same, err := d.sameDeviceNode(path, dev)
 	return err == nil && same, nil
 }
+
+// lastSeenMount is ownMount for a volume whose disk is not present now.
+func (d *Driver) lastSeenMount(ctx context.Context, id, path string, m *mount.MountInfo) bool {
+	lastPath, number, otherThere := d.cfg.Inventory.LastDevice(ctx, id)
+	if number == "" {
+		return false
+	}
+	if n, err := d.cfg.Mounter.DeviceNumber(lastPath); err == nil && devNum(n) == number && otherThere {
+		return false // another disk has that number now: whose mount this is cannot be told
+	}
+	if fmt.Sprintf("%d:%d", m.Major, m.Minor) == number {
+		return true
+	}
+	if m.FsType == "devtmpfs" || m.FsType == "tmpfs" {
+		n, err := d.cfg.Mounter.DeviceNumber(path)
+		return err == nil && devNum(n) == number
+	}
+	return false
+}
+
+// devNum renders a device number as "MAJ:MIN".
+func devNum(n uint64) string { return fmt.Sprintf("%d:%d", unix.Major(n), unix.Minor(n)) }
 
 // NodeGetVolumeStats reports usage of a published or staged volume and its
 // condition: abnormal when its disk is gone or its filesystem turned read-only.

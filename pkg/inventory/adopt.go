@@ -100,7 +100,7 @@ func (inv *Inventory) adoptLocked(dev disk.Disk, volumeID string, p disk.Probe) 
 	next.Disks[dev.ID] = &state.Disk{
 		ID: dev.ID, Identity: dev.Identity, SizeBytes: size, Media: string(dev.Media),
 		Category: dev.Category, CloudID: dev.CloudID, ReservedTailBytes: dev.ReservedTailBytes,
-		Status: state.Allocated, UpdatedAt: now, Residual: true,
+		DeviceNumber: dev.DevNum, DevicePath: dev.Path, Status: state.Allocated, UpdatedAt: now, Residual: true,
 		Volume: &state.Volume{ID: volumeID, CapacityBytes: size,
 			Parameters: map[string]string{state.ParamFSType: p.FSType}, FSUUID: p.UUID, CreatedAt: now, Format: state.FormatDone},
 	}
@@ -108,7 +108,7 @@ func (inv *Inventory) adoptLocked(dev disk.Disk, volumeID string, p disk.Probe) 
 		return Volume{}, err
 	}
 	inv.devices[dev.ID] = dev
-	inv.lastPath[dev.ID] = dev.Path
+	inv.lastPath[dev.ID], inv.lastNum[dev.ID] = dev.Path, dev.DevNum
 	for i, e := range inv.excluded {
 		if e.Disk.ID == dev.ID {
 			inv.excluded = append(inv.excluded[:i:i], inv.excluded[i+1:]...)

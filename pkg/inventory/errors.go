@@ -17,6 +17,8 @@ var (
 	// It is an ErrExhausted: in this per-node design, only that answer
 	// makes the provisioner try another node, where a disk may fit.
 	ErrOutOfRange = fmt.Errorf("%w: no disk on this node can satisfy the capacity range", ErrExhausted)
+	// ErrBusy: work the call needs is still running (a zeroing); retry.
+	ErrBusy = errors.New("operation in progress")
 	// ErrExists: the name is taken by a volume with incompatible properties.
 	ErrExists = errors.New("a volume with this name exists with different properties")
 	// ErrInUse: the device is mounted, its node bound, or claimed.

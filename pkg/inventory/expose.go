@@ -19,11 +19,11 @@ var ErrNoRaw = fmt.Errorf("%w: the disk cannot be used as a raw block device", E
 // ExposeRaw readies the volume's disk to be handed to a pod as a raw block
 // device and returns the volume and its device path. It is the one owner of
 // that act. The first time, the device must be the volume's disk, unused
-// and blank, and a disk that may hold an earlier volume's bytes is zeroed;
-// then RawExposed is recorded, before the caller binds the device. From
-// then on the disk holds what the pod wrote, and only the identity is
-// checked. A disk whose tail holds the driver's identity pin is never
-// handed out raw.
+// and blank, and a disk that may hold an earlier volume's bytes is zeroed
+// first (see zeroForRaw); then RawExposed is recorded, before the caller
+// binds the device. From then on the disk holds what the pod wrote, and
+// only the identity is checked. A disk whose tail holds the driver's
+// identity pin is never handed out raw.
 func (inv *Inventory) ExposeRaw(ctx context.Context, volumeID string) (Volume, string, error) {
 	v, path, err := inv.Acquire(ctx, volumeID)
 	if err != nil {
@@ -38,27 +38,98 @@ func (inv *Inventory) ExposeRaw(ctx context.Context, volumeID string) (Volume, s
 	if v.Format != state.FormatNone {
 		return Volume{}, "", fmt.Errorf("%w: volume %s has a filesystem of the driver's (mkfs %s); it is not handed out raw", ErrForeign, volumeID, v.Format)
 	}
+	if v.Disk.Residual {
+		if err := inv.zeroForRaw(ctx, v, path); err != nil {
+			return Volume{}, "", err
+		}
+	}
 	unlock := inv.lockCheck(v.Disk.ID)
 	defer unlock()
 	if err := inv.checkBlankHeld(ctx, v.Disk.ID, path); err != nil {
 		return Volume{}, "", fmt.Errorf("volume %s cannot be handed out raw: %w", volumeID, err)
 	}
-	if v.Disk.Residual {
-		start := time.Now()
-		klog.InfoS("Zeroing a disk that may hold an earlier volume's data before handing it out raw", "volumeID", volumeID, "disk", v.Disk.ID, "device", path)
-		if err := inv.wipeOwn(ctx, v.Disk.ID, path, &v.Volume, mounter.CleanupZero); err != nil {
-			return Volume{}, "", fmt.Errorf("zeroing %s before handing it out raw: %w", path, err)
-		}
-		klog.InfoS("Disk zeroed", "volumeID", volumeID, "disk", v.Disk.ID, "device", path, "duration", time.Since(start))
-	}
-	if err := inv.updateVolume(volumeID, func(d *state.Disk) {
-		d.Residual = false
-		d.Volume.RawExposed = true
-	}); err != nil {
+	if err := inv.updateVolume(volumeID, func(d *state.Disk) { d.Volume.RawExposed = true }); err != nil {
 		return Volume{}, "", err
 	}
 	v.RawExposed, v.Disk.Residual = true, false
 	return v, path, nil
+}
+
+// zeroJob is the zeroing of one disk before a raw hand-out.
+type zeroJob struct {
+	done    chan struct{}
+	err     error
+	started time.Time
+}
+
+// maxZeroWait bounds how long one call waits for a zeroing; the zeroing
+// itself runs on (a multi-TiB HDD takes hours) and the retries find it.
+const maxZeroWait = 30 * time.Second
+
+// zeroForRaw zeroes the volume's disk, which may hold an earlier volume's
+// bytes, in the background: no call's deadline cuts it short, and a retry
+// finds the same zeroing rather than starting over. It waits for it up to
+// maxZeroWait or the call's deadline; a zeroing still running is ErrBusy
+// with how long it has run. Done, the disk is no longer residual.
+func (inv *Inventory) zeroForRaw(ctx context.Context, v Volume, path string) error {
+	inv.mu.Lock()
+	job := inv.zeroing[v.Disk.ID]
+	if job == nil {
+		job = &zeroJob{done: make(chan struct{}), started: time.Now()}
+		inv.zeroing[v.Disk.ID] = job
+		inv.cleaner.Add(1)
+		go func() {
+			defer inv.cleaner.Done()
+			job.err = inv.zero(v, path)
+			close(job.done)
+		}()
+	}
+	inv.mu.Unlock()
+	wait := maxZeroWait
+	if dl, ok := ctx.Deadline(); ok {
+		wait = min(wait, time.Until(dl)-100*time.Millisecond)
+	}
+	timer := time.NewTimer(max(wait, 0))
+	defer timer.Stop()
+	select {
+	case <-job.done:
+	case <-ctx.Done():
+	case <-timer.C:
+	}
+	select {
+	case <-job.done:
+		inv.mu.Lock()
+		if inv.zeroing[v.Disk.ID] == job {
+			delete(inv.zeroing, v.Disk.ID)
+		}
+		inv.mu.Unlock()
+		if job.err != nil {
+			return fmt.Errorf("zeroing %s before handing it out raw: %w", path, job.err)
+		}
+		return nil
+	default:
+		return fmt.Errorf("%w: zeroing disk %s (%s) before handing it out raw, for %s so far", ErrBusy, v.Disk.ID, path, time.Since(job.started).Round(time.Second))
+	}
+}
+
+// zero checks and zeroes the disk of v and records it clean.
+func (inv *Inventory) zero(v Volume, path string) error {
+	unlock := inv.lockCheck(v.Disk.ID)
+	defer unlock()
+	ctx := inv.ctx
+	if err := inv.checkBlankHeld(ctx, v.Disk.ID, path); err != nil {
+		return err
+	}
+	start := time.Now()
+	klog.InfoS("Zeroing a disk that may hold an earlier volume's data before handing it out raw", "volumeID", v.ID, "disk", v.Disk.ID, "device", path)
+	if err := inv.wipeOwn(ctx, v.Disk.ID, path, &v.Volume, mounter.CleanupZero); err != nil {
+		return err
+	}
+	if err := inv.updateVolume(v.ID, func(d *state.Disk) { d.Residual = false }); err != nil {
+		return err
+	}
+	klog.InfoS("Disk zeroed", "volumeID", v.ID, "disk", v.Disk.ID, "device", path, "duration", time.Since(start))
+	return nil
 }
 
 // PrepareFilesystem makes sure the volume's disk at path carries the

@@ -98,12 +98,15 @@ type Inventory struct {
 	// outlives the disk's absence, so that whatever device sits at that
 	// path later can be named as the wrong disk.
 	lastPath map[string]string
+	lastNum  map[string]string // device number ("MAJ:MIN") at lastPath
 
 	// reserved are free disks being checked for a CreateVolume; no other
 	// one takes them, and capacity leaves them out.
 	reserved map[string]bool
 	// checks serialise the device checks of each disk (checkBlank).
 	checks map[string]*sync.Mutex
+	// zeroing are the zeroings before raw hand-outs, by disk ID.
+	zeroing map[string]*zeroJob
 
 	ctx     context.Context
 	cancel  context.CancelFunc
@@ -117,7 +120,7 @@ func New(cfg Config) *Inventory {
 		cfg.RetryInterval = time.Minute
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Inventory{cfg: cfg, devices: map[string]disk.Disk{}, lastPath: map[string]string{}, reserved: map[string]bool{}, checks: map[string]*sync.Mutex{}, ctx: ctx, cancel: cancel, active: map[string]bool{}}
+	return &Inventory{cfg: cfg, devices: map[string]disk.Disk{}, lastPath: map[string]string{}, lastNum: map[string]string{}, reserved: map[string]bool{}, checks: map[string]*sync.Mutex{}, zeroing: map[string]*zeroJob{}, ctx: ctx, cancel: cancel, active: map[string]bool{}}
 }
 
 // Start loads the state record, discovers the devices, reconciles the two,
@@ -217,7 +220,7 @@ func (inv *Inventory) refresh(ctx context.Context) error {
 	}
 	inv.rec, inv.devices, inv.excluded = next, devices, excluded
 	for id, d := range devices {
-		inv.lastPath[id] = d.Path
+		inv.lastPath[id], inv.lastNum[id] = d.Path, d.DevNum
 	}
 	for _, e := range excluded {
 		klog.InfoS("Disk excluded", "disk", e.Disk.ID, "device", e.Disk.Path, "identity", e.Disk.Identity, "reason", e.Reason)
@@ -277,6 +280,7 @@ func reconcile(rec *state.Record, found []disk.Disk, claimed func(path string) b
 		}
 		r.Identity, r.SizeBytes, r.Media, r.Category, r.CloudID = d.Identity, d.SizeBytes-d.ReservedTailBytes, string(d.Media), d.Category, d.CloudID
 		r.ReservedTailBytes = d.ReservedTailBytes
+		r.DeviceNumber, r.DevicePath = d.DevNum, d.Path
 		devices[d.ID] = d
 	}
 	for id, r := range rec.Disks {
@@ -629,7 +633,7 @@ func (inv *Inventory) rediscover(ctx context.Context, diskID string) (string, er
 	for _, d := range found {
 		if _, managed := inv.rec.Disks[d.ID]; managed {
 			inv.devices[d.ID] = d
-			inv.lastPath[d.ID] = d.Path
+			inv.lastPath[d.ID], inv.lastNum[d.ID] = d.Path, d.DevNum
 		}
 	}
 	for id, d := range inv.devices {
@@ -657,19 +661,27 @@ func (inv *Inventory) lastPathOf(id string) string {
 	return inv.lastPath[id]
 }
 
-// LastDevicePath is the device path where the disk of the allocated
-// volume volumeID was last found since start-up, "" when unknown.
-func (inv *Inventory) LastDevicePath(volumeID string) string {
+// LastDevice is where the disk of the allocated volume volumeID was last
+// seen, by this process or one before it: the device path and number
+// ("MAJ:MIN"), and whether another disk sits at that path now (its
+// identity read and not the volume's disk's). Empty when unknown.
+func (inv *Inventory) LastDevice(ctx context.Context, volumeID string) (path, number string, otherThere bool) {
 	inv.mu.Lock()
-	defer inv.mu.Unlock()
-	if !inv.ready {
-		return ""
-	}
 	v, err := inv.lookupLocked(volumeID)
-	if err != nil {
-		return ""
+	if !inv.ready || err != nil {
+		inv.mu.Unlock()
+		return "", "", false
 	}
-	return inv.lastPath[v.Disk.ID]
+	path, number = v.Disk.DevicePath, v.Disk.DeviceNumber
+	if p := inv.lastPath[v.Disk.ID]; p != "" {
+		path, number = p, inv.lastNum[v.Disk.ID] // seen by this process, maybe after a rename
+	}
+	inv.mu.Unlock()
+	if path != "" {
+		id, _, err := inv.cfg.Source.Identify(ctx, path)
+		otherThere = err == nil && id != v.Disk.ID
+	}
+	return path, number, otherThere
 }
 
 func (inv *Inventory) device(id string) disk.Disk {

@@ -100,6 +100,11 @@ type Disk struct {
 	// ReservedTailBytes at the device's end are the driver's (see
 	// disk.Disk); SizeBytes already leaves them out.
 	ReservedTailBytes int64 `json:"reservedTailBytes,omitempty"`
+	// DeviceNumber ("MAJ:MIN") and DevicePath are where the disk was last
+	// seen: a volume's mounts can still be told as its own once the disk is
+	// gone, also after a restart.
+	DeviceNumber string `json:"deviceNumber,omitempty"`
+	DevicePath   string `json:"devicePath,omitempty"`
 	// Status is the lifecycle state.
 	Status Status `json:"status"`
 	// Volume is set while Status is Allocated or Cleaning.

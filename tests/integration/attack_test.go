@@ -11,7 +11,9 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
@@ -583,4 +585,128 @@ func TestRawDataNeverTakenForPartialFormat(t *testing.T) {
 	run(t, "wipefs", "--all", "--quiet", dev)
 	e.stage(v, mc, staging)
 	e.unstage(v, staging)
+}
+
+// TestZeroingOutlivesCallDeadlines: a raw volume on a disk that may hold an
+// earlier volume's bytes is zeroed before it is handed out. The kubelet
+// gives each NodeStage a deadline; a zeroing longer than that must go on
+// across the retries (each answers ABORTED while it runs) instead of
+// starting over at byte 0 each time, and end with the disk handed out
+// zeroed. blkdiscard is broken so that the driver writes the zeroes itself.
+func TestZeroingOutlivesCallDeadlines(t *testing.T) {
+	e := newEnv(t, []int64{1 << 30}, nil)
+	bc := testutil.BlockCap()
+	first := e.create("first", bc, nil)
+	staging, target := e.path("staging"), e.path("pod/dev")
+	e.stage(first, bc, staging)
+	e.publish(first, bc, staging, target, false)
+	tail := []byte("TAIL OF THE PREVIOUS TENANT")
+	if err := writeAt(target, tail, (1<<30)-4096); err != nil {
+		t.Fatal(err)
+	}
+	e.unpublish(first, target)
+	e.unstage(first, staging)
+	e.delete(first)
+	second := e.create("second", bc, nil)
+	restore := breakTool(t, e.dir, "blkdiscard", false)
+	defer restore()
+	aborted := 0
+	for try := 0; ; try++ {
+		if try == 600 {
+			t.Fatal("the disk was not handed out after 600 tries of 300 ms")
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+		_, err := e.drv.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: second.VolumeId, StagingTargetPath: staging, VolumeCapability: bc})
+		cancel()
+		if err == nil {
+			break
+		}
+		wantStatus(t, err, codes.Aborted, "zeroing")
+		aborted++
+	}
+	if aborted == 0 {
+		t.Fatal("the zeroing of 1 GiB finished within one 300 ms call; the test proves nothing")
+	}
+	t.Logf("handed out after %d ABORTED answers", aborted)
+	e.publish(second, bc, staging, target, false)
+	got := make([]byte, len(tail))
+	f, err := os.Open(target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = f.ReadAt(got, (1<<30)-4096)
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, make([]byte, len(tail))) {
+		t.Fatalf("the second raw volume reads %q at the end of the disk", got)
+	}
+	e.unpublish(second, target)
+	e.unstage(second, staging)
+}
+
+// TestUnmountsWhenTheDiskIsGone: a filesystem volume and a raw block volume
+// are staged and published; then their disks die (the loop devices are
+// detached and the block volume's device node is removed, as a hot-unplug
+// does) and the driver restarts without them. The kubelet's unpublish and
+// unstage must still take the volumes' own mounts away (else the pods hang
+// terminating for ever), while a mount that is not theirs stays.
+func TestUnmountsWhenTheDiskIsGone(t *testing.T) {
+	e := newEnv(t, []int64{64 << 20, 64 << 20}, nil)
+	ctx := context.Background()
+	mc, bc := testutil.MountCap("ext4"), testutil.BlockCap()
+	fs, blk := e.create("fs", mc, nil), e.create("blk", bc, nil)
+	fsSt, fsTg, bSt, bTg := e.path("fs-staging"), e.path("fs-pod/vol"), e.path("b-staging"), e.path("b-pod/dev")
+	e.stage(fs, mc, fsSt)
+	e.publish(fs, mc, fsSt, fsTg, false)
+	e.stage(blk, bc, bSt)
+	e.publish(blk, bc, bSt, bTg, false)
+	bDev := e.device(blk)
+	st, err := os.Stat(bDev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rdev := st.Sys().(*syscall.Stat_t).Rdev
+	for _, l := range e.loops {
+		testutil.Detach(l.Path)
+	}
+	if err := os.Remove(bDev); err != nil { // the kernel removes an unplugged disk's node
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if _, err := os.Stat(bDev); os.IsNotExist(err) {
+			_ = syscall.Mknod(bDev, syscall.S_IFBLK|0o660, int(rdev))
+		}
+	})
+	admin := e.path("admin")
+	if err := os.MkdirAll(admin, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	run(t, "mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", admin)
+	t.Cleanup(func() { _ = e.m.Unmount(admin) })
+	e.newSource = e.staticSource(e.path("no-disk-here"))
+	e.start()
+
+	_, err = e.drv.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: fs.VolumeId, TargetPath: admin})
+	wantStatus(t, err, codes.FailedPrecondition, "left mounted")
+	for _, c := range []struct {
+		v               *csi.Volume
+		target, staging string
+	}{{fs, fsTg, fsSt}, {blk, bTg, bSt}} {
+		if _, err := e.drv.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: c.v.VolumeId, TargetPath: c.target}); err != nil {
+			t.Fatalf("unpublish with the disk gone: %v", err)
+		}
+		if _, err := e.drv.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: c.v.VolumeId, StagingTargetPath: c.staging}); err != nil {
+			t.Fatalf("unstage with the disk gone: %v", err)
+		}
+		for _, p := range []string{c.target, c.staging} {
+			if m := e.mountAt(p); m != "" {
+				t.Fatalf("%s still mounted: %s", p, m)
+			}
+		}
+	}
+	if e.mountAt(admin) == "" {
+		t.Fatal("the admin's tmpfs was unmounted")
+	}
 }
