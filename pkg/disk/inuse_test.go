@@ -5,33 +5,13 @@ import (
 	"os/exec"
 	"path/filepath"
 	"reflect"
-	"strconv"
 	"strings"
 	"testing"
-	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/ecs-localdisk/ecs-localdisk-csi/internal/testutil"
 )
-
-// bindNode bind-mounts the device node (or file) src onto a new empty file
-// at target, as the kubelet publishes a raw block volume, and unmounts it
-// when the test ends. It returns target.
-func bindNode(t *testing.T, src, target string) string {
-	t.Helper()
-	if err := os.MkdirAll(filepath.Dir(target), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(target, nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := unix.Mount(src, target, "", unix.MS_BIND, ""); err != nil {
-		t.Fatalf("bind %s on %s: %v", src, target, err)
-	}
-	t.Cleanup(func() { _ = unix.Unmount(target, unix.MNT_DETACH) })
-	return target
-}
 
 func unmount(t *testing.T, path string) {
 	t.Helper()
@@ -54,8 +34,8 @@ func TestStaticDeviceNodeBindIsInUse(t *testing.T) {
 	// The kubelet's chain: the driver binds the node onto a staging file,
 	// the kubelet binds that onto the pod's file; paths with a space show
 	// up escaped in mountinfo.
-	staging := bindNode(t, bound.Path, filepath.Join(dir, "staging", "vol 1"))
-	publish := bindNode(t, staging, filepath.Join(dir, "publish", "pod uid"))
+	staging := testutil.BindNode(t, bound.Path, filepath.Join(dir, "staging", "vol 1"))
+	publish := testutil.BindNode(t, staging, filepath.Join(dir, "publish", "pod uid"))
 
 	// A node of onTmpfs's number on a tmpfs, bound elsewhere; and a regular
 	// tmpfs file bound the same way, which is no device at all.
@@ -75,8 +55,8 @@ func TestStaticDeviceNodeBindIsInUse(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(tmp, "not-a-disk"), nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	ctr := bindNode(t, filepath.Join(tmp, "disk"), filepath.Join(dir, "ctr", "xvda"))
-	plain := bindNode(t, filepath.Join(tmp, "not-a-disk"), filepath.Join(dir, "ctr", "file"))
+	ctr := testutil.BindNode(t, filepath.Join(tmp, "disk"), filepath.Join(dir, "ctr", "xvda"))
+	plain := testutil.BindNode(t, filepath.Join(tmp, "not-a-disk"), filepath.Join(dir, "ctr", "file"))
 
 	src := mustStatic(t, StaticConfig{Patterns: []string{bound.Path, onTmpfs.Path, free.Path}})
 	disks, problems := discover(t, src)
@@ -123,7 +103,7 @@ func TestStaticPartitionNodeBindIsInUse(t *testing.T) {
 	t.Cleanup(func() { _ = exec.Command("partx", "-d", l.Path).Run() })
 	part := l.Path + "p2"
 	waitFor(t, part)
-	target := bindNode(t, part, filepath.Join(t.TempDir(), "raw"))
+	target := testutil.BindNode(t, part, filepath.Join(t.TempDir(), "raw"))
 
 	disks, _ := discover(t, mustStatic(t, StaticConfig{Patterns: []string{l.Path}}))
 	d := disks[filepath.Base(l.Path)]
@@ -132,58 +112,11 @@ func TestStaticPartitionNodeBindIsInUse(t *testing.T) {
 	}
 }
 
-// requireDeviceMapper skips a test on a kernel without device-mapper (a
-// kernel feature, not a privilege: some CI and sandbox kernels lack it).
-func requireDeviceMapper(t *testing.T) {
-	t.Helper()
-	testutil.RequireRoot(t)
-	if _, err := exec.LookPath("dmsetup"); err != nil {
-		t.Skip("needs dmsetup")
-	}
-	if _, err := os.Stat("/sys/class/misc/device-mapper"); err != nil {
-		t.Skipf("needs a kernel with device-mapper: %v", err)
-	}
-}
-
-// dmLinear maps a dm-linear device over the whole of dev and removes it
-// when the test ends; it returns the dm device's kernel name (dm-N).
-func dmLinear(t *testing.T, dev string) string {
-	t.Helper()
-	requireDeviceMapper(t)
-	out, err := exec.Command("blockdev", "--getsz", dev).Output()
-	sectors := strings.TrimSpace(string(out))
-	if _, perr := strconv.ParseInt(sectors, 10, 64); err != nil || perr != nil {
-		t.Fatalf("size of %s: %q %v", dev, out, err)
-	}
-	name := "diskholder-" + filepath.Base(dev)
-	table := "0 " + sectors + " linear " + dev + " 0"
-	run(t, "dmsetup", "create", name, "--table", table)
-	t.Cleanup(func() {
-		// udev may hold the new device open for a moment: retry, bounded.
-		for i := 0; i < 50; i++ {
-			if exec.Command("dmsetup", "remove", name).Run() == nil {
-				return
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
-		t.Errorf("dmsetup remove %s kept failing", name)
-	})
-	target, err := filepath.EvalSymlinks("/sys/block/" + filepath.Base(dev) + "/holders")
-	if err != nil {
-		t.Fatal(err)
-	}
-	entries, err := os.ReadDir(target)
-	if err != nil || len(entries) != 1 {
-		t.Fatalf("holders of %s after dmsetup create: %v %v", dev, entries, err)
-	}
-	return entries[0].Name()
-}
-
 // TestStaticHeldDevice: a blank whole device under device-mapper is
 // reported with its holder, and the dm device itself as device-mapper.
 func TestStaticHeldDevice(t *testing.T) {
 	l := testutil.NewLoop(t, "", 16<<20)
-	holder := dmLinear(t, l.Path)
+	holder := testutil.DMLinear(t, l.Path)
 	src := mustStatic(t, StaticConfig{Patterns: []string{l.Path, "/dev/" + holder}})
 	disks, _ := discover(t, src)
 	if d := disks[filepath.Base(l.Path)]; !reflect.DeepEqual(d.Facts.Holders, []string{holder}) || d.Facts.Mounted {

@@ -56,6 +56,25 @@ func (inv *Inventory) checkUnused(path string) error {
 	return nil
 }
 
+// inspect looks at the device at path right before an act: it must be disk
+// id (ErrIdentityMismatch) and unused (ErrInUse); it returns what a probe
+// finds on it. A probe that fails is a plain error: the device is shown
+// neither blank nor foreign, so it is neither given out nor excluded for a
+// tool that failed once.
+func (inv *Inventory) inspect(ctx context.Context, id, path string) (disk.Probe, error) {
+	if err := inv.checkIdentity(ctx, id, path); err != nil {
+		return disk.Probe{}, err
+	}
+	if err := inv.checkUnused(path); err != nil {
+		return disk.Probe{}, err
+	}
+	p, err := inv.cfg.Mounter.Probe(ctx, path)
+	if err != nil {
+		return disk.Probe{}, fmt.Errorf("cannot read the signatures of %s: %w", path, err)
+	}
+	return p, nil
+}
+
 // checkBlank fails unless the device at path is disk id, unused and
 // carries no signature: ErrIdentityMismatch, ErrInUse or ErrForeign. Checks
 // of one disk run one at a time: two exclusive opens at once would each see
@@ -69,17 +88,9 @@ func (inv *Inventory) checkBlank(ctx context.Context, id, path string) error {
 // checkBlankHeld is checkBlank for a caller that holds the disk's check
 // lock (and acts on the disk before it lets go).
 func (inv *Inventory) checkBlankHeld(ctx context.Context, id, path string) error {
-	if err := inv.checkIdentity(ctx, id, path); err != nil {
-		return err
-	}
-	if err := inv.checkUnused(path); err != nil {
-		return err
-	}
-	p, err := inv.cfg.Mounter.Probe(ctx, path)
+	p, err := inv.inspect(ctx, id, path)
 	if err != nil {
-		// Not shown blank, so not given out; not shown foreign either,
-		// so not excluded for a tool that failed once.
-		return fmt.Errorf("cannot read the signatures of %s: %w", path, err)
+		return err
 	}
 	if len(p.Signatures) > 0 {
 		return fmt.Errorf("%w: %s carries %s", ErrForeign, path, strings.Join(p.Signatures, ","))
@@ -119,15 +130,9 @@ func ownContent(v *state.Volume, p disk.Probe) (bool, string) {
 // ErrForeign with the reason, and nothing is erased. The caller holds the
 // disk's check lock.
 func (inv *Inventory) wipeOwn(ctx context.Context, id, path string, vol *state.Volume, policy mounter.CleanupPolicy) error {
-	if err := inv.checkIdentity(ctx, id, path); err != nil {
-		return err
-	}
-	if err := inv.checkUnused(path); err != nil {
-		return err
-	}
-	p, err := inv.cfg.Mounter.Probe(ctx, path)
+	p, err := inv.inspect(ctx, id, path)
 	if err != nil {
-		return fmt.Errorf("reading the signatures of %s before wiping it: %w", path, err)
+		return err
 	}
 	if own, why := ownContent(vol, p); !own {
 		return fmt.Errorf("%w: %s", ErrForeign, why)

@@ -61,7 +61,7 @@ const lockHelperEnv = "STATE_LOCK_HELPER_DIR"
 func TestLockHelperProcess(t *testing.T) {
 	dir := os.Getenv(lockHelperEnv)
 	if dir == "" {
-		t.Skip("helper process only")
+		t.Skip("not a test: the helper process of TestLockDirReleasedWhenHolderDies, run only with " + lockHelperEnv + " set")
 	}
 	if _, err := LockDir(dir); err != nil {
 		fmt.Println("error:", err)

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -318,6 +319,25 @@ func TestReadOnlyBlockRetryReassertsFlag(t *testing.T) {
 	}
 }
 
+// leaveRawData creates a raw block volume, has its "pod" write data at off
+// through the publication, and deletes the volume with the default
+// (signatures) cleanup, so that the disk is free and holds data.
+func (e *env) leaveRawData(name string, data []byte, off int64) *csi.Volume {
+	e.t.Helper()
+	bc := testutil.BlockCap()
+	v := e.create(name, bc, nil)
+	staging, target := e.path(name+"-staging"), e.path(name+"-pod/dev")
+	e.stage(v, bc, staging)
+	e.publish(v, bc, staging, target, false)
+	if err := writeAt(target, data, off); err != nil {
+		e.t.Fatal(err)
+	}
+	e.unpublish(v, target)
+	e.unstage(v, staging)
+	e.delete(v)
+	return v
+}
+
 // TestRawBlockNeverReadsPreviousTenant: a raw block volume's pod writes a
 // pattern; the volume is deleted with the default (signatures) cleanup; the
 // next raw block volume on that disk reads zeroes where the pattern was. A
@@ -326,16 +346,8 @@ func TestRawBlockNeverReadsPreviousTenant(t *testing.T) {
 	e := newEnv(t, []int64{64 << 20}, nil)
 	bc := testutil.BlockCap()
 	pattern := bytes.Repeat([]byte("previous tenant "), 4096)
-	first := e.create("first", bc, nil)
+	first := e.leaveRawData("first", pattern, 32<<20)
 	staging, target := e.path("staging"), e.path("pod/dev")
-	e.stage(first, bc, staging)
-	e.publish(first, bc, staging, target, false)
-	if err := writeAt(target, pattern, 32<<20); err != nil {
-		t.Fatal(err)
-	}
-	e.unpublish(first, target)
-	e.unstage(first, staging)
-	e.delete(first)
 	residual := e.diskRecord(first.VolumeContext["disk"]).Residual
 	second := e.create("second", bc, nil)
 	e.stage(second, bc, staging)
@@ -478,16 +490,8 @@ func TestResidualSurvivesAbsentDisk(t *testing.T) {
 	e := newEnv(t, []int64{64 << 20}, nil)
 	bc := testutil.BlockCap()
 	pattern := bytes.Repeat([]byte("previous tenant "), 4096)
-	first := e.create("first", bc, nil)
+	first := e.leaveRawData("first", pattern, 32<<20)
 	staging, target := e.path("staging"), e.path("pod/dev")
-	e.stage(first, bc, staging)
-	e.publish(first, bc, staging, target, false)
-	if err := writeAt(target, pattern, 32<<20); err != nil {
-		t.Fatal(err)
-	}
-	e.unpublish(first, target)
-	e.unstage(first, staging)
-	e.delete(first)
 	diskID := first.VolumeContext["disk"]
 
 	// Restart with the disk detached, then with it back.
@@ -596,17 +600,9 @@ func TestRawDataNeverTakenForPartialFormat(t *testing.T) {
 func TestZeroingOutlivesCallDeadlines(t *testing.T) {
 	e := newEnv(t, []int64{1 << 30}, nil)
 	bc := testutil.BlockCap()
-	first := e.create("first", bc, nil)
-	staging, target := e.path("staging"), e.path("pod/dev")
-	e.stage(first, bc, staging)
-	e.publish(first, bc, staging, target, false)
 	tail := []byte("TAIL OF THE PREVIOUS TENANT")
-	if err := writeAt(target, tail, (1<<30)-4096); err != nil {
-		t.Fatal(err)
-	}
-	e.unpublish(first, target)
-	e.unstage(first, staging)
-	e.delete(first)
+	e.leaveRawData("first", tail, (1<<30)-4096)
+	staging, target := e.path("staging"), e.path("pod/dev")
 	second := e.create("second", bc, nil)
 	restore := breakTool(t, e.dir, "blkdiscard", false)
 	defer restore()
@@ -708,5 +704,53 @@ func TestUnmountsWhenTheDiskIsGone(t *testing.T) {
 	}
 	if e.mountAt(admin) == "" {
 		t.Fatal("the admin's tmpfs was unmounted")
+	}
+}
+
+// TestExclusivelyHeldDiskIsNeverHandedOut: another program holds a free
+// disk open exclusively, as device-mapper, md, LVM or a database on a raw
+// device do (this is the check that catches holders where discovery could
+// not see them). GetCapacity and CreateVolume leave it alone, it is
+// recorded excluded, a restart while it is held keeps it excluded, and once
+// it is let go a restart frees it.
+func TestExclusivelyHeldDiskIsNeverHandedOut(t *testing.T) {
+	e := newEnv(t, []int64{64 << 20, 32 << 20}, nil)
+	held := e.loops[0]
+	fd, err := unix.Open(held.Path, unix.O_RDONLY|unix.O_EXCL|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := false
+	release := func() {
+		if !closed {
+			unix.Close(fd)
+			closed = true
+		}
+	}
+	t.Cleanup(release)
+	sum := deviceSum(t, held.Path)
+	if avail, _ := e.capacity(); avail != 32<<20 {
+		t.Fatalf("GetCapacity %d with the bigger disk held by another program; want only the other disk, %d", avail, 32<<20)
+	}
+	v := e.create("pvc", testutil.MountCap("ext4"), nil)
+	if v.VolumeContext["disk"] == loopID(held) {
+		t.Fatal("the held disk was given out")
+	}
+	_, err = e.createSized("pvc-2", testutil.MountCap("ext4"), nil, 0)
+	wantStatus(t, err, codes.ResourceExhausted)
+	if d := e.diskRecord(loopID(held)); d == nil || d.Status != state.Excluded || !strings.Contains(d.Reason, "in use") {
+		t.Fatalf("held disk: %+v; want excluded as in use", d)
+	}
+	e.start()
+	if d := e.diskRecord(loopID(held)); d.Status != state.Excluded {
+		t.Fatalf("held disk after a restart while still held: %+v; want it still excluded", d)
+	}
+	release()
+	if deviceSum(t, held.Path) != sum {
+		t.Fatal("the held disk changed")
+	}
+	e.start()
+	if d := e.diskRecord(loopID(held)); d.Status != state.Free {
+		t.Fatalf("disk let go, after a restart: %+v; want free", d)
 	}
 }

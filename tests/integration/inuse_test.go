@@ -1,14 +1,10 @@
 package integration
 
 import (
-	"os"
-	"os/exec"
 	"path/filepath"
 	"reflect"
-	"strconv"
 	"strings"
 	"testing"
-	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -25,17 +21,7 @@ func publishRaw(t *testing.T, dir, dev string) string {
 	t.Helper()
 	target := filepath.Join(dir, "kubelet", "plugins", "kubernetes.io", "csi", "volumeDevices", "publish",
 		"pvc-of-another-driver-"+filepath.Base(dev), "pod-uid")
-	if err := os.MkdirAll(filepath.Dir(target), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(target, nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := unix.Mount(dev, target, "", unix.MS_BIND, ""); err != nil {
-		t.Fatalf("bind %s on %s: %v", dev, target, err)
-	}
-	t.Cleanup(func() { _ = unix.Unmount(target, unix.MNT_DETACH) })
-	return target
+	return testutil.BindNode(t, dev, target)
 }
 
 // excludedByID indexes the inventory's excluded devices by disk ID.
@@ -117,16 +103,9 @@ func checkBound(t *testing.T, rec *state.Record, ex []inventory.Excluded, l test
 // TestHeldDeviceIsExcluded: a blank disk under a device-mapper device is
 // excluded as in use by its holder. It needs a kernel with device-mapper.
 func TestHeldDeviceIsExcluded(t *testing.T) {
-	testutil.RequireRoot(t)
-	if _, err := exec.LookPath("dmsetup"); err != nil {
-		t.Skip("needs dmsetup")
-	}
-	if _, err := os.Stat("/sys/class/misc/device-mapper"); err != nil {
-		t.Skipf("needs a kernel with device-mapper (a kernel feature, not a privilege: some CI and sandbox kernels lack it): %v", err)
-	}
 	var holder string
 	e := newEnv(t, []int64{32 << 20, 32 << 20}, func(loops []testutil.Loop) {
-		holder = dmLinear(t, loops[0].Path)
+		holder = testutil.DMLinear(t, loops[0].Path)
 	})
 	rec, ex := e.inv.Snapshot()
 	x, ok := excludedByID(ex)[loopID(e.loops[0])]
@@ -139,32 +118,4 @@ func TestHeldDeviceIsExcluded(t *testing.T) {
 	if d := rec.Disks[loopID(e.loops[1])]; d == nil || d.Status != state.Free {
 		t.Errorf("the other disk: %+v", d)
 	}
-}
-
-// dmLinear maps a dm-linear device over the whole of dev, removed when the
-// test ends, and returns its kernel name (dm-N).
-func dmLinear(t *testing.T, dev string) string {
-	t.Helper()
-	out, err := exec.Command("blockdev", "--getsz", dev).Output()
-	sectors := strings.TrimSpace(string(out))
-	if _, perr := strconv.ParseInt(sectors, 10, 64); err != nil || perr != nil {
-		t.Fatalf("size of %s: %q %v", dev, out, err)
-	}
-	name := "itest-holder-" + filepath.Base(dev)
-	run(t, "dmsetup", "create", name, "--table", "0 "+sectors+" linear "+dev+" 0")
-	t.Cleanup(func() {
-		// udev may hold the new device open for a moment: retry, bounded.
-		for i := 0; i < 50; i++ {
-			if exec.Command("dmsetup", "remove", name).Run() == nil {
-				return
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
-		t.Errorf("dmsetup remove %s kept failing", name)
-	})
-	entries, err := os.ReadDir(filepath.Join("/sys/block", filepath.Base(dev), "holders"))
-	if err != nil || len(entries) != 1 {
-		t.Fatalf("holders of %s after dmsetup create: %v %v", dev, entries, err)
-	}
-	return entries[0].Name()
 }
