@@ -138,7 +138,7 @@ func ParseParams(in map[string]string) (Params, error) {
 		case strings.HasPrefix(k, reservedPrefix):
 			// Set by the provisioner (pvc/name, pv/name, ...): not ours to check.
 		default:
-			return p, invalid("unknown parameter %.64q (known: %s, %s, %s, %s, %s, %s)", k, ParamFSType, ParamMkfsOptions, ParamCleanupPolicy, ParamMedia, ParamDiskCategory, ParamVolumeMode)
+			return p, invalid("unknown parameter %q (known: %s, %s, %s, %s, %s, %s)", k, ParamFSType, ParamMkfsOptions, ParamCleanupPolicy, ParamMedia, ParamDiskCategory, ParamVolumeMode)
 		}
 	}
 	fs := p.FSType
