@@ -8,7 +8,8 @@ COPY cmd cmd
 COPY pkg pkg
 COPY internal internal
 ARG VERSION=dev
-RUN CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X main.version=${VERSION}" -o /out/ecs-localdisk-csi ./cmd/ecs-localdisk-csi
+ARG COMMIT=unknown
+RUN CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X main.version=${VERSION} -X main.commit=${COMMIT}" -o /out/ecs-localdisk-csi ./cmd/ecs-localdisk-csi
 
 # Run: Debian 12 slim, pinned by digest, with every tool the driver runs
 # (pkg/mounter Tools; a test checks this list against them).

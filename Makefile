@@ -1,19 +1,26 @@
 # ecs-localdisk-csi
 BINARY   := ecs-localdisk-csi
-VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
-LDFLAGS  := -X main.version=$(VERSION)
+# The version is the committed VERSION file (make release VERSION=vX.Y.Z
+# writes it); the commit is git's, with -dirty for uncommitted changes.
+VERSION  := $(shell cat VERSION)
+COMMIT   := $(shell git rev-parse --short=12 HEAD 2>/dev/null)$(shell git diff --quiet HEAD -- 2>/dev/null || echo -dirty)
+LDFLAGS  := -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 IMAGE    ?= ecs-localdisk-csi:$(VERSION)
 GO       ?= go
 GOFLAGS  ?=
 TESTFLAGS ?= -race -count=1 -timeout 20m
 
 .DEFAULT_GOAL := help
+# Sub-makes (make release) print no "Entering directory" lines.
+MAKEFLAGS += --no-print-directory
+KUBECTL ?= kubectl
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
-build: ## Build bin/ecs-localdisk-csi with the version stamped in
+build: ## Build bin/ecs-localdisk-csi with the version and commit stamped in
 	$(GO) build $(GOFLAGS) -ldflags "$(LDFLAGS)" -o bin/$(BINARY) ./cmd/$(BINARY)
+	@bin/$(BINARY) --version
 
 demo: build ## Run the driver on three loop-device disks and walk volumes through their life (root)
 	$(GO) run ./tests/demo --driver bin/$(BINARY)
@@ -76,13 +83,23 @@ vet: ## go vet and gofmt
 
 lint: vet ## Static checks (vet, gofmt)
 
-image: ## Build the container image (needs a Docker engine)
-	docker build --build-arg VERSION=$(VERSION) -t $(IMAGE) .
+image: ## Build the container image IMAGE (needs a Docker engine; the README says how to push it)
+	docker build --build-arg VERSION=$(VERSION) --build-arg COMMIT=$(COMMIT) -t $(IMAGE) .
 
-deploy: ## Render the manifests of OVERLAY (static or ecs), as kubectl kustomize does
-	cd tests/deploy && $(GO) run sigs.k8s.io/kustomize/kustomize/v5@v5.8.1 build ../../deploy/kubernetes/overlays/$(or $(OVERLAY),static)
+# Only the manifests reach stdout, so make deploy | kubectl apply -f - works:
+# kubectl's own kustomize when kubectl is installed, else kustomize built
+# from the Go module proxy.
+deploy: ## Print the manifests of OVERLAY (ecs, the default, or static) for kubectl apply -f -
+	@overlay=deploy/kubernetes/overlays/$(or $(OVERLAY),ecs); \
+	if command -v $(KUBECTL) >/dev/null 2>&1; then $(KUBECTL) kustomize $$overlay; \
+	else cd tests/deploy && $(GO) run sigs.k8s.io/kustomize/kustomize/v5@v5.8.1 build ../../$$overlay; fi
+
+release: ## Stamp VERSION=vX.Y.Z into VERSION, CHANGELOG.md, the overlays and the chart, and build the binary
+	@test -n "$(filter command line,$(origin VERSION))" || { echo "usage: make release VERSION=vX.Y.Z" >&2; exit 2; }
+	$(GO) run ./internal/release -version $(VERSION)
+	$(MAKE) build VERSION=$(VERSION)
 
 clean: ## Remove build output
 	rm -rf bin
 
-.PHONY: help build demo demo-ecs e2e-bins e2e bench-e2e test unit fault fuzz sanity bench vet lint image deploy clean
+.PHONY: release help build demo demo-ecs e2e-bins e2e bench-e2e test unit fault fuzz sanity bench vet lint image deploy clean

@@ -8,8 +8,12 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
+	"runtime"
+	"runtime/debug"
+	"strings"
 	"syscall"
 	"time"
 
@@ -24,8 +28,41 @@ import (
 	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/state"
 )
 
-// version is stamped at build time with -ldflags "-X main.version=...".
-var version = "dev"
+// version and commit are stamped at build time with -ldflags
+// "-X main.version=... -X main.commit=..." (make build reads VERSION); a
+// plain go build says dev and takes the commit from the module's VCS stamp.
+var (
+	version = "dev"
+	commit  = ""
+)
+
+// versionLine is what --version prints.
+func versionLine() string {
+	c := commit
+	if c == "" {
+		c = vcsCommit()
+	}
+	return fmt.Sprintf("ecs-localdisk-csi %s (commit %s, %s)", version, c, runtime.Version())
+}
+
+// vcsCommit is the commit the go command stamped into the binary, "unknown"
+// outside a git checkout (the image's build stage has no .git).
+func vcsCommit() string {
+	info, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "unknown"
+	}
+	rev, dirty := "unknown", ""
+	for _, s := range info.Settings {
+		switch {
+		case s.Key == "vcs.revision" && len(s.Value) >= 12:
+			rev = s.Value[:12]
+		case s.Key == "vcs.modified" && s.Value == "true":
+			dirty = "-dirty"
+		}
+	}
+	return rev + dirty
+}
 
 func main() {
 	os.Exit(run(os.Args[1:]))
@@ -34,10 +71,12 @@ func main() {
 // run returns the exit code: 0 after a clean shutdown, 1 on a runtime
 // failure, 2 on bad flags.
 func run(args []string) int {
-	fs := flag.NewFlagSet("ecs-localdisk-csi", flag.ContinueOnError)
-	klog.InitFlags(fs)
 	var o options.Options
-	o.AddFlags(fs)
+	fs := newFlagSet(&o)
+	if askedForHelp(args) {
+		printUsage(fs, os.Stdout)
+		return 0
+	}
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -46,7 +85,7 @@ func run(args []string) int {
 		return 2
 	}
 	if o.Version {
-		fmt.Println(version)
+		fmt.Println(versionLine())
 		return 0
 	}
 	if err := o.Validate(); err != nil {
@@ -59,6 +98,63 @@ func run(args []string) int {
 		return 1
 	}
 	return 0
+}
+
+// newFlagSet is the driver's flags and klog's, in one set; a bad flag
+// prints the error and a pointer to --help on stderr.
+func newFlagSet(o *options.Options) *flag.FlagSet {
+	fs := flag.NewFlagSet("ecs-localdisk-csi", flag.ContinueOnError)
+	o.AddFlags(fs)
+	logging := flag.NewFlagSet("klog", flag.ContinueOnError)
+	klog.InitFlags(logging)
+	logging.VisitAll(func(f *flag.Flag) { fs.Var(f.Value, f.Name, "klog: "+f.Usage) })
+	fs.Usage = func() { fmt.Fprintln(fs.Output(), "Run ecs-localdisk-csi --help for the flags.") }
+	return fs
+}
+
+// askedForHelp says whether the flags before any "--" ask for help.
+func askedForHelp(args []string) bool {
+	for _, a := range args {
+		switch a {
+		case "--":
+			return false
+		case "-h", "--h", "-help", "--help":
+			return true
+		}
+	}
+	return false
+}
+
+// printUsage prints the driver's flags first, then klog's.
+func printUsage(fs *flag.FlagSet, out io.Writer) {
+	fmt.Fprint(out, "Usage: ecs-localdisk-csi --node-id=NODE --disk-source=static|ecs [flags]\n\n"+
+		"The CSI driver of ECS local disks: one volume, one whole disk. Runs once per node.\n\nDriver flags:\n")
+	var logging []*flag.Flag
+	fs.VisitAll(func(f *flag.Flag) {
+		if strings.HasPrefix(f.Usage, "klog: ") {
+			logging = append(logging, f)
+			return
+		}
+		printFlag(out, f, f.Usage)
+	})
+	fmt.Fprint(out, "\nLogging flags (klog):\n")
+	for _, f := range logging {
+		printFlag(out, f, strings.TrimPrefix(f.Usage, "klog: "))
+	}
+}
+
+// printFlag prints one flag as "  --name type" and its usage, with the
+// default when it is not the zero value.
+func printFlag(out io.Writer, f *flag.Flag, usage string) {
+	kind, usage := flag.UnquoteUsage(&flag.Flag{Name: f.Name, Usage: usage, Value: f.Value})
+	line := "  --" + f.Name
+	if kind != "" {
+		line += " " + kind
+	}
+	if f.DefValue != "" && f.DefValue != "false" && f.DefValue != "0" {
+		usage += fmt.Sprintf(" (default %q)", f.DefValue)
+	}
+	fmt.Fprintf(out, "%s\n      %s\n", line, usage)
 }
 
 // newSource builds the disk source the options ask for.
@@ -104,7 +200,9 @@ func serve(o options.Options) error {
 	if c, ok := src.(interface{ Close() }); ok {
 		defer c.Close()
 	}
-	inv := inventory.New(inventory.Config{Node: o.NodeID, Source: src, Store: state.NewStore(o.StateDir), Mounter: m})
+	inv := inventory.New(inventory.Config{Node: o.NodeID, Source: src, Store: state.NewStore(o.StateDir), Mounter: m,
+		RequireDisks: o.DiskSource == "static" && !o.AllowNoDisks,
+		NoDisksHint:  "correct --devices, or start with --allow-no-disks on a node that is expected to have no local disks"})
 	defer inv.Stop()
 	drv, err := driver.New(driver.Config{Name: o.DriverName, Version: version, NodeID: o.NodeID, Inventory: inv, Mounter: m})
 	if err != nil {

@@ -129,7 +129,7 @@ func (s *Static) Discover(ctx context.Context) ([]Disk, []error, error) {
 	for _, pattern := range s.cfg.Patterns {
 		matches, _ := filepath.Glob(pattern) // syntax checked in NewStatic
 		if len(matches) == 0 {
-			problems = append(problems, fmt.Errorf("%s: no such device", pattern))
+			problems = append(problems, fmt.Errorf("%s: %w", pattern, ErrNoDevice))
 		}
 		for _, path := range matches {
 			if err := ctx.Err(); err != nil {
@@ -177,6 +177,10 @@ func (s *Static) Identify(_ context.Context, path string) (string, string, error
 // String describes the source for logs.
 func (s *Static) String() string { return "static:" + strings.Join(s.cfg.Patterns, ",") }
 
+// ErrNoDevice is the discovery problem of a device entry that names no
+// device: a pattern that matches nothing, or a link to a device that is gone.
+var ErrNoDevice = errors.New("no such device")
+
 var (
 	errPartition  = errors.New("is partition")
 	errNoIdentity = errors.New("no stable identity (no serial, WWN, by-id link or loop backing file)")
@@ -217,7 +221,7 @@ func (s *Static) nameHint(path string) string {
 func blockDevNumber(path string) (string, error) {
 	fi, err := os.Stat(path)
 	if errors.Is(err, os.ErrNotExist) {
-		return "", fmt.Errorf("%s: no such device", path)
+		return "", fmt.Errorf("%s: %w", path, ErrNoDevice)
 	}
 	if err != nil {
 		return "", err

@@ -37,6 +37,14 @@ type Config struct {
 	Mounter mounter.Interface
 	// RetryInterval is how long a failed cleanup waits before it is retried.
 	RetryInterval time.Duration
+	// RequireDisks fails the start of a node that has no disk record yet
+	// (its first start) when a device entry names no device or no disk is
+	// usable: a mistyped device list must not give a ready driver without
+	// disks. NoDisksHint ends that error, saying what to change. Later
+	// starts never fail this way: a disk gone then is a lost disk, and the
+	// volumes of the others are still served.
+	RequireDisks bool
+	NoDisksHint  string
 }
 
 // Filter selects disks by media and cloud category; empty fields match all.
@@ -147,6 +155,11 @@ func (inv *Inventory) start(ctx context.Context) error {
 	if rec.Node != inv.cfg.Node {
 		return fmt.Errorf("node state %s belongs to node %q, not %q", inv.cfg.Store.Path(), rec.Node, inv.cfg.Node)
 	}
+	if inv.cfg.RequireDisks && len(rec.Disks) == 0 {
+		if err := inv.requireDisks(ctx); err != nil {
+			return err
+		}
+	}
 	inv.mu.Lock()
 	inv.rec = rec
 	inv.mu.Unlock()
@@ -185,6 +198,33 @@ func (inv *Inventory) watch(n notifier) {
 			}
 		}
 	}
+}
+
+// requireDisks is the first start's check of the device list
+// (RequireDisks). It only discovers: nothing is recorded before the list is
+// right, so a restart checks again.
+func (inv *Inventory) requireDisks(ctx context.Context) error {
+	found, problems, err := inv.cfg.Source.Discover(ctx)
+	if err != nil {
+		return fmt.Errorf("discovering disks: %w", err)
+	}
+	var missing []error
+	for _, p := range problems {
+		if errors.Is(p, disk.ErrNoDevice) {
+			missing = append(missing, p)
+		}
+	}
+	switch {
+	case len(missing) > 0:
+		return fmt.Errorf("a device entry names no device on the node's first start: %w; %s", errors.Join(missing...), inv.cfg.NoDisksHint)
+	case len(found) == 0:
+		why := errors.Join(problems...)
+		if why == nil {
+			why = errors.New("the source lists no disk")
+		}
+		return fmt.Errorf("no disk found on the node's first start: %w; %s", why, inv.cfg.NoDisksHint)
+	}
+	return nil
 }
 
 // refresh discovers the devices, reconciles them with the record, persists

@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+
+	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/inventory"
 )
 
 // DefaultDriverName is the CSI driver name used when --driver-name is not set.
@@ -24,6 +26,10 @@ type Options struct {
 	DiskSource string
 	Devices    string
 	Version    bool
+
+	// AllowNoDisks makes a node whose --devices match no disk ready all
+	// the same (static source).
+	AllowNoDisks bool
 
 	// ECS source.
 	MetadataEndpoint string
@@ -50,7 +56,8 @@ func (o *Options) AddFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.RAMRole, "ram-role", "", "ecs: RAM role to take from instance metadata (default: the one attached to the instance)")
 	fs.BoolVar(&o.SerialLessFallback, "serialless-fallback", false, "ecs: identify local disks that have no serial (instances created before mid-2020) by name from --device-start-with and the instance type's disk count, pinning each at first use; see the README for the risks")
 	fs.StringVar(&o.DeviceStartWith, "device-start-with", "", "ecs with --serialless-fallback: name of the first local disk (default vdb)")
-	fs.BoolVar(&o.Version, "version", false, "print the version and exit")
+	fs.BoolVar(&o.AllowNoDisks, "allow-no-disks", false, "static: be ready even when a --devices entry matches no device at the node's first start (a node expected to have no local disks); without it the driver reports the entry and stays not ready")
+	fs.BoolVar(&o.Version, "version", false, "print the version and the commit, and exit")
 }
 
 // Validate reports every problem with the options at once.
@@ -61,6 +68,8 @@ func (o *Options) Validate() error {
 	}
 	if o.NodeID == "" {
 		errs = append(errs, errors.New("--node-id is required (or set NODE_NAME)"))
+	} else if !inventory.ValidNodeID(o.NodeID) {
+		errs = append(errs, fmt.Errorf("--node-id %q is not a valid Kubernetes node name (letters, digits, '.', '_', '-'; at most 253)", o.NodeID))
 	}
 	if o.DriverName == "" || strings.ContainsAny(o.DriverName, "/ ") {
 		errs = append(errs, fmt.Errorf("--driver-name %q is not a valid CSI driver name", o.DriverName))
@@ -93,6 +102,9 @@ func (o *Options) Validate() error {
 			if !filepath.IsAbs(p) {
 				errs = append(errs, fmt.Errorf("--devices entry %q must be an absolute path or glob", p))
 			}
+		}
+		if o.AllowNoDisks {
+			errs = append(errs, errors.New("--allow-no-disks only applies to --disk-source=static"))
 		}
 		if o.DeviceStartWith != "" && !o.SerialLessFallback {
 			errs = append(errs, errors.New("--device-start-with only applies with --serialless-fallback"))

@@ -1,8 +1,10 @@
 package main
 
 import (
+	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/ecs-localdisk/ecs-localdisk-csi/internal/testutil"
@@ -18,8 +20,17 @@ func TestDemo(t *testing.T) {
 	}
 	for _, source := range []string{"static", "ecs"} {
 		t.Run(source, func(t *testing.T) {
-			if err := run(bin, source, false); err != nil {
+			logPath, err := run(bin, source, false)
+			if logPath != "" {
+				defer os.Remove(logPath)
+			}
+			if err != nil {
 				t.Fatal(err)
+			}
+			// The log whose path the demo printed is still there.
+			b, err := os.ReadFile(logPath)
+			if err != nil || !strings.Contains(string(b), `"Ready"`) || !strings.Contains(string(b), "DeleteVolume") {
+				t.Errorf("driver log %q not kept whole (%v):\n%s", logPath, err, b)
 			}
 		})
 	}

@@ -43,16 +43,21 @@ func main() {
 		fmt.Fprintln(os.Stderr, "--disk-source must be static or ecs")
 		os.Exit(2)
 	}
-	if err := run(*driverBin, *source, *keep); err != nil {
+	logPath, err := run(*driverBin, *source, *keep)
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "demo failed:", err)
+		if logPath != "" {
+			fmt.Fprintln(os.Stderr, "driver log kept at", logPath)
+		}
 		os.Exit(1)
 	}
-	fmt.Println("demo finished: every step passed, everything cleaned up")
+	fmt.Printf("demo finished: every step passed, everything cleaned up but the driver log, %s\n", logPath)
 }
 
 type demo struct {
 	source string
 	dir    string
+	log    string // outside dir: kept when the rest is cleaned up
 	loops  []string
 	media  []string
 	fake   *cloud.Fake
@@ -62,12 +67,19 @@ type demo struct {
 	nd     csi.NodeClient
 }
 
-func run(driverBin, source string, keep bool) (err error) {
+// run walks the demo and returns the path of the driver's log, which it
+// keeps (in the temporary directory, not in the demo's own).
+func run(driverBin, source string, keep bool) (logPath string, err error) {
 	if os.Geteuid() != 0 {
-		return errors.New("needs root (loop devices, mkfs, mount)")
+		return "", errors.New("needs root (loop devices, mkfs, mount)")
 	}
 	d := &demo{source: source}
 	defer d.cleanup()
+	err = d.walk(driverBin, keep)
+	return d.log, err
+}
+
+func (d *demo) walk(driverBin string, keep bool) (err error) {
 	if d.dir, err = os.MkdirTemp("", "localdisk-demo-"); err != nil {
 		return err
 	}
@@ -79,7 +91,7 @@ func run(driverBin, source string, keep bool) (err error) {
 		d.loops, d.media = append(d.loops, loop), append(d.media, media)
 		step("disk %d: %s, 1 GiB sparse, %s", i, loop, media)
 	}
-	if source == "ecs" {
+	if d.source == "ecs" {
 		d.startFakeECS()
 	}
 	if err := d.start(driverBin); err != nil {
@@ -151,10 +163,12 @@ func (d *demo) start(bin string) error {
 		d.cmd.Args = append(d.cmd.Args, "--disk-source=ecs", "--metadata-endpoint="+d.fake.Metadata.URL, "--ecs-endpoint="+d.fake.API.URL)
 		d.cmd.Env = append(os.Environ(), "ALIBABA_CLOUD_ACCESS_KEY_ID=LTAIdemo", "ALIBABA_CLOUD_ACCESS_KEY_SECRET=demo-secret")
 	}
-	logf, err := os.Create(filepath.Join(d.dir, "driver.log"))
+	logf, err := os.CreateTemp("", "localdisk-demo-driver-*.log")
 	if err != nil {
 		return err
 	}
+	defer logf.Close() // the driver has its own descriptor
+	d.log = logf.Name()
 	d.cmd.Stdout, d.cmd.Stderr = logf, logf
 	if err := d.cmd.Start(); err != nil {
 		return fmt.Errorf("starting %s: %w", bin, err)

@@ -40,13 +40,13 @@ func buildDriverBinary(t *testing.T) string {
 }
 
 // runDriver starts the binary on the devices with the given state directory,
-// socket and node ID. The process is killed (by its PID) at test cleanup if
-// it still runs.
-func runDriver(t *testing.T, bin, stateDir, sock, node string, devices []string) *binDriver {
+// socket, node ID and extra flags. The process is killed (by its PID) at
+// test cleanup if it still runs.
+func runDriver(t *testing.T, bin, stateDir, sock, node string, devices []string, extra ...string) *binDriver {
 	t.Helper()
 	d := &binDriver{t: t, out: &bytes.Buffer{}, exited: make(chan struct{})}
-	d.cmd = exec.Command(bin, "--endpoint=unix://"+sock, "--node-id="+node, "--state-dir="+stateDir,
-		"--disk-source=static", "--devices="+strings.Join(devices, ","), "--v=2")
+	d.cmd = exec.Command(bin, append([]string{"--endpoint=unix://" + sock, "--node-id=" + node, "--state-dir=" + stateDir,
+		"--disk-source=static", "--devices=" + strings.Join(devices, ","), "--v=2"}, extra...)...)
 	d.cmd.Stdout, d.cmd.Stderr = d.out, d.out
 	if err := d.cmd.Start(); err != nil {
 		t.Fatal(err)
