@@ -94,12 +94,21 @@ deploy: ## Print the manifests of OVERLAY (ecs, the default, or static) for kube
 	if command -v $(KUBECTL) >/dev/null 2>&1; then $(KUBECTL) kustomize $$overlay; \
 	else cd tests/deploy && $(GO) run sigs.k8s.io/kustomize/kustomize/v5@v5.8.1 build ../../$$overlay; fi
 
-release: ## Stamp VERSION=vX.Y.Z into VERSION, CHANGELOG.md, the overlays and the chart, and build the binary
+manifests: ## Render deploy/kubernetes/base from the Helm chart (edit the chart, never the base)
+	cd tests/deploy && $(GO) run ./cmd/genbase
+
+HELM ?= helm
+chart: ## Print the Helm chart rendered as helm template does, with SET (e.g. SET='diskSource=static,static.devices={/dev/vdb}')
+	@if command -v $(HELM) >/dev/null 2>&1; then h=$(HELM); else h="$(GO) run helm.sh/helm/v3/cmd/helm@v3.22.0"; fi; \
+	cd tests/deploy && $$h template ecs-localdisk-csi ../../deploy/helm/ecs-localdisk-csi --namespace ecs-localdisk-csi $(if $(SET),--set '$(SET)')
+
+release: ## Stamp VERSION=vX.Y.Z into VERSION, CHANGELOG.md, the overlays and the chart, render the base, build the binary
 	@test -n "$(filter command line,$(origin VERSION))" || { echo "usage: make release VERSION=vX.Y.Z" >&2; exit 2; }
 	$(GO) run ./internal/release -version $(VERSION)
+	$(MAKE) manifests
 	$(MAKE) build VERSION=$(VERSION)
 
 clean: ## Remove build output
 	rm -rf bin
 
-.PHONY: release help build demo demo-ecs e2e-bins e2e bench-e2e test unit fault fuzz sanity bench vet lint image deploy clean
+.PHONY: manifests chart release help build demo demo-ecs e2e-bins e2e bench-e2e test unit fault fuzz sanity bench vet lint image deploy clean

@@ -1,6 +1,8 @@
 // Package deploy renders every kustomize overlay of deploy/kubernetes, as
-// `kubectl kustomize` does, and checks what the driver needs of it. It is its
-// own Go module so that kustomize stays out of the driver's dependencies.
+// `kubectl kustomize` does, and the Helm chart deploy/helm/ecs-localdisk-csi
+// they are generated from, and checks what the driver needs of them. It is
+// its own Go module so that kustomize and Helm stay out of the driver's
+// dependencies.
 package deploy
 
 import (
