@@ -204,7 +204,8 @@ func serve(o options.Options) error {
 		RequireDisks: o.DiskSource == "static" && !o.AllowNoDisks,
 		NoDisksHint:  "correct --devices, or start with --allow-no-disks on a node that is expected to have no local disks"})
 	defer inv.Stop()
-	drv, err := driver.New(driver.Config{Name: o.DriverName, Version: version, NodeID: o.NodeID, Inventory: inv, Mounter: m})
+	drv, err := driver.New(driver.Config{Name: o.DriverName, Version: version, NodeID: o.NodeID, Inventory: inv, Mounter: m,
+		StartWait: 30 * time.Second})
 	if err != nil {
 		return err
 	}

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc"
@@ -31,6 +32,12 @@ type Config struct {
 	Inventory *inventory.Inventory
 	// Mounter formats, mounts and measures.
 	Mounter mounter.Interface
+	// StartWait is how long a volume call that arrives while the inventory
+	// is still starting waits for it (never past the call's deadline)
+	// before it answers UNAVAILABLE; 0 answers at once. The kubelet's
+	// registration asks NodeGetInfo as soon as the socket exists, and a
+	// failed registration restarts the registrar.
+	StartWait time.Duration
 }
 
 // Driver implements the CSI services.
@@ -44,7 +51,8 @@ type Driver struct {
 }
 
 // New returns a driver. The inventory may still be starting; until it is
-// ready, Probe says so and volume RPCs answer UNAVAILABLE.
+// ready, Probe says so and volume RPCs wait for it up to StartWait, then
+// answer UNAVAILABLE.
 func New(cfg Config) (*Driver, error) {
 	if cfg.Name == "" || cfg.NodeID == "" || cfg.Inventory == nil || cfg.Mounter == nil {
 		return nil, errors.New("driver: name, node ID, inventory and mounter are required")

@@ -55,13 +55,19 @@ func recoverPanic(ctx context.Context, req any, info *grpc.UnaryServerInfo, hand
 }
 
 // requireReady answers UNAVAILABLE to every Controller and Node call but the
-// capability queries until the inventory has started; the message carries
-// the start-up error once start-up has failed for good. Every volume call
+// capability queries until the inventory has started; a call that arrives
+// while it is starting first waits for it, up to StartWait. The message
+// carries the start-up error once start-up has failed for good. Every volume call
 // needs the loaded state: NodeGetInfo's limit is cached by the kubelet, and
 // NodeUnpublishVolume of a block volume needs the volume's device. Identity
 // calls always answer; Probe reports readiness.
 func (d *Driver) requireReady(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 	if needsInventory(info.FullMethod) {
+		if ready, _ := d.cfg.Inventory.Ready(); !ready && d.cfg.StartWait > 0 {
+			wait, cancel := context.WithTimeout(ctx, d.cfg.StartWait)
+			d.cfg.Inventory.WaitStarted(wait)
+			cancel()
+		}
 		if ready, err := d.cfg.Inventory.Ready(); !ready {
 			if err != nil {
 				return nil, toStatus(fmt.Errorf("%w: start-up failed: %v", inventory.ErrNotReady, err))

@@ -419,3 +419,76 @@ func TestLogBoundedPerCall(t *testing.T) {
 		t.Error("the failed ListVolumes calls were not logged")
 	}
 }
+
+// TestCallsDuringStartWaitForIt: with StartWait set, a NodeGetInfo that
+// arrives while discovery is held (as the kubelet's registration does right
+// after the socket appears) is answered with the real limit once Start
+// ends, not UNAVAILABLE; one that arrives while a start is about to fail
+// answers UNAVAILABLE with the reason as soon as it fails, not after
+// StartWait.
+func TestCallsDuringStartWaitForIt(t *testing.T) {
+	f := newFixture(t, fakeDisk(0, gib, disk.MediaSSD))
+	start := func(store *state.Store) (*gatedSource, *inventory.Inventory, csi.NodeClient) {
+		src := &gatedSource{FakeSource: disk.NewFakeSource(fakeDisk(0, gib, disk.MediaSSD), fakeDisk(1, gib, disk.MediaSSD)),
+			entered: make(chan struct{}), release: make(chan struct{})}
+		inv := inventory.New(inventory.Config{Node: testNode, Source: src, Store: store, Mounter: f.m})
+		t.Cleanup(inv.Stop)
+		t.Cleanup(src.open)
+		d, err := New(Config{Name: "x.csi", NodeID: testNode, Inventory: inv, Mounter: f.m, StartWait: time.Minute})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return src, inv, csi.NewNodeClient(rpcServer(t, d))
+	}
+	type answer struct {
+		r   *csi.NodeGetInfoResponse
+		err error
+		at  time.Time
+	}
+	ask := func(node csi.NodeClient) chan answer {
+		out := make(chan answer, 1)
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			defer cancel()
+			r, err := node.NodeGetInfo(ctx, &csi.NodeGetInfoRequest{})
+			out <- answer{r, err, time.Now()}
+		}()
+		return out
+	}
+
+	src, inv, node := start(state.NewStore(t.TempDir()))
+	go func() { _ = inv.Start(context.Background()) }()
+	<-src.entered
+	answered := ask(node)
+	time.Sleep(200 * time.Millisecond) // the call is waiting, not answered
+	select {
+	case a := <-answered:
+		t.Fatalf("NodeGetInfo answered while discovery is held: %v, %v", a.r, a.err)
+	default:
+	}
+	src.open()
+	if a := <-answered; a.err != nil || a.r.GetMaxVolumesPerNode() != 2 {
+		t.Fatalf("NodeGetInfo during Start = %v, %v; want the limit 2 once Start ends", a.r, a.err)
+	}
+
+	// A start that fails: the waiting call answers with the reason at once.
+	dir := t.TempDir()
+	store := state.NewStore(dir)
+	for _, p := range []string{store.Path(), store.BackupPath()} {
+		if err := os.WriteFile(p, []byte("{torn"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, inv, node = start(store)
+	answered = ask(node)
+	time.Sleep(100 * time.Millisecond)
+	failedAt := time.Now()
+	if err := inv.Start(context.Background()); err == nil {
+		t.Fatal("a start on a torn state record succeeded")
+	}
+	a := <-answered
+	wantCode(t, a.err, codes.Unavailable, "start-up failed")
+	if waited := a.at.Sub(failedAt); waited > 10*time.Second {
+		t.Errorf("the call answered %v after the start failed; want at once", waited)
+	}
+}

@@ -102,6 +102,7 @@ type Inventory struct {
 	excluded []Excluded
 	ready    bool
 	startErr error
+	started  chan struct{} // closed when Start returns
 	// lastPath is the device path each managed disk was last found at; it
 	// outlives the disk's absence, so that whatever device sits at that
 	// path later can be named as the wrong disk.
@@ -128,7 +129,7 @@ func New(cfg Config) *Inventory {
 		cfg.RetryInterval = time.Minute
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Inventory{cfg: cfg, devices: map[string]disk.Disk{}, lastPath: map[string]string{}, lastNum: map[string]string{}, reserved: map[string]bool{}, checks: map[string]*sync.Mutex{}, zeroing: map[string]*zeroJob{}, ctx: ctx, cancel: cancel, active: map[string]bool{}}
+	return &Inventory{cfg: cfg, devices: map[string]disk.Disk{}, lastPath: map[string]string{}, lastNum: map[string]string{}, reserved: map[string]bool{}, checks: map[string]*sync.Mutex{}, zeroing: map[string]*zeroJob{}, ctx: ctx, cancel: cancel, active: map[string]bool{}, started: make(chan struct{})}
 }
 
 // Start loads the state record, discovers the devices, reconciles the two,
@@ -140,7 +141,16 @@ func (inv *Inventory) Start(ctx context.Context) error {
 	inv.startErr = err
 	inv.ready = err == nil
 	inv.mu.Unlock()
+	close(inv.started)
 	return err
+}
+
+// WaitStarted returns when Start has returned, or when ctx ends.
+func (inv *Inventory) WaitStarted(ctx context.Context) {
+	select {
+	case <-inv.started:
+	case <-ctx.Done():
+	}
 }
 
 func (inv *Inventory) start(ctx context.Context) error {
