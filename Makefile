@@ -61,7 +61,7 @@ e2e-bins: ## Build the pinned etcd, Kubernetes and csi-provisioner binaries of t
 	cd tests/e2e && $(GO) build -o $(E2E_BIN)/ -ldflags "$(K8S_LDFLAGS)" \
 		k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
 		k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kubectl
-	cd tests/e2e && $(GO) build -o $(E2E_BIN)/csi-provisioner -ldflags "-X main.version=v6.3.0" \
+	cd tests/e2e && $(GO) build -o $(E2E_BIN)/csi-provisioner -ldflags "-X main.version=v6.4.0" \
 		github.com/kubernetes-csi/external-provisioner/v6/cmd/csi-provisioner
 	cd tests/e2e && $(GO) build -o $(E2E_BIN)/etcd go.etcd.io/etcd/server/v3
 	@ls -la $(E2E_BIN)

@@ -345,7 +345,7 @@ func (e *env) schedulingFailures(ctx context.Context) []string {
 // objects take from now on; the watch ends with the test.
 func (e *env) watchCapacity(ctx context.Context, node string) func() []int64 {
 	e.t.Helper()
-	lines := e.watch(ctx, "csistoragecapacities", "-n", "default", "-o",
+	lines := e.watch(ctx, "csistoragecapacities", "-n", e.cp.Namespace, "-o",
 		`jsonpath={.nodeTopology.matchLabels.topology\.localdisk\.csi\.alibabacloud\.com/node}{" "}{.capacity}{"\n"}`)
 	return func() []int64 {
 		var values []int64
@@ -389,11 +389,11 @@ func (e *env) notEnoughStorage(ctx context.Context) []string {
 func (e *env) capacity(ctx context.Context, node string) int64 {
 	e.t.Helper()
 	var best int64 = -1
-	for _, c := range e.list(ctx, "csistoragecapacities", "-n", "default") {
+	for _, c := range e.list(ctx, "csistoragecapacities", "-n", e.cp.Namespace) {
 		if c.NodeTopology.MatchLabels[cluster.TopologyKey] != node {
 			continue
 		}
-		out := e.kubectl(ctx, "", "get", "csistoragecapacity", "-n", "default", c.Metadata.Name, "-o", "jsonpath={.capacity}")
+		out := e.kubectl(ctx, "", "get", "csistoragecapacity", "-n", e.cp.Namespace, c.Metadata.Name, "-o", "jsonpath={.capacity}")
 		v, err := parseQuantity(out)
 		if err != nil {
 			e.t.Fatal(err)

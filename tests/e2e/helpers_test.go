@@ -1,7 +1,9 @@
 // Package e2e runs the driver under a real control plane: etcd, the
 // apiserver, the scheduler and the controller-manager from Kubernetes
-// v1.36.1, a real kubelet with containerd, and csi-provisioner v6.3.0 beside
-// every node's driver, all built by `make e2e-bins`.
+// v1.36.1, a real kubelet with containerd, and csi-provisioner v6.4.0 beside
+// every node's driver, all built by `make e2e-bins`. The driver and the
+// provisioner run with the arguments, the ServiceAccount and the RBAC of the
+// shipped manifests (deploy/kubernetes, rendered by kustomize).
 package e2e
 
 import (
@@ -91,7 +93,13 @@ type topology struct {
 	real   []cluster.DiskSpec   // the real node's disks; nil for none
 	poll   time.Duration        // capacity poll interval
 	apiQPS int
+	// dropRule removes one permission from the shipped RBAC (see
+	// cluster.Rendered.DropRule); by default the E2E_DROP_RULE variable's.
+	dropRule string
 }
+
+// deployDir holds the shipped manifests.
+const deployDir = "../../deploy/kubernetes"
 
 // env is a running cluster of one test.
 type env struct {
@@ -123,9 +131,13 @@ func startCluster(ctx context.Context, t testing.TB, topo topology) *env {
 		os.RemoveAll(dir)
 	})
 	e := &env{t: t, cp: cp}
-	// The CSIDriver object of the deployment: storageCapacity: true is what
-	// makes the scheduler read the CSIStorageCapacity objects.
-	e.apply(ctx, "../../deploy/kubernetes/base/csidriver.yaml")
+	drop := topo.dropRule
+	if drop == "" {
+		drop = os.Getenv("E2E_DROP_RULE")
+	}
+	if err := cp.Deploy(ctx, deployDir, drop); err != nil {
+		t.Fatalf("deploying the manifests: %v", err)
+	}
 	if topo.real != nil {
 		if e.real, err = cp.AddRealNode(ctx, "real-0", topo.real); err != nil {
 			t.Fatalf("real node: %v (logs in %s)", err, dir)
@@ -213,6 +225,10 @@ type object struct {
 		UID               string            `json:"uid"`
 		Annotations       map[string]string `json:"annotations"`
 		DeletionTimestamp string            `json:"deletionTimestamp"`
+		OwnerReferences   []struct {
+			Kind string `json:"kind"`
+			Name string `json:"name"`
+		} `json:"ownerReferences"`
 	} `json:"metadata"`
 	Spec struct {
 		NodeName         string `json:"nodeName"`

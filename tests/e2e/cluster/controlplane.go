@@ -44,7 +44,11 @@ type ControlPlane struct {
 	pki        *pki
 	APIServer  string // https://127.0.0.1:<port>
 	Kubeconfig string // admin kubeconfig
-	loops      []string
+	// Namespace is the deployment's namespace, where the provisioners keep
+	// the CSIStorageCapacity objects; set by Deploy.
+	Namespace string
+	deployed  *deployment
+	loops     []string
 
 	// The real node, if any.
 	real       *Node

@@ -4,12 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
-	"time"
 )
 
 // DriverName is the CSI driver under test.
@@ -29,29 +29,41 @@ type DiskSpec struct {
 	Category string
 }
 
-// Node is one node of the cluster: its loop-device disks and its own driver
-// and csi-provisioner processes. A fake node is a Node and a CSINode object
-// made by the suite; a real node has a kubelet and containerd.
+// Node is one node of the cluster: its loop-device disks and the driver and
+// csi-provisioner containers of its DaemonSet pod, run as host processes. A
+// fake node is a Node and a CSINode object made by the suite; a real node
+// has a kubelet and containerd.
 type Node struct {
 	Name  string
 	Loops []string
 	Real  bool
-	dir   string
-	sock  string // the driver's CSI socket
-	disks []DiskSpec
+	// Pod is the node's DaemonSet pod, which the DaemonSet controller made
+	// and the scheduler bound (no kubelet runs it); "" on the real node.
+	Pod    string
+	podUID string
+	dir    string
+	sock   string // the driver's CSI socket
+	disks  []DiskSpec
 }
 
-// AddFakeNode creates the node's disks, starts its driver and provisioner,
-// and registers the node with the apiserver.
+// AddFakeNode creates the node's disks and registers the node with the
+// apiserver, labelled for the DaemonSet, waits for its DaemonSet pod, and
+// starts the pod's driver and provisioner. Deploy must have run.
 func (cp *ControlPlane) AddFakeNode(ctx context.Context, name string, disks []DiskSpec) (*Node, error) {
+	if cp.deployed == nil {
+		return nil, fmt.Errorf("no deployment: call Deploy first")
+	}
 	n, err := cp.newNode(name, disks)
 	if err != nil {
 		return nil, err
 	}
-	if err := cp.startDriver(ctx, n, filepath.Join(n.dir, "csi.sock")); err != nil {
+	if _, err := cp.Kubectl(ctx, fakeNodeYAML(name, len(disks), cp.deployed.static.Spec.Template.Spec.NodeSelector), "apply", "-f", "-"); err != nil {
 		return nil, err
 	}
-	if _, err := cp.Kubectl(ctx, fakeNodeYAML(name, len(disks)), "apply", "-f", "-"); err != nil {
+	if n.Pod, n.podUID, err = cp.daemonSetPod(ctx, name); err != nil {
+		return nil, err
+	}
+	if err := cp.startDriver(ctx, n); err != nil {
 		return nil, err
 	}
 	return n, cp.startProvisioner(ctx, n)
@@ -72,28 +84,34 @@ func (cp *ControlPlane) newNode(name string, disks []DiskSpec) (*Node, error) {
 	return n, nil
 }
 
-// startDriver runs the driver under test for the node, serving sock.
-func (cp *ControlPlane) startDriver(ctx context.Context, n *Node, sock string) error {
-	n.sock = sock
-	if err := os.MkdirAll(filepath.Dir(sock), 0o700); err != nil {
-		return err
-	}
-	args := []string{"--endpoint=unix://" + sock, "--node-id=" + n.Name,
-		"--state-dir=" + filepath.Join(n.dir, "state"), "--devices=" + strings.Join(n.Loops, ","), "--v=2"}
-	var env []string
+// startDriver runs the driver under test for the node, as the DaemonSet's
+// driver container (see hostProcess), and waits for its socket.
+func (cp *ControlPlane) startDriver(ctx context.Context, n *Node) error {
 	metadata, api, err := cp.fakeECS(ctx, n)
 	if err != nil {
 		return err
 	}
-	if metadata != "" {
-		args = append(args, "--disk-source=ecs", "--metadata-endpoint="+metadata, "--ecs-endpoint="+api)
-		env = []string{"ALIBABA_CLOUD_ACCESS_KEY_ID=LTAIe2e", "ALIBABA_CLOUD_ACCESS_KEY_SECRET=e2e-secret"}
+	args, env, err := cp.hostProcess(n, "driver", hostSide{metadataURL: metadata, ecsURL: api})
+	if err != nil {
+		return err
+	}
+	for _, a := range args {
+		if v, ok := strings.CutPrefix(a, "--endpoint=unix://"); ok {
+			n.sock = v
+		}
+	}
+	if n.sock == "" {
+		return fmt.Errorf("the driver container has no --endpoint=unix://: %q", args)
+	}
+	// The kubelet makes the hostPath directories (DirectoryOrCreate).
+	if err := os.MkdirAll(filepath.Dir(n.sock), 0o700); err != nil {
+		return err
 	}
 	drv, err := cp.procs.startEnv(n.dir, "driver", cp.cfg.Driver, env, args...)
 	if err != nil {
 		return err
 	}
-	return waitFor(ctx, drv, n.Name+" driver socket", func() error { _, err := os.Stat(sock); return err })
+	return waitFor(ctx, drv, n.Name+" driver socket", func() error { _, err := os.Stat(n.sock); return err })
 }
 
 // fakeECS starts a fake ECS (the fakeecs command) for a node whose disks
@@ -146,19 +164,18 @@ func (cp *ControlPlane) fakeECS(ctx context.Context, n *Node) (metadata, api str
 }
 
 // startProvisioner runs the node's csi-provisioner in distributed mode, as
-// the DaemonSet in deploy/kubernetes does; as a host process it has no pod
-// to own the CSIStorageCapacity objects (--capacity-ownerref-level=-1).
+// the DaemonSet's csi-provisioner container (see hostProcess), with the
+// DaemonSet's ServiceAccount and so only the rights the shipped RBAC gives.
 func (cp *ControlPlane) startProvisioner(ctx context.Context, n *Node) error {
-	poll := cp.cfg.CapacityPoll
-	if poll == 0 {
-		poll = 5 * time.Second
+	kubeconfig, err := cp.serviceAccountKubeconfig(ctx, n)
+	if err != nil {
+		return err
 	}
-	prov, err := cp.procs.startEnv(n.dir, "csi-provisioner", cp.bin("csi-provisioner"),
-		[]string{"NODE_NAME=" + n.Name, "NAMESPACE=default", "POD_NAME=provisioner-" + n.Name},
-		"--kubeconfig="+cp.Kubeconfig, "--csi-address="+n.sock, "--v=3",
-		"--node-deployment", "--enable-capacity", "--capacity-ownerref-level=-1", "--strict-topology",
-		"--immediate-topology=false", "--extra-create-metadata", "--capacity-poll-interval="+poll.String(),
-		"--node-deployment-immediate-binding=false", "--kube-api-qps=50", "--kube-api-burst=100")
+	args, env, err := cp.hostProcess(n, "csi-provisioner", hostSide{kubeconfig: kubeconfig})
+	if err != nil {
+		return err
+	}
+	prov, err := cp.procs.startEnv(n.dir, "csi-provisioner", cp.bin("csi-provisioner"), env, args...)
 	if err != nil {
 		return err
 	}
@@ -176,16 +193,21 @@ func (cp *ControlPlane) startProvisioner(ctx context.Context, n *Node) error {
 	})
 }
 
-func fakeNodeYAML(name string, disks int) string {
+// fakeNodeYAML is a kubelet-less node, with the labels a kubelet would
+// give it and those the DaemonSet selects its nodes by, and its CSINode.
+func fakeNodeYAML(name string, disks int, selector map[string]string) string {
+	labels := map[string]string{"kubernetes.io/hostname": name, "kubernetes.io/os": "linux", TopologyKey: name}
+	maps.Copy(labels, selector)
+	var lines string
+	for _, k := range slices.Sorted(maps.Keys(labels)) {
+		lines += fmt.Sprintf("    %s: %q\n", k, labels[k])
+	}
 	return fmt.Sprintf(`apiVersion: v1
 kind: Node
 metadata:
   name: %[1]s
   labels:
-    kubernetes.io/hostname: %[1]s
-    kubernetes.io/os: linux
-    %[2]s: %[1]s
-status:
+%[2]sstatus:
   capacity: {cpu: "8", memory: 32Gi, pods: "110"}
   allocatable: {cpu: "8", memory: 32Gi, pods: "110"}
   conditions:
@@ -199,9 +221,9 @@ spec:
   drivers:
   - name: %[3]s
     nodeID: %[1]s
-    topologyKeys: [%[2]s]
+    topologyKeys: [%[5]s]
     allocatable: {count: %[4]d}
-`, name, TopologyKey, DriverName, disks)
+`, name, lines, DriverName, disks, TopologyKey)
 }
 
 // attachLoop makes a sparse file and a loop device on it, detached at Stop.

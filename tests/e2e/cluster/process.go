@@ -40,6 +40,8 @@ func (ps *procs) startEnv(dir, name, bin string, env []string, args ...string) (
 	if err != nil {
 		return nil, err
 	}
+	// The command line heads the log: what ran, as it ran.
+	fmt.Fprintf(f, "+ %s %s\n", bin, strings.Join(args, " "))
 	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = f, f
 	cmd.Env = append(os.Environ(), env...)

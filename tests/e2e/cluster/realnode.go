@@ -17,13 +17,24 @@ import (
 )
 
 // AddRealNode starts containerd and a kubelet for a node called name, with
-// the busybox image imported, and the node's driver registered with the
-// kubelet through the plugin-registration API (csi-node-driver-registrar's
-// job in the DaemonSet). Pods on it run for real: volumes are staged and
-// published by the kubelet through the driver.
+// the busybox image imported, runs the driver and csi-provisioner
+// containers of the DaemonSet as host processes, and registers the driver
+// with the kubelet through the plugin-registration API, as the DaemonSet's
+// node-driver-registrar would. Pods on it run for real: volumes are staged
+// and published by the kubelet through the driver. Deploy must have run.
+//
+// The node is not labelled for the DaemonSet, so it gets no DaemonSet pod:
+// its kubelet would run that pod, with hostPath volumes naming this
+// machine's own /var/lib/kubelet (the suite's kubelet has its root in a
+// temporary directory), /dev and /sys, and images that are not built here.
+// Its provisioner therefore has no pod to find the CSIStorageCapacity
+// objects' owner from (see hostProcess); its token is bound to the Node.
 func (cp *ControlPlane) AddRealNode(ctx context.Context, name string, disks []DiskSpec) (*Node, error) {
 	if cp.real != nil {
 		return nil, fmt.Errorf("the cluster has a real node already")
+	}
+	if cp.deployed == nil {
+		return nil, fmt.Errorf("no deployment: call Deploy first")
 	}
 	n, err := cp.newNode(name, disks)
 	if err != nil {
@@ -37,14 +48,13 @@ func (cp *ControlPlane) AddRealNode(ctx context.Context, name string, disks []Di
 	if err := cp.startContainerd(ctx, n, cd, sock); err != nil {
 		return nil, err
 	}
-	root := filepath.Join(n.dir, "kubelet")
-	if err := cp.startKubelet(ctx, n, root, sock); err != nil {
+	if err := cp.startKubelet(ctx, n, n.root(), sock); err != nil {
 		return nil, err
 	}
-	if err := cp.startDriver(ctx, n, filepath.Join(root, "plugins", DriverName, "csi.sock")); err != nil {
+	if err := cp.startDriver(ctx, n); err != nil {
 		return nil, err
 	}
-	if err := cp.registerPlugin(ctx, n, root); err != nil {
+	if err := cp.registerPlugin(ctx, n); err != nil {
 		return nil, err
 	}
 	return n, cp.startProvisioner(ctx, n)
@@ -186,30 +196,64 @@ func (r *registrar) NotifyRegistrationStatus(_ context.Context, s *registerapi.R
 	return &registerapi.RegistrationStatusResponse{}, nil
 }
 
-// registerPlugin serves the registration socket in the kubelet's
-// plugins_registry and waits until the kubelet has put the driver in the
-// node's CSINode object.
-func (cp *ControlPlane) registerPlugin(ctx context.Context, n *Node, root string) error {
-	dir := filepath.Join(root, "plugins_registry")
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return err
-	}
-	l, err := net.Listen("unix", filepath.Join(dir, DriverName+"-reg.sock"))
+// registerPlugin does the DaemonSet's node-driver-registrar's work: it
+// serves the registration socket in the directory the registrar's
+// /registration mount names, announces the endpoint its
+// --kubelet-registration-path names, and waits until the kubelet has put
+// the driver in the node's CSINode object.
+func (cp *ControlPlane) registerPlugin(ctx context.Context, n *Node) error {
+	ds := cp.deployed.static
+	c, err := Container(ds, "node-driver-registrar")
 	if err != nil {
 		return err
 	}
-	srv := grpc.NewServer()
-	r := &registrar{endpoint: n.sock, status: make(chan *registerapi.RegistrationStatus, 1)}
-	registerapi.RegisterRegistrationServer(srv, r)
-	go func() { _ = srv.Serve(l) }()
-	cp.registrar = srv
-	select {
-	case s := <-r.status:
-		if !s.PluginRegistered {
+	dir, ok := containerToHost(&ds.Spec.Template.Spec, c, n, "/registration")
+	if !ok {
+		return fmt.Errorf("node-driver-registrar mounts no hostPath at /registration")
+	}
+	endpoint := ""
+	for _, a := range c.Args {
+		if v, ok := strings.CutPrefix(a, "--kubelet-registration-path="); ok {
+			endpoint = n.hostPath(v)
+		}
+	}
+	// The registrar tells the kubelet a path of the machine: it must be the
+	// driver's socket, where the driver container's endpoint lies.
+	if endpoint != n.sock {
+		return fmt.Errorf("node-driver-registrar's --kubelet-registration-path is %s on this node, the driver serves %s", endpoint, n.sock)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	// The kubelet asks for the node's topology as soon as it is told of the
+	// driver, which refuses until it has its disks; the registrar then exits
+	// and the kubelet restarts it, so it registers again. The same here, a
+	// second later, a bounded number of times.
+	const attempts = 20
+	for attempt := 1; ; attempt++ {
+		status, err := cp.serveRegistration(filepath.Join(dir, DriverName+"-reg.sock"), endpoint)
+		if err != nil {
+			return err
+		}
+		var s *registerapi.RegistrationStatus
+		select {
+		case s = <-status:
+		case <-ctx.Done():
+			return fmt.Errorf("kubelet never asked for the driver's registration: %w", ctx.Err())
+		}
+		if s.PluginRegistered {
+			break
+		}
+		if attempt == attempts {
+			return fmt.Errorf("kubelet refused the driver %d times, last: %s", attempts, s.Error)
+		}
+		cp.registrar.Stop()
+		cp.registrar = nil
+		select {
+		case <-time.After(time.Second):
+		case <-ctx.Done():
 			return fmt.Errorf("kubelet refused the driver: %s", s.Error)
 		}
-	case <-ctx.Done():
-		return fmt.Errorf("kubelet never asked for the driver's registration: %w", ctx.Err())
 	}
 	return WaitFor(ctx, "CSINode of "+n.Name, func() error {
 		out, err := cp.Kubectl(ctx, "", "get", "csinode", n.Name, "-o", "jsonpath={.spec.drivers[*].name}")
@@ -221,6 +265,23 @@ func (cp *ControlPlane) registerPlugin(ctx context.Context, n *Node, root string
 		}
 		return nil
 	})
+}
+
+// serveRegistration serves the plugin-registration API on sock, announcing
+// the driver at endpoint, and returns the channel the kubelet's verdict
+// arrives on.
+func (cp *ControlPlane) serveRegistration(sock, endpoint string) (<-chan *registerapi.RegistrationStatus, error) {
+	_ = os.Remove(sock)
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		return nil, err
+	}
+	srv := grpc.NewServer()
+	r := &registrar{endpoint: endpoint, status: make(chan *registerapi.RegistrationStatus, 1)}
+	registerapi.RegisterRegistrationServer(srv, r)
+	go func() { _ = srv.Serve(l) }()
+	cp.registrar = srv
+	return r.status, nil
 }
 
 // stopRealNode stops the kubelet, then every container of the node by the
