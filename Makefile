@@ -79,6 +79,7 @@ bench: ## Benchmarks, printing their figures (the loop-device ones need root)
 vet: ## go vet and gofmt
 	$(GO) vet ./...
 	cd tests/deploy && $(GO) vet ./...
+	cd tests/image && $(GO) vet ./...
 	@out=$$(gofmt -l cmd pkg internal tests); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 
 lint: vet ## Static checks (vet, gofmt)
@@ -93,6 +94,9 @@ deploy: ## Print the manifests of OVERLAY (ecs, the default, or static) for kube
 	@overlay=deploy/kubernetes/overlays/$(or $(OVERLAY),ecs); \
 	if command -v $(KUBECTL) >/dev/null 2>&1; then $(KUBECTL) kustomize $$overlay; \
 	else cd tests/deploy && $(GO) run sigs.k8s.io/kustomize/kustomize/v5@v5.8.1 build ../../$$overlay; fi
+
+image-check: ## Build the image from the Dockerfile with buildah on stand-in bases made from Debian's packages, check its version and tools, write bin/$(BINARY)-image.oci.tar (root; about 5 minutes, 8 cold)
+	cd tests/image && $(GO) test -count=1 -v -timeout 40m . -args -version=$(VERSION) -commit=$(COMMIT) -oci=$(CURDIR)/bin/$(BINARY)-image.oci.tar
 
 manifests: ## Render deploy/kubernetes/base from the Helm chart (edit the chart, never the base)
 	cd tests/deploy && $(GO) run ./cmd/genbase
@@ -111,4 +115,4 @@ release: ## Stamp VERSION=vX.Y.Z into VERSION, CHANGELOG.md, the overlays and th
 clean: ## Remove build output
 	rm -rf bin
 
-.PHONY: manifests chart release help build demo demo-ecs e2e-bins e2e bench-e2e test unit fault fuzz sanity bench vet lint image deploy clean
+.PHONY: image-check manifests chart release help build demo demo-ecs e2e-bins e2e bench-e2e test unit fault fuzz sanity bench vet lint image deploy clean
