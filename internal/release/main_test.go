@@ -131,3 +131,39 @@ func TestReleaseWritesAllOrNothing(t *testing.T) {
 		})
 	}
 }
+
+// TestRepositoryIsStamped: the repository's own VERSION, chart and overlays
+// name one version, and a release (a version without a pre-release part)
+// has its CHANGELOG section: what make release leaves, and what a hand edit
+// of one of them breaks.
+func TestRepositoryIsStamped(t *testing.T) {
+	root := "../.."
+	version := strings.TrimSpace(read(t, root, versionFile))
+	if !semver.MatchString(version) {
+		t.Fatalf("VERSION %q is not vMAJOR.MINOR.PATCH[-PRERELEASE]", version)
+	}
+	chartText := read(t, root, chart)
+	if got := chartVersion.FindStringSubmatch(chartText); got == nil || got[0] != "version: "+strings.TrimPrefix(version, "v") {
+		t.Errorf("%s: %q; want version: %s", chart, got, strings.TrimPrefix(version, "v"))
+	}
+	if got := chartAppVer.FindString(chartText); got != `appVersion: "`+version+`"` {
+		t.Errorf("%s: %q; want appVersion: %q", chart, got, version)
+	}
+	kustomizations, _ := filepath.Glob(filepath.Join(root, overlays, "*", "kustomization.yaml"))
+	if len(kustomizations) == 0 {
+		t.Fatal("no overlay")
+	}
+	for _, k := range kustomizations {
+		b, err := os.ReadFile(k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tags := newTagLine.FindAllString(string(b), -1)
+		if len(tags) != 1 || strings.TrimSpace(tags[0]) != "newTag: "+version {
+			t.Errorf("%s pins %q; want newTag: %s", k, tags, version)
+		}
+	}
+	if !strings.Contains(version, "-") && !strings.Contains(read(t, root, changelog), "## ["+strings.TrimPrefix(version, "v")+"] - ") {
+		t.Errorf("CHANGELOG.md has no section for the release %s", version)
+	}
+}
