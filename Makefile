@@ -1,9 +1,10 @@
 # ecs-localdisk-csi
 BINARY   := ecs-localdisk-csi
 # The version is the committed VERSION file (make release VERSION=vX.Y.Z
-# writes it); the commit is git's, with -dirty for uncommitted changes.
+# writes it); the commit is git's, with -dirty for uncommitted changes
+# ("unknown" outside a git checkout).
 VERSION  := $(shell cat VERSION)
-COMMIT   := $(shell git rev-parse --short=12 HEAD 2>/dev/null)$(shell git diff --quiet HEAD -- 2>/dev/null || echo -dirty)
+COMMIT   := $(or $(shell git rev-parse --short=12 HEAD 2>/dev/null),unknown)$(shell git rev-parse --git-dir >/dev/null 2>&1 && { git diff --quiet HEAD -- || echo -dirty; })
 LDFLAGS  := -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 IMAGE    ?= ecs-localdisk-csi:$(VERSION)
 GO       ?= go

@@ -65,31 +65,33 @@ func vcsCommit() string {
 }
 
 func main() {
-	os.Exit(run(os.Args[1:]))
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
-// run returns the exit code: 0 after a clean shutdown, 1 on a runtime
-// failure, 2 on bad flags.
-func run(args []string) int {
+// run returns the exit code: 0 after a clean shutdown or after --help or
+// --version, 1 on a runtime failure, 2 on bad flags.
+func run(args []string, stdout, stderr io.Writer) int {
 	var o options.Options
 	fs := newFlagSet(&o)
-	if askedForHelp(args) {
-		printUsage(fs, os.Stdout)
+	fs.SetOutput(stderr)
+	err := fs.Parse(args)
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		printUsage(fs, stdout)
 		return 0
-	}
-	if err := fs.Parse(args); err != nil {
+	case err != nil:
+		// flag printed the error.
+		fmt.Fprintln(stderr, "Run ecs-localdisk-csi --help for the flags.")
 		return 2
-	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(os.Stderr, "unexpected arguments: %q\n", fs.Args())
+	case fs.NArg() > 0:
+		fmt.Fprintf(stderr, "unexpected arguments: %q\n", fs.Args())
 		return 2
-	}
-	if o.Version {
-		fmt.Println(versionLine())
+	case o.Version:
+		fmt.Fprintln(stdout, versionLine())
 		return 0
 	}
 	if err := o.Validate(); err != nil {
-		fmt.Fprintf(os.Stderr, "invalid options:\n%v\n", err)
+		fmt.Fprintf(stderr, "invalid options:\n%v\n", err)
 		return 2
 	}
 	defer klog.Flush()
@@ -100,29 +102,16 @@ func run(args []string) int {
 	return 0
 }
 
-// newFlagSet is the driver's flags and klog's, in one set; a bad flag
-// prints the error and a pointer to --help on stderr.
+// newFlagSet is the driver's flags and klog's, in one set. -h and --help
+// (not defined, so flag answers ErrHelp) print printUsage.
 func newFlagSet(o *options.Options) *flag.FlagSet {
 	fs := flag.NewFlagSet("ecs-localdisk-csi", flag.ContinueOnError)
 	o.AddFlags(fs)
 	logging := flag.NewFlagSet("klog", flag.ContinueOnError)
 	klog.InitFlags(logging)
 	logging.VisitAll(func(f *flag.Flag) { fs.Var(f.Value, f.Name, "klog: "+f.Usage) })
-	fs.Usage = func() { fmt.Fprintln(fs.Output(), "Run ecs-localdisk-csi --help for the flags.") }
+	fs.Usage = func() {} // run prints the help, or a pointer to it
 	return fs
-}
-
-// askedForHelp says whether the flags before any "--" ask for help.
-func askedForHelp(args []string) bool {
-	for _, a := range args {
-		switch a {
-		case "--":
-			return false
-		case "-h", "--h", "-help", "--help":
-			return true
-		}
-	}
-	return false
 }
 
 // printUsage prints the driver's flags first, then klog's.
@@ -202,7 +191,8 @@ func serve(o options.Options) error {
 	}
 	inv := inventory.New(inventory.Config{Node: o.NodeID, Source: src, Store: state.NewStore(o.StateDir), Mounter: m,
 		RequireDisks: o.DiskSource == "static" && !o.AllowNoDisks,
-		NoDisksHint:  "correct --devices, or start with --allow-no-disks on a node that is expected to have no local disks"})
+		NoDisksHint: "until the node has recorded its disks (its first start, or after its state was lost) --devices must name only present, " +
+			"usable local disks: correct it, or start with --allow-no-disks on a node that is expected to have no local disks"})
 	defer inv.Stop()
 	drv, err := driver.New(driver.Config{Name: o.DriverName, Version: version, NodeID: o.NodeID, Inventory: inv, Mounter: m,
 		StartWait: 30 * time.Second})

@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"os"
 	"regexp"
 	"strings"
 	"testing"
@@ -10,28 +9,42 @@ import (
 	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/options"
 )
 
+// TestExitCodes: help and version exit 0 on stdout; every bad flag exits
+// 2 with a message on stderr that names the problem. No case here passes
+// Validate, so none starts the driver.
 func TestExitCodes(t *testing.T) {
-	os.Unsetenv("NODE_NAME")
+	t.Setenv("NODE_NAME", "")
 	cases := []struct {
-		args []string
-		code int
+		args         []string
+		code         int
+		stdout, errs string
 	}{
-		{[]string{"--version"}, 0},
-		{[]string{"--help"}, 0},
-		{[]string{"-h"}, 0},
-		{[]string{"--node-id=n1", "--help"}, 0},
-		{[]string{"--no-such-flag"}, 2},
-		{[]string{"--devices=/dev/vdb"}, 2}, // no node ID
-		{[]string{"--node-id=bad name!", "--devices=/dev/vdb"}, 2},
-		{[]string{"--node-id=-n1", "--devices=/dev/vdb"}, 2},
-		{[]string{"--node-id=n1", "--disk-source=ecs-typo", "--devices=/dev/vdb"}, 2},
-		{[]string{"--node-id=n1", "--disk-source=ecs", "--allow-no-disks"}, 2},
-		{[]string{"--node-id=n1", "--devices=/dev/vdb", "stray"}, 2},
-		{[]string{"--node-id=n1", "--devices=/dev/vdb", "--", "--help"}, 2}, // after --, not a flag
+		{[]string{"--version"}, 0, "ecs-localdisk-csi ", ""},
+		{[]string{"--help"}, 0, "Driver flags:", ""},
+		{[]string{"-h"}, 0, "Driver flags:", ""},
+		{[]string{"--help=false"}, 0, "Driver flags:", ""},
+		{[]string{"--node-id=n1", "--help"}, 0, "Driver flags:", ""},
+		{[]string{"--no-such-flag"}, 2, "", "flag provided but not defined: -no-such-flag\nRun ecs-localdisk-csi --help"},
+		{[]string{"--devices=/dev/vdb"}, 2, "", "--node-id is required"},
+		{[]string{"--node-id=bad name!", "--devices=/dev/vdb"}, 2, "", `--node-id "bad name!" is not a valid node name`},
+		{[]string{"--node-id=-n1", "--devices=/dev/vdb"}, 2, "", `--node-id "-n1" is not a valid node name`},
+		{[]string{"--node-id", "-h", "--devices=/dev/vdb"}, 2, "", `--node-id "-h" is not a valid node name`},
+		{[]string{"--node-id=n1", "--disk-source=ecs-typo", "--devices=/dev/vdb"}, 2, "", `--disk-source "ecs-typo" is not supported`},
+		{[]string{"--node-id=n1", "--disk-source=ecs", "--allow-no-disks"}, 2, "", "--allow-no-disks only applies to --disk-source=static"},
+		{[]string{"--node-id=n1", "--devices=/dev/vdb", "stray"}, 2, "", `unexpected arguments: ["stray"]`},
+		{[]string{"--node-id=n1", "--devices=/dev/vdb", "stray", "-h"}, 2, "", `unexpected arguments: ["stray" "-h"]`},
+		{[]string{"--node-id=n1", "--devices=/dev/vdb", "--", "--help"}, 2, "", `unexpected arguments: ["--help"]`},
 	}
 	for _, c := range cases {
-		if got := run(c.args); got != c.code {
-			t.Errorf("run(%q) = %d; want %d", c.args, got, c.code)
+		var stdout, stderr bytes.Buffer
+		if got := run(c.args, &stdout, &stderr); got != c.code {
+			t.Errorf("run(%q) = %d; want %d\nstderr: %s", c.args, got, c.code, stderr.String())
+		}
+		if !strings.Contains(stdout.String(), c.stdout) || c.stdout == "" && stdout.Len() > 0 {
+			t.Errorf("run(%q) stdout %q; want it to hold %q", c.args, stdout.String(), c.stdout)
+		}
+		if !strings.Contains(stderr.String(), c.errs) || c.errs == "" && stderr.Len() > 0 {
+			t.Errorf("run(%q) stderr %q; want it to hold %q", c.args, stderr.String(), c.errs)
 		}
 	}
 }

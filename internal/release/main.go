@@ -32,7 +32,8 @@ func main() {
 
 // semver is a semantic version with the v prefix of the tags; build
 // metadata (+...) is refused, an image tag cannot carry it.
-var semver = regexp.MustCompile(`^v(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)(-[0-9A-Za-z.-]+)?$`)
+var semver = regexp.MustCompile(`^v(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)` +
+	`(-(0|[1-9][0-9]*|[0-9]*[A-Za-z-][0-9A-Za-z-]*)(\.(0|[1-9][0-9]*|[0-9]*[A-Za-z-][0-9A-Za-z-]*))*)?$`)
 
 // Files the release stamps, relative to the repository root.
 const (
@@ -61,7 +62,7 @@ func release(root, version, date string) error {
 	}
 	for _, k := range kustomizations {
 		rel, _ := filepath.Rel(root, k)
-		edits[rel] = func(s string) (string, error) { return replaceLine(s, newTagLine, "${1}"+version) }
+		edits[rel] = func(s string) (string, error) { return replaceLine(s, newTagLine, "${1} "+version) }
 	}
 	out := map[string]string{}
 	for rel, edit := range edits {
@@ -75,18 +76,36 @@ func release(root, version, date string) error {
 		}
 		out[rel] = s
 	}
+	// Every new text is written beside its file first; only then is each
+	// renamed over its file.
+	temps := map[string]string{}
+	defer func() {
+		for _, tmp := range temps {
+			os.Remove(tmp)
+		}
+	}()
 	for rel, s := range out {
-		if err := os.WriteFile(filepath.Join(root, rel), []byte(s), 0o644); err != nil {
+		tmp := filepath.Join(root, rel+".release-tmp")
+		if err := os.WriteFile(tmp, []byte(s), 0o644); err != nil {
 			return err
 		}
+		temps[rel] = tmp
+	}
+	for rel, tmp := range temps {
+		if err := os.Rename(tmp, filepath.Join(root, rel)); err != nil {
+			return err
+		}
+		delete(temps, rel)
 	}
 	return nil
 }
 
+// The stamped lines: the value is the first word after the key, on the
+// same line; what follows it (a comment) is kept.
 var (
-	newTagLine     = regexp.MustCompile(`(?m)^(\s+newTag:\s*).*$`)
-	chartVersion   = regexp.MustCompile(`(?m)^(version:\s*).*$`)
-	chartAppVer    = regexp.MustCompile(`(?m)^(appVersion:\s*).*$`)
+	newTagLine     = regexp.MustCompile(`(?m)^([ \t]+newTag:)[ \t]*[^\s#]*`)
+	chartVersion   = regexp.MustCompile(`(?m)^(version:)[ \t]*[^\s#]*`)
+	chartAppVer    = regexp.MustCompile(`(?m)^(appVersion:)[ \t]*[^\s#]*`)
 	unreleased     = regexp.MustCompile(`(?m)^## \[Unreleased\][ \t]*$`)
 	changelogEntry = regexp.MustCompile(`(?m)^## \[`)
 )
@@ -103,11 +122,11 @@ func replaceLine(s string, re *regexp.Regexp, repl string) (string, error) {
 // stampChart sets the chart's version (SemVer without the v, as Helm
 // wants it) and its appVersion (the image tag).
 func stampChart(s, version string) (string, error) {
-	s, err := replaceLine(s, chartVersion, "${1}"+strings.TrimPrefix(version, "v"))
+	s, err := replaceLine(s, chartVersion, "${1} "+strings.TrimPrefix(version, "v"))
 	if err != nil {
 		return "", err
 	}
-	return replaceLine(s, chartAppVer, `${1}"`+version+`"`)
+	return replaceLine(s, chartAppVer, `${1} "`+version+`"`)
 }
 
 // stampChangelog moves what is under Unreleased into a new section of the

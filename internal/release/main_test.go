@@ -47,6 +47,11 @@ func TestStampChart(t *testing.T) {
 	if err != nil || got != "apiVersion: v2\nname: x\nversion: 1.2.3-rc.1\nappVersion: \"v1.2.3-rc.1\"\n" {
 		t.Errorf("stampChart = %q, %v", got, err)
 	}
+	// The value only: a comment stays, the next line is never reached.
+	got, err = stampChart("version: 0.0.1 # the chart\nappVersion:\nname: x\n", "v1.0.0")
+	if err != nil || got != "version: 1.0.0 # the chart\nappVersion: \"v1.0.0\"\nname: x\n" {
+		t.Errorf("stampChart = %q, %v", got, err)
+	}
 	if _, err := stampChart("apiVersion: v2\nversion: 0.0.1\n", "v1.0.0"); err == nil {
 		t.Error("a chart without appVersion was stamped")
 	}
@@ -59,7 +64,7 @@ func repo(t *testing.T, chart string) string {
 		"VERSION":      "v0.1.0-dev\n",
 		"CHANGELOG.md": log,
 		"deploy/helm/ecs-localdisk-csi/Chart.yaml":                    chart,
-		"deploy/kubernetes/overlays/ecs/kustomization.yaml":           "images:\n  - name: ecs-localdisk-csi\n    newName: ecs-localdisk-csi\n    newTag: latest\n",
+		"deploy/kubernetes/overlays/ecs/kustomization.yaml":           "images:\n  - name: ecs-localdisk-csi\n    newTag:\n    newName: ecs-localdisk-csi\n",
 		"deploy/kubernetes/overlays/static/kustomization.yaml":        "images:\n  - name: ecs-localdisk-csi\n    newTag: v0.0.9 # pinned\n",
 		"deploy/kubernetes/overlays/static/other-unstamped-file.yaml": "newTag: untouched\n",
 	}
@@ -92,8 +97,8 @@ func TestRelease(t *testing.T) {
 		"VERSION":      "v0.1.0\n",
 		"CHANGELOG.md": "## [0.1.0] - 2026-12-01",
 		"deploy/helm/ecs-localdisk-csi/Chart.yaml":                    "version: 0.1.0\nappVersion: \"v0.1.0\"\n",
-		"deploy/kubernetes/overlays/ecs/kustomization.yaml":           "    newTag: v0.1.0\n",
-		"deploy/kubernetes/overlays/static/kustomization.yaml":        "    newTag: v0.1.0\n",
+		"deploy/kubernetes/overlays/ecs/kustomization.yaml":           "    newTag: v0.1.0\n    newName: ecs-localdisk-csi\n",
+		"deploy/kubernetes/overlays/static/kustomization.yaml":        "    newTag: v0.1.0 # pinned\n",
 		"deploy/kubernetes/overlays/static/other-unstamped-file.yaml": "newTag: untouched\n",
 	} {
 		if got := read(t, root, rel); !strings.Contains(got, want) {
@@ -113,6 +118,8 @@ func TestReleaseWritesAllOrNothing(t *testing.T) {
 		"no v":                     {"version: 0.0.1\nappVersion: v0.0.1\n", "0.1.0"},
 		"build metadata":           {"version: 0.0.1\nappVersion: v0.0.1\n", "v0.1.0+abc"},
 		"leading zero":             {"version: 0.0.1\nappVersion: v0.0.1\n", "v0.01.0"},
+		"empty pre-release part":   {"version: 0.0.1\nappVersion: v0.0.1\n", "v1.0.0-rc..1"},
+		"numeric with zero":        {"version: 0.0.1\nappVersion: v0.0.1\n", "v1.0.0-01"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			root := repo(t, c.chart)

@@ -3,6 +3,7 @@ package driver
 import (
 	"bytes"
 	"context"
+	"errors"
 	"flag"
 	"net"
 	"os"
@@ -156,6 +157,7 @@ type gatedSource struct {
 	*disk.FakeSource
 	entered, release   chan struct{}
 	enterOnce, relOnce sync.Once
+	fail               error // returned by Discover once released, if set
 }
 
 func (g *gatedSource) Discover(ctx context.Context) ([]disk.Disk, []error, error) {
@@ -164,6 +166,9 @@ func (g *gatedSource) Discover(ctx context.Context) ([]disk.Disk, []error, error
 	case <-g.release:
 	case <-ctx.Done():
 		return nil, nil, ctx.Err()
+	}
+	if g.fail != nil {
+		return nil, nil, g.fail
 	}
 	return g.FakeSource.Discover(ctx)
 }
@@ -422,73 +427,75 @@ func TestLogBoundedPerCall(t *testing.T) {
 
 // TestCallsDuringStartWaitForIt: with StartWait set, a NodeGetInfo that
 // arrives while discovery is held (as the kubelet's registration does right
-// after the socket appears) is answered with the real limit once Start
-// ends, not UNAVAILABLE; one that arrives while a start is about to fail
-// answers UNAVAILABLE with the reason as soon as it fails, not after
-// StartWait.
+// after the socket appears) waits and is answered with the real limit once
+// Start ends, not UNAVAILABLE; one waiting while the start fails answers
+// UNAVAILABLE with the reason as soon as it fails; and one whose start
+// takes longer than StartWait answers UNAVAILABLE after StartWait.
 func TestCallsDuringStartWaitForIt(t *testing.T) {
 	f := newFixture(t, fakeDisk(0, gib, disk.MediaSSD))
-	start := func(store *state.Store) (*gatedSource, *inventory.Inventory, csi.NodeClient) {
-		src := &gatedSource{FakeSource: disk.NewFakeSource(fakeDisk(0, gib, disk.MediaSSD), fakeDisk(1, gib, disk.MediaSSD)),
-			entered: make(chan struct{}), release: make(chan struct{})}
-		inv := inventory.New(inventory.Config{Node: testNode, Source: src, Store: store, Mounter: f.m})
-		t.Cleanup(inv.Stop)
-		t.Cleanup(src.open)
-		d, err := New(Config{Name: "x.csi", NodeID: testNode, Inventory: inv, Mounter: f.m, StartWait: time.Minute})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return src, inv, csi.NewNodeClient(rpcServer(t, d))
-	}
 	type answer struct {
 		r   *csi.NodeGetInfoResponse
 		err error
 		at  time.Time
 	}
-	ask := func(node csi.NodeClient) chan answer {
-		out := make(chan answer, 1)
+	// starting starts an inventory whose discovery is held until the
+	// returned source is opened, and asks NodeGetInfo once discovery has
+	// begun; the answer must not come within 200 ms.
+	starting := func(wait time.Duration, fail error) (*gatedSource, chan error, chan answer) {
+		src := &gatedSource{FakeSource: disk.NewFakeSource(fakeDisk(0, gib, disk.MediaSSD), fakeDisk(1, gib, disk.MediaSSD)),
+			entered: make(chan struct{}), release: make(chan struct{}), fail: fail}
+		inv := inventory.New(inventory.Config{Node: testNode, Source: src, Store: state.NewStore(t.TempDir()), Mounter: f.m})
+		t.Cleanup(inv.Stop)
+		t.Cleanup(src.open)
+		d, err := New(Config{Name: "x.csi", NodeID: testNode, Inventory: inv, Mounter: f.m, StartWait: wait})
+		if err != nil {
+			t.Fatal(err)
+		}
+		node := csi.NewNodeClient(rpcServer(t, d))
+		started := make(chan error, 1)
+		go func() { started <- inv.Start(context.Background()) }()
+		<-src.entered
+		answered := make(chan answer, 1)
 		go func() {
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 			defer cancel()
 			r, err := node.NodeGetInfo(ctx, &csi.NodeGetInfoRequest{})
-			out <- answer{r, err, time.Now()}
+			answered <- answer{r, err, time.Now()}
 		}()
-		return out
+		select {
+		case a := <-answered:
+			t.Fatalf("NodeGetInfo answered while discovery is held: %v, %v", a.r, a.err)
+		case <-time.After(200 * time.Millisecond):
+		}
+		return src, started, answered
 	}
 
-	src, inv, node := start(state.NewStore(t.TempDir()))
-	go func() { _ = inv.Start(context.Background()) }()
-	<-src.entered
-	answered := ask(node)
-	time.Sleep(200 * time.Millisecond) // the call is waiting, not answered
-	select {
-	case a := <-answered:
-		t.Fatalf("NodeGetInfo answered while discovery is held: %v, %v", a.r, a.err)
-	default:
-	}
+	src, started, answered := starting(time.Minute, nil)
 	src.open()
 	if a := <-answered; a.err != nil || a.r.GetMaxVolumesPerNode() != 2 {
 		t.Fatalf("NodeGetInfo during Start = %v, %v; want the limit 2 once Start ends", a.r, a.err)
 	}
-
-	// A start that fails: the waiting call answers with the reason at once.
-	dir := t.TempDir()
-	store := state.NewStore(dir)
-	for _, p := range []string{store.Path(), store.BackupPath()} {
-		if err := os.WriteFile(p, []byte("{torn"), 0o600); err != nil {
-			t.Fatal(err)
-		}
+	if err := <-started; err != nil {
+		t.Fatal(err)
 	}
-	_, inv, node = start(store)
-	answered = ask(node)
-	time.Sleep(100 * time.Millisecond)
+
+	src, started, answered = starting(time.Minute, errors.New("no disks for you"))
 	failedAt := time.Now()
-	if err := inv.Start(context.Background()); err == nil {
-		t.Fatal("a start on a torn state record succeeded")
+	src.open()
+	if err := <-started; err == nil {
+		t.Fatal("a start whose discovery failed succeeded")
 	}
 	a := <-answered
-	wantCode(t, a.err, codes.Unavailable, "start-up failed")
+	wantCode(t, a.err, codes.Unavailable, "no disks for you")
 	if waited := a.at.Sub(failedAt); waited > 10*time.Second {
 		t.Errorf("the call answered %v after the start failed; want at once", waited)
+	}
+
+	begun := time.Now()
+	_, _, answered = starting(time.Second, nil)
+	a = <-answered
+	wantCode(t, a.err, codes.Unavailable, "not ready")
+	if waited := a.at.Sub(begun); waited < time.Second || waited > 20*time.Second {
+		t.Errorf("the call answered after %v; want after StartWait (1s)", waited)
 	}
 }

@@ -38,8 +38,8 @@ type Config struct {
 	// RetryInterval is how long a failed cleanup waits before it is retried.
 	RetryInterval time.Duration
 	// RequireDisks fails the start of a node that has no disk record yet
-	// (its first start) when a device entry names no device or no disk is
-	// usable: a mistyped device list must not give a ready driver without
+	// (its first start) when a device entry names no device or no disk
+	// found is usable (all are the system disk, hold data or are in use): a mistyped device list must not give a ready driver without
 	// disks. NoDisksHint ends that error, saying what to change. Later
 	// starts never fail this way: a disk gone then is a lost disk, and the
 	// volumes of the others are still served.
@@ -96,13 +96,14 @@ type Inventory struct {
 	// refreshMu serialises refreshes (discovery, pinning, reconciling).
 	refreshMu sync.Mutex
 
-	mu       sync.Mutex
-	rec      *state.Record
-	devices  map[string]disk.Disk // present devices by disk ID
-	excluded []Excluded
-	ready    bool
-	startErr error
-	started  chan struct{} // closed when Start returns
+	mu        sync.Mutex
+	rec       *state.Record
+	devices   map[string]disk.Disk // present devices by disk ID
+	excluded  []Excluded
+	ready     bool
+	startErr  error
+	started   chan struct{} // closed when the first Start returns
+	startOnce sync.Once
 	// lastPath is the device path each managed disk was last found at; it
 	// outlives the disk's absence, so that whatever device sits at that
 	// path later can be named as the wrong disk.
@@ -141,7 +142,7 @@ func (inv *Inventory) Start(ctx context.Context) error {
 	inv.startErr = err
 	inv.ready = err == nil
 	inv.mu.Unlock()
-	close(inv.started)
+	inv.startOnce.Do(func() { close(inv.started) })
 	return err
 }
 
@@ -224,17 +225,24 @@ func (inv *Inventory) requireDisks(ctx context.Context) error {
 			missing = append(missing, p)
 		}
 	}
-	switch {
-	case len(missing) > 0:
+	if len(missing) > 0 {
 		return fmt.Errorf("a device entry names no device on the node's first start: %w; %s", errors.Join(missing...), inv.cfg.NoDisksHint)
-	case len(found) == 0:
-		why := errors.Join(problems...)
-		if why == nil {
-			why = errors.New("the source lists no disk")
-		}
-		return fmt.Errorf("no disk found on the node's first start: %w; %s", why, inv.cfg.NoDisksHint)
 	}
-	return nil
+	// The disks found must include one the driver may use: a list that
+	// names only the system disk, or disks with data or in use, is as
+	// wrong as one that names nothing.
+	why := problems
+	for _, d := range found {
+		reason := exclusionReason(d)
+		if reason == "" {
+			return nil
+		}
+		why = append(why, fmt.Errorf("%s: %s", d.Path, reason))
+	}
+	if len(why) == 0 {
+		why = append(why, errors.New("the source lists no disk"))
+	}
+	return fmt.Errorf("no usable disk on the node's first start: %w; %s", errors.Join(why...), inv.cfg.NoDisksHint)
 }
 
 // refresh discovers the devices, reconciles them with the record, persists

@@ -69,7 +69,7 @@ func (o *Options) Validate() error {
 	if o.NodeID == "" {
 		errs = append(errs, errors.New("--node-id is required (or set NODE_NAME)"))
 	} else if !inventory.ValidNodeID(o.NodeID) {
-		errs = append(errs, fmt.Errorf("--node-id %q is not a valid Kubernetes node name (letters, digits, '.', '_', '-'; at most 253)", o.NodeID))
+		errs = append(errs, fmt.Errorf("--node-id %q is not a valid node name (letters, digits, '.', '_' and '-', starting and ending with a letter or digit; at most 253)", o.NodeID))
 	}
 	if o.DriverName == "" || strings.ContainsAny(o.DriverName, "/ ") {
 		errs = append(errs, fmt.Errorf("--driver-name %q is not a valid CSI driver name", o.DriverName))

@@ -28,6 +28,13 @@ func TestDefaults(t *testing.T) {
 	}
 }
 
+func TestAllowNoDisks(t *testing.T) {
+	o := parse(t, "--devices=/dev/vdb", "--allow-no-disks")
+	if err := o.Validate(); err != nil || !o.AllowNoDisks {
+		t.Fatalf("static with --allow-no-disks: %v, %+v", err, o)
+	}
+}
+
 func TestDevicePatterns(t *testing.T) {
 	o := parse(t, "--devices= /dev/vd[b-z] ,,/dev/nvme*n1")
 	got := strings.Join(o.DevicePatterns(), "|")
@@ -50,6 +57,9 @@ func TestValidateRejects(t *testing.T) {
 		"--device-start-with only applies":   {"--disk-source=ecs", "--device-start-with=vdc"},
 		"not a kernel disk name":             {"--disk-source=ecs", "--serialless-fallback", "--device-start-with=/dev/vdb"},
 		"--ram-role only applies":            {"--devices=/dev/vdb", "--ram-role=r"},
+		"--allow-no-disks only applies":      {"--disk-source=ecs", "--allow-no-disks"},
+		"not a valid node name":              {"--devices=/dev/vdb", "--node-id=node a"},
+		"not a valid node name (letters":     {"--devices=/dev/vdb", "--node-id=-a"},
 	}
 	for want, args := range cases {
 		o := parse(t, args...)

@@ -6,8 +6,10 @@
 package deploy
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -135,17 +137,77 @@ func checkDaemonSet(t *testing.T, ds *yaml.RNode, overlay string) {
 	}
 }
 
-// checkRBAC: the provisioner may only read nodes and never write pods, and
-// capacity objects are namespaced.
+// grants are every permission the shipped roles give, as
+// "Kind/name: group/resource verb": an allowlist, so a rule that grows fails
+// here, and a rule that shrinks too far fails the end-to-end suite, which
+// runs csi-provisioner with these roles. Each is one csi-provisioner v6.4.0
+// uses (the chart's rbac.yaml says why).
+var grants = []string{
+	"ClusterRole/ecs-localdisk-csi-provisioner: /persistentvolumes get list watch create delete patch",
+	"ClusterRole/ecs-localdisk-csi-provisioner: /persistentvolumeclaims get list watch update",
+	"ClusterRole/ecs-localdisk-csi-provisioner: storage.k8s.io/storageclasses get list watch",
+	"ClusterRole/ecs-localdisk-csi-provisioner: /events create patch",
+	"ClusterRole/ecs-localdisk-csi-provisioner: storage.k8s.io/csinodes get list watch",
+	"ClusterRole/ecs-localdisk-csi-provisioner: /nodes get list watch",
+	"Role/ecs-localdisk-csi-capacity: storage.k8s.io/csistoragecapacities get list watch create update patch delete",
+	"Role/ecs-localdisk-csi-capacity: /pods get",
+	"Role/ecs-localdisk-csi-capacity: apps/daemonsets get",
+}
+
+// checkRBAC: the roles grant exactly grants, the Role lives in the
+// driver's namespace, and each binding names the driver's ServiceAccount.
 func checkRBAC(t *testing.T, m resmap.ResMap) {
-	cr := get(t, m, "ClusterRole", "ecs-localdisk-csi-provisioner").MustString()
-	for _, forbidden := range []string{`"*"`, "secrets", "pods", "csistoragecapacities"} {
-		if strings.Contains(cr, forbidden) {
-			t.Errorf("ClusterRole mentions %s:\n%s", forbidden, cr)
+	var got []string
+	for _, r := range m.Resources() {
+		kind := r.GetKind()
+		if kind != "ClusterRole" && kind != "Role" {
+			continue
+		}
+		n, err := yaml.Parse(r.MustYaml())
+		if err != nil {
+			t.Fatal(err)
+		}
+		rules, err := n.Pipe(yaml.Lookup("rules"))
+		if err != nil || rules == nil {
+			t.Fatalf("%s/%s has no rules", kind, r.GetName())
+		}
+		elems, _ := rules.Elements()
+		for _, rule := range elems {
+			list := func(f string) []string {
+				v, err := rule.Pipe(yaml.Lookup(f))
+				if err != nil || v == nil {
+					return nil
+				}
+				items, _ := v.Elements()
+				var out []string
+				for _, it := range items {
+					out = append(out, it.YNode().Value)
+				}
+				return out
+			}
+			for _, g := range list("apiGroups") {
+				for _, res := range list("resources") {
+					got = append(got, fmt.Sprintf("%s/%s: %s/%s %s", kind, r.GetName(), g, res, strings.Join(list("verbs"), " ")))
+				}
+			}
+			if len(list("resourceNames")) > 0 || len(list("nonResourceURLs")) > 0 {
+				t.Errorf("%s/%s: a rule with resourceNames or nonResourceURLs is not in the allowlist", kind, r.GetName())
+			}
 		}
 	}
-	role := get(t, m, "Role", "ecs-localdisk-csi-capacity").MustString()
-	if !strings.Contains(role, "csistoragecapacities") || !strings.Contains(role, "namespace: ecs-localdisk-csi") {
-		t.Errorf("capacity Role:\n%s", role)
+	slices.Sort(got)
+	want := slices.Clone(grants)
+	slices.Sort(want)
+	if !slices.Equal(got, want) {
+		t.Errorf("RBAC grants:\n  %s\nwant exactly:\n  %s", strings.Join(got, "\n  "), strings.Join(want, "\n  "))
+	}
+	if ns := field(t, get(t, m, "Role", "ecs-localdisk-csi-capacity"), "metadata", "namespace"); ns != "ecs-localdisk-csi" {
+		t.Errorf("capacity Role in namespace %q", ns)
+	}
+	for _, b := range []struct{ kind, name string }{{"ClusterRoleBinding", "ecs-localdisk-csi-provisioner"}, {"RoleBinding", "ecs-localdisk-csi-capacity"}} {
+		subjects := field(t, get(t, m, b.kind, b.name), "subjects")
+		if !strings.Contains(subjects, "name: ecs-localdisk-csi-node") || strings.Count(subjects, "- kind:") != 1 {
+			t.Errorf("%s/%s subjects:\n%s", b.kind, b.name, subjects)
+		}
 	}
 }

@@ -295,6 +295,9 @@ func (h *harness) callStep() {
 		os.Remove(h.crashFile())
 		h.actorWhileDown(c.name())
 		h.restart(c.name())
+		// Decide the plants the restart's cleaners raced before the
+		// retry can take a disk whose wipe legitimately took one.
+		h.settle()
 		if c.v != nil && h.vols[c.v.name] == nil {
 			h.vols[c.v.name] = c.v // answered, then the driver died: the CO retries all the same
 		}

@@ -77,20 +77,27 @@ func TestMistypedDevicesKeepTheDriverNotReady(t *testing.T) {
 				t.Errorf("Probe message lacks %q: %s", w, status.Convert(err).Message())
 			}
 		}
-		if !strings.Contains(d.output(), typo) {
-			t.Errorf("the log does not name %s:\n%s", typo, d.output())
+		if !strings.Contains(d.output(), wantIn[0]) {
+			t.Errorf("the log does not name %s:\n%s", wantIn[0], d.output())
 		}
 		if _, err := os.Stat(state.NewStore(stateDir).Path()); !os.IsNotExist(err) {
 			t.Fatalf("a not-ready first start recorded the node state (%v)", err)
 		}
 	}
 	// One good entry and one typo, twice: the second start (as after a
-	// liveness restart) must not take the recorded good disk as a reason to
-	// be ready.
+	// liveness restart) must not find the good disk recorded and take it as
+	// a reason to be ready.
 	notReady([]string{loop.Path, typo}, typo+": no such device")
 	notReady([]string{loop.Path, typo}, typo+": no such device")
 	// Only the typo.
 	notReady([]string{typo}, typo)
+	// Only a disk that holds data the driver did not put there (as the
+	// system disk named instead of a local one would): found, but not
+	// usable.
+	held := testutil.NewLoop(t, dir, 64<<20)
+	run(t, "mkfs.ext4", "-q", "-F", held.Path)
+	notReady([]string{held.Path, typo}, typo)
+	notReady([]string{held.Path}, held.Path, "signatures")
 
 	// A node expected to have no disks says so.
 	d := runDriver(t, bin, stateDir, sock, node, []string{typo}, "--allow-no-disks")
