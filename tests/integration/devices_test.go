@@ -1,53 +1,17 @@
 package integration
 
 import (
-	"context"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
-	"github.com/container-storage-interface/spec/lib/go/csi"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
 	"github.com/ecs-localdisk/ecs-localdisk-csi/internal/testutil"
 	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/state"
 )
-
-// probeOutcome waits (at most 30 s, polling every 20 ms) until the driver on
-// sock either answers Probe ready (it returns nil) or fails it with a
-// status (it returns that error).
-func (d *binDriver) probeOutcome(sock string) error {
-	d.t.Helper()
-	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		d.t.Fatal(err)
-	}
-	defer conn.Close()
-	id := csi.NewIdentityClient(conn)
-	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-		select {
-		case <-d.exited:
-			d.t.Fatalf("driver exited with %v:\n%s", d.cmd.ProcessState, d.output())
-		default:
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		resp, err := id.Probe(ctx, &csi.ProbeRequest{})
-		cancel()
-		if _, ok := status.FromError(err); err != nil && ok && status.Code(err) != codes.Unavailable {
-			return err
-		}
-		if err == nil && resp.GetReady().GetValue() {
-			return nil
-		}
-	}
-	d.t.Fatalf("driver %d neither ready nor failed on %s within 30s", d.cmd.Process.Pid, sock)
-	return nil
-}
 
 // TestMistypedDevicesKeepTheDriverNotReady: on a node's first start, a
 // --devices entry that names no device keeps the driver not ready, and

@@ -16,7 +16,9 @@ import (
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 
 	"github.com/ecs-localdisk/ecs-localdisk-csi/internal/testutil"
 )
@@ -94,9 +96,25 @@ func nodeAt(sock string) (string, error) {
 	return info.GetNodeId(), err
 }
 
-// waitReady waits (at most 30 s, polling every 20 ms) until the driver
-// answers Probe ready and NodeGetInfo with its node ID on sock.
+// waitReady waits (at most 30 s) until the driver answers Probe ready and
+// NodeGetInfo with its node ID on sock.
 func (d *binDriver) waitReady(sock, node string) {
+	d.t.Helper()
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if err := d.probeOutcome(sock); err != nil {
+			d.t.Fatalf("driver %d failed its start: %v\n%s", d.cmd.Process.Pid, err, d.output())
+		}
+		if got, err := nodeAt(sock); err == nil && got == node {
+			return
+		}
+	}
+	d.t.Fatalf("driver %d not ready on %s within 30s", d.cmd.Process.Pid, sock)
+}
+
+// probeOutcome waits (at most 30 s, polling every 20 ms) until the driver on
+// sock either answers Probe ready (it returns nil) or fails it with a
+// status other than UNAVAILABLE (it returns that error).
+func (d *binDriver) probeOutcome(sock string) error {
 	d.t.Helper()
 	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
@@ -107,20 +125,21 @@ func (d *binDriver) waitReady(sock, node string) {
 	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
 		select {
 		case <-d.exited:
-			d.t.Fatalf("driver exited with %v before it was ready:\n%s", d.cmd.ProcessState, d.output())
+			d.t.Fatalf("driver exited with %v:\n%s", d.cmd.ProcessState, d.output())
 		default:
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		resp, err := id.Probe(ctx, &csi.ProbeRequest{})
 		cancel()
-		if err != nil || !resp.GetReady().GetValue() {
-			continue
+		if _, ok := status.FromError(err); err != nil && ok && status.Code(err) != codes.Unavailable && status.Code(err) != codes.DeadlineExceeded {
+			return err
 		}
-		if got, err := nodeAt(sock); err == nil && got == node {
-			return
+		if err == nil && resp.GetReady().GetValue() {
+			return nil
 		}
 	}
-	d.t.Fatalf("driver %d not ready on %s within 30s", d.cmd.Process.Pid, sock)
+	d.t.Fatalf("driver %d neither ready nor failed on %s within 30s", d.cmd.Process.Pid, sock)
+	return nil
 }
 
 // TestSecondDriverIsRefused: a second driver on the same state directory,
