@@ -211,8 +211,14 @@ func (cp *ControlPlane) httpClient() (*http.Client, error) {
 }
 
 func (cp *ControlPlane) writeKubeconfig(user string) (string, error) {
-	path := filepath.Join(cp.cfg.Dir, user+".kubeconfig")
 	k := cp.pki.path
+	return cp.kubeconfig(filepath.Join(cp.cfg.Dir, user+".kubeconfig"), user,
+		fmt.Sprintf("client-certificate: %s\n    client-key: %s", k(user+".crt"), k(user+".key")))
+}
+
+// kubeconfig writes a kubeconfig for the apiserver to path: user with the
+// credential lines of credentials (indented under user:).
+func (cp *ControlPlane) kubeconfig(path, user, credentials string) (string, error) {
 	content := fmt.Sprintf(`apiVersion: v1
 kind: Config
 clusters:
@@ -223,15 +229,14 @@ clusters:
 users:
 - name: %s
   user:
-    client-certificate: %s
-    client-key: %s
+    %s
 contexts:
 - name: e2e
   context:
     cluster: e2e
     user: %s
 current-context: e2e
-`, cp.APIServer, k("ca.crt"), user, k(user+".crt"), k(user+".key"), user)
+`, cp.APIServer, cp.pki.path("ca.crt"), user, credentials, user)
 	return path, os.WriteFile(path, []byte(content), 0o600)
 }
 

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
@@ -279,22 +278,6 @@ func (cp *ControlPlane) serviceAccountKubeconfig(ctx context.Context, n *Node) (
 	if err != nil {
 		return "", err
 	}
-	path := filepath.Join(n.dir, "serviceaccount.kubeconfig")
-	content := fmt.Sprintf(`apiVersion: v1
-kind: Config
-clusters:
-- name: e2e
-  cluster:
-    server: %s
-    certificate-authority: %s
-users:
-- name: %s
-  user:
-    token: %s
-contexts:
-- name: e2e
-  context: {cluster: e2e, user: %s}
-current-context: e2e
-`, cp.APIServer, cp.pki.path("ca.crt"), ds.Spec.Template.Spec.ServiceAccountName, strings.TrimSpace(token), ds.Spec.Template.Spec.ServiceAccountName)
-	return path, os.WriteFile(path, []byte(content), 0o600)
+	return cp.kubeconfig(filepath.Join(n.dir, "serviceaccount.kubeconfig"), ds.Spec.Template.Spec.ServiceAccountName,
+		"token: "+strings.TrimSpace(token))
 }
