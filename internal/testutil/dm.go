@@ -13,9 +13,9 @@ import (
 // DMLinear maps a dm-linear device over the whole of dev, so that dev has a
 // real holder, removes it when the test ends, and returns the dm device's
 // kernel name (dm-N). Without dmsetup the test fails under CI (CI installs
-// it) and skips elsewhere; on a kernel without device-mapper (a kernel
-// feature, not a privilege: some CI and sandbox kernels lack it) it skips
-// with that reason.
+// it) and skips elsewhere; it loads dm_mod when the kernel has it as a
+// module, and on a kernel without device-mapper (a kernel feature, not a
+// privilege: some CI and sandbox kernels lack it) it skips with that reason.
 func DMLinear(t testing.TB, dev string) string {
 	t.Helper()
 	RequireRoot(t)
@@ -26,7 +26,15 @@ func DMLinear(t testing.TB, dev string) string {
 		t.Skip("needs dmsetup (Debian package dmsetup; CI installs it)")
 	}
 	if _, err := os.Stat("/sys/class/misc/device-mapper"); err != nil {
-		t.Skipf("needs a kernel with device-mapper (a kernel feature, not a privilege: some CI and sandbox kernels lack it): %v", err)
+		// Built as a module and not loaded yet: load it. A kernel without
+		// it (and without modules, as on this project's CI machines)
+		// leaves only the skip; TestExclusivelyHeldDiskIsNeverHandedOut
+		// shows the holder's claim on every kernel.
+		modprobe := exec.Command("modprobe", "dm_mod")
+		loadErr := modprobe.Run()
+		if _, err := os.Stat("/sys/class/misc/device-mapper"); err != nil {
+			t.Skipf("needs a kernel with device-mapper (a kernel feature, not a privilege: some CI and sandbox kernels lack it; modprobe dm_mod: %v): %v", loadErr, err)
+		}
 	}
 	out, err := exec.Command("blockdev", "--getsz", dev).Output()
 	sectors := strings.TrimSpace(string(out))

@@ -3,6 +3,7 @@ package driver
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"unicode"
@@ -86,6 +87,7 @@ func ParseParams(in map[string]string) (Params, error) {
 		keys = append(keys, k)
 	}
 	sort.Strings(keys)
+	var err error
 	for _, k := range keys {
 		v := in[k]
 		if len(k) > maxParamKey || len(v) > maxParamValue {
@@ -112,28 +114,16 @@ func ParseParams(in map[string]string) (Params, error) {
 				return p, invalid("parameter %s: %q is not one of signatures, discard, zero, shred", k, v)
 			}
 		case k == ParamMedia:
-			switch v {
-			case "ssd", "hdd":
-				p.Media = v
-			case "any", "":
-			default:
-				return p, invalid("parameter %s: %q is not one of ssd, hdd, any", k, v)
+			if p.Media, err = choice(k, v, "ssd", "hdd"); err != nil {
+				return p, err
 			}
 		case k == ParamDiskCategory:
-			switch v {
-			case "local_ssd_pro", "local_hdd_pro":
-				p.DiskCategory = v
-			case "any", "":
-			default:
-				return p, invalid("parameter %s: %q is not one of local_ssd_pro, local_hdd_pro, any", k, v)
+			if p.DiskCategory, err = choice(k, v, "local_ssd_pro", "local_hdd_pro"); err != nil {
+				return p, err
 			}
 		case k == ParamVolumeMode:
-			switch v {
-			case "Block", "Filesystem":
-				p.VolumeMode = v
-			case "any", "":
-			default:
-				return p, invalid("parameter %s: %q is not one of Block, Filesystem, any", k, v)
+			if p.VolumeMode, err = choice(k, v, "Block", "Filesystem"); err != nil {
+				return p, err
 			}
 		case strings.HasPrefix(k, reservedPrefix):
 			// Set by the provisioner (pvc/name, pv/name, ...): not ours to check.
@@ -326,4 +316,16 @@ func ValidateMountFlags(flags []string) error {
 		}
 	}
 	return nil
+}
+
+// choice is the value of parameter k when it is one of values, "" for any
+// or an empty value (no filter), and INVALID_ARGUMENT otherwise.
+func choice(k, v string, values ...string) (string, error) {
+	if v == "any" || v == "" {
+		return "", nil
+	}
+	if slices.Contains(values, v) {
+		return v, nil
+	}
+	return "", invalid("parameter %s: %q is not one of %s, any", k, v, strings.Join(values, ", "))
 }

@@ -352,19 +352,7 @@ func TestRawBlockNeverReadsPreviousTenant(t *testing.T) {
 	second := e.create("second", bc, nil)
 	e.stage(second, bc, staging)
 	e.publish(second, bc, staging, target, false)
-	f, err := os.Open(target)
-	if err != nil {
-		t.Fatal(err)
-	}
-	got := make([]byte, len(pattern))
-	_, err = f.ReadAt(got, 32<<20)
-	f.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if bytes.Contains(got, []byte("previous tenant")) {
-		t.Fatal("the second raw volume reads the first one's bytes")
-	}
+	checkNoPreviousTenant(t, target, len(pattern))
 	if !residual {
 		t.Fatal("the disk was not recorded residual after a signatures cleanup of a written volume")
 	}
@@ -517,19 +505,7 @@ func TestResidualSurvivesAbsentDisk(t *testing.T) {
 	}
 	e.stage(second, bc, staging)
 	e.publish(second, bc, staging, target, false)
-	got := make([]byte, len(pattern))
-	f, err := os.Open(target)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, err = f.ReadAt(got, 32<<20)
-	f.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if bytes.Contains(got, []byte("previous tenant")) {
-		t.Fatal("the second raw volume reads the first one's bytes")
-	}
+	checkNoPreviousTenant(t, target, len(pattern))
 	e.unpublish(second, target)
 	e.unstage(second, staging)
 }
@@ -752,5 +728,24 @@ func TestExclusivelyHeldDiskIsNeverHandedOut(t *testing.T) {
 	e.start()
 	if d := e.diskRecord(loopID(held)); d.Status != state.Free {
 		t.Fatalf("disk let go, after a restart: %+v; want free", d)
+	}
+}
+
+// checkNoPreviousTenant reads n bytes at 32 MiB of the raw volume published
+// at target, where an earlier volume of the same disk wrote "previous
+// tenant", and fails if they are still there.
+func checkNoPreviousTenant(t *testing.T, target string, n int) {
+	t.Helper()
+	f, err := os.Open(target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	got := make([]byte, n)
+	if _, err := f.ReadAt(got, 32<<20); err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Contains(got, []byte("previous tenant")) {
+		t.Fatal("the second raw volume reads the first one's bytes")
 	}
 }
