@@ -57,14 +57,29 @@ E2E_BIN  ?= $(HOME)/.cache/ecs-localdisk-csi/e2e/bin
 K8S_VERSION := v1.36.1
 K8S_LDFLAGS := -X k8s.io/component-base/version.gitVersion=$(K8S_VERSION) -X k8s.io/client-go/pkg/version.gitVersion=$(K8S_VERSION) -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=36
 
-e2e-bins: ## Build the pinned etcd, Kubernetes and csi-provisioner binaries of the e2e suite into E2E_BIN
-	mkdir -p $(E2E_BIN)
+# agnhost with its version stamped, from the VERSION file test/utils/image
+# expects. Upstream's image build links it statically (CGO_ENABLED=0); here
+# it is built with cgo like the Kubernetes binaries, so that it reuses their
+# build cache (minutes on a fresh machine), and its image carries its glibc.
+AGNHOST_VERSION := 2.63.0
+
+# One build of E2E_BIN at a time: a second make e2e-bins (.ci/run starts one
+# early, in the background) waits for the first, then finds it all built.
+e2e-bins: ## Build the pinned etcd, Kubernetes, csi-provisioner, e2e.test, ginkgo and agnhost binaries of the e2e suite into E2E_BIN
+	@mkdir -p $(E2E_BIN)
+	flock $(E2E_BIN)/.build-lock $(MAKE) e2e-bins-locked
+
+e2e-bins-locked:
 	cd tests/e2e && $(GO) build -o $(E2E_BIN)/ -ldflags "$(K8S_LDFLAGS)" \
 		k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
 		k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kubectl
 	cd tests/e2e && $(GO) build -o $(E2E_BIN)/csi-provisioner -ldflags "-X main.version=v6.4.0" \
 		github.com/kubernetes-csi/external-provisioner/v6/cmd/csi-provisioner
 	cd tests/e2e && $(GO) build -o $(E2E_BIN)/etcd go.etcd.io/etcd/server/v3
+	cd tests/e2e && $(GO) test -c -o $(E2E_BIN)/e2e.test -ldflags "$(K8S_LDFLAGS)" k8s.io/kubernetes/test/e2e
+	cd tests/e2e && $(GO) build -o $(E2E_BIN)/ginkgo github.com/onsi/ginkgo/v2/ginkgo
+	cd tests/e2e && $(GO) build -o $(E2E_BIN)/agnhost -ldflags "-w -X main.Version=$(AGNHOST_VERSION)" \
+		k8s.io/kubernetes/test/images/agnhost
 	@ls -la $(E2E_BIN)
 
 e2e: e2e-bins ## The end-to-end suite: control plane, a real kubelet, kubelet-less nodes, the examples (root)
@@ -116,4 +131,4 @@ release: ## Stamp VERSION=vX.Y.Z into VERSION, CHANGELOG.md, the overlays and th
 clean: ## Remove build output
 	rm -rf bin
 
-.PHONY: image-check manifests chart release help build demo demo-ecs e2e-bins e2e bench-e2e test unit fault fuzz sanity bench vet lint image deploy clean
+.PHONY: e2e-bins-locked image-check manifests chart release help build demo demo-ecs e2e-bins e2e bench-e2e test unit fault fuzz sanity bench vet lint image deploy clean

@@ -89,10 +89,17 @@ func requireRoot(t testing.TB) {
 
 // topology says which nodes a test's cluster has.
 type topology struct {
-	fake   [][]cluster.DiskSpec // one entry per kubelet-less node
-	real   []cluster.DiskSpec   // the real node's disks; nil for none
-	poll   time.Duration        // capacity poll interval
-	apiQPS int
+	fake [][]cluster.DiskSpec // one entry per kubelet-less node
+	real []cluster.DiskSpec   // each real node's disks; nil for none
+	// reals is the number of real nodes with the disks real (default 1);
+	// more than one needs network.
+	reals int
+	// network gives each real node a network namespace and an address of
+	// its own (cluster.Config.NodeNetwork).
+	network bool
+	images  []string      // OCI archives the real nodes import (cluster.Config.Images)
+	poll    time.Duration // capacity poll interval
+	apiQPS  int
 	// dropRule removes one permission from the shipped RBAC (see
 	// cluster.Rendered.DropRule); by default the E2E_DROP_RULE variable's.
 	dropRule string
@@ -106,7 +113,9 @@ type env struct {
 	t     testing.TB
 	cp    *cluster.ControlPlane
 	fakes []*cluster.Node
-	real  *cluster.Node
+	real  *cluster.Node   // the first real node
+	reals []*cluster.Node // every real node
+	dir   string          // the cluster's directory: logs, certificates
 }
 
 // startCluster starts the control plane and the nodes; everything is
@@ -118,7 +127,7 @@ func startCluster(ctx context.Context, t testing.TB, topo topology) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cp, err := cluster.Start(ctx, cluster.Config{Bin: binDir(t), Dir: dir, Driver: drv, FakeECS: fake, CapacityPoll: topo.poll, APIQPS: topo.apiQPS})
+	cp, err := cluster.Start(ctx, cluster.Config{Bin: binDir(t), Dir: dir, Driver: drv, FakeECS: fake, CapacityPoll: topo.poll, APIQPS: topo.apiQPS, NodeNetwork: topo.network, Images: topo.images})
 	if err != nil {
 		t.Fatalf("control plane: %v (logs in %s)", err, dir)
 	}
@@ -130,7 +139,7 @@ func startCluster(ctx context.Context, t testing.TB, topo topology) *env {
 		}
 		os.RemoveAll(dir)
 	})
-	e := &env{t: t, cp: cp}
+	e := &env{t: t, cp: cp, dir: dir}
 	drop := topo.dropRule
 	if drop == "" {
 		drop = os.Getenv("E2E_DROP_RULE")
@@ -138,10 +147,15 @@ func startCluster(ctx context.Context, t testing.TB, topo topology) *env {
 	if err := cp.Deploy(ctx, deployDir, drop); err != nil {
 		t.Fatalf("deploying the manifests: %v", err)
 	}
-	if topo.real != nil {
-		if e.real, err = cp.AddRealNode(ctx, "real-0", topo.real); err != nil {
+	for i := 0; topo.real != nil && i < max(topo.reals, 1); i++ {
+		n, err := cp.AddRealNode(ctx, fmt.Sprintf("real-%d", i), topo.real)
+		if err != nil {
 			t.Fatalf("real node: %v (logs in %s)", err, dir)
 		}
+		e.reals = append(e.reals, n)
+	}
+	if len(e.reals) > 0 {
+		e.real = e.reals[0]
 	}
 	for i, disks := range topo.fake {
 		n, err := cp.AddFakeNode(ctx, fmt.Sprintf("fake-%d", i), disks)

@@ -15,8 +15,6 @@ import (
 	"strings"
 	"syscall"
 	"time"
-
-	"google.golang.org/grpc"
 )
 
 // Config says where the binaries are and where the cluster lives.
@@ -34,15 +32,23 @@ type Config struct {
 	// APIQPS is the controller-manager's and scheduler's --kube-api-qps
 	// (default 100, burst twice that).
 	APIQPS int
+	// NodeNetwork gives the cluster a network of its own (see network):
+	// the apiserver listens on its bridge, and each real node runs in a
+	// network namespace with an address the apiserver reaches, so that
+	// kubectl exec works and several real nodes can run.
+	NodeNetwork bool
+	// Images are OCI archives every real node's containerd imports, besides
+	// the busybox image it always has.
+	Images []string
 }
 
 // ControlPlane is a running etcd, kube-apiserver, kube-controller-manager
-// and kube-scheduler on 127.0.0.1.
+// and kube-scheduler, on 127.0.0.1 or on the cluster network's bridge.
 type ControlPlane struct {
 	cfg        Config
 	procs      procs
 	pki        *pki
-	APIServer  string // https://127.0.0.1:<port>
+	APIServer  string // https://<address>:<port>
 	Kubeconfig string // admin kubeconfig
 	// Namespace is the deployment's namespace, where the provisioners keep
 	// the CSIStorageCapacity objects; set by Deploy.
@@ -50,13 +56,13 @@ type ControlPlane struct {
 	deployed  *deployment
 	loops     []string
 
-	// The real node, if any.
-	real       *Node
-	containerd string // its containerd's socket
-	kubelet    *proc
-	registrar  *grpc.Server
-	execs      int
-	cgroups    []string // cgroup directories the real node's containers made
+	reals  []*Node      // the real nodes
+	net    *network     // the cluster's network, with Config.NodeNetwork
+	execs  int          // ctr exec IDs handed out
+	shells []*nodeShell // the real nodes' SSH servers (StartNodeSSH)
+	// madeKubeletDir: the machine had no /var/lib/kubelet, the suite made
+	// it as the nodes' mount point (see nodens.go).
+	madeKubeletDir bool
 }
 
 // Start brings the control plane up and waits until the apiserver is ready.
@@ -72,8 +78,14 @@ func Start(ctx context.Context, cfg Config) (cp *ControlPlane, err error) {
 	if cp.pki, err = newPKI(filepath.Join(cfg.Dir, "pki")); err != nil {
 		return nil, err
 	}
-	lo := []net.IP{net.ParseIP("127.0.0.1")}
-	if err = cp.pki.issue("apiserver", "kube-apiserver", nil, append(lo, net.ParseIP("10.0.0.1")),
+	listen := net.ParseIP("127.0.0.1")
+	if cfg.NodeNetwork {
+		if cp.net, err = newNetwork(); err != nil {
+			return nil, err
+		}
+		listen = cp.net.host
+	}
+	if err = cp.pki.issue("apiserver", "kube-apiserver", nil, []net.IP{listen, net.ParseIP("10.0.0.1")},
 		[]string{"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"}, true); err != nil {
 		return nil, err
 	}
@@ -91,7 +103,7 @@ func Start(ctx context.Context, cfg Config) (cp *ControlPlane, err error) {
 	if err != nil {
 		return nil, err
 	}
-	if err = cp.startAPIServer(ctx, etcdURL); err != nil {
+	if err = cp.startAPIServer(ctx, etcdURL, listen); err != nil {
 		return nil, err
 	}
 	if cp.Kubeconfig, err = cp.writeKubeconfig("admin"); err != nil {
@@ -108,17 +120,26 @@ func Start(ctx context.Context, cfg Config) (cp *ControlPlane, err error) {
 // under the cluster directory, detaches the loop devices and removes the
 // cgroups the containers left.
 func (cp *ControlPlane) Stop() {
-	cp.stopRealNode()
+	for _, s := range cp.shells {
+		s.stop()
+	}
+	cp.stopRealNodes()
 	cp.procs.stopAll()
-	if cp.containerd != "" {
-		for _, pid := range shimPIDs(cp.containerd) {
+	for _, n := range cp.reals {
+		for _, pid := range shimPIDs(n.real.containerd) {
 			_ = syscall.Kill(pid, syscall.SIGKILL)
 		}
 	}
 	cp.detachKubeletLoops()
 	unmountUnder(cp.cfg.Dir)
 	cp.detachLoops()
-	removeCgroups(cp.cgroups)
+	for _, n := range cp.reals {
+		removeCgroups(n.real.cgroups)
+	}
+	if cp.net != nil {
+		cp.net.close()
+	}
+	cp.removeKubeletDir()
 }
 
 func (cp *ControlPlane) bin(name string) string { return filepath.Join(cp.cfg.Bin, name) }
@@ -155,15 +176,15 @@ func (cp *ControlPlane) startEtcd(ctx context.Context) (string, error) {
 	})
 }
 
-func (cp *ControlPlane) startAPIServer(ctx context.Context, etcdURL string) error {
+func (cp *ControlPlane) startAPIServer(ctx context.Context, etcdURL string, listen net.IP) error {
 	port, err := freePort()
 	if err != nil {
 		return err
 	}
-	cp.APIServer = "https://127.0.0.1:" + strconv.Itoa(port)
+	cp.APIServer = "https://" + net.JoinHostPort(listen.String(), strconv.Itoa(port))
 	k := cp.pki.path
 	p, err := cp.procs.start(cp.cfg.Dir, "kube-apiserver", cp.bin("kube-apiserver"),
-		"--etcd-servers="+etcdURL, "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
+		"--etcd-servers="+etcdURL, "--bind-address="+listen.String(), "--advertise-address="+listen.String(),
 		"--secure-port="+strconv.Itoa(port),
 		"--tls-cert-file="+k("apiserver.crt"), "--tls-private-key-file="+k("apiserver.key"),
 		"--client-ca-file="+k("ca.crt"),

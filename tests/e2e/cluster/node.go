@@ -37,6 +37,7 @@ type Node struct {
 	Name  string
 	Loops []string
 	Real  bool
+	real  *realNode // what a real node runs besides the driver
 	// Pod is the node's DaemonSet pod, which the DaemonSet controller made
 	// and the scheduler bound (no kubelet runs it); "" on the real node.
 	Pod    string
@@ -107,7 +108,15 @@ func (cp *ControlPlane) startDriver(ctx context.Context, n *Node) error {
 	if err := os.MkdirAll(filepath.Dir(n.sock), 0o700); err != nil {
 		return err
 	}
-	drv, err := cp.procs.startEnv(n.dir, "driver", cp.cfg.Driver, env, args...)
+	var drv *proc
+	if n.real != nil {
+		// On a real node the driver runs where its kubelet does: in the
+		// node's own mount namespace when it has one, so that its mounts
+		// are the kubelet's and the containers'.
+		drv, err = cp.startIn(n, "driver", env, cp.cfg.Driver, args...)
+	} else {
+		drv, err = cp.procs.startEnv(n.dir, "driver", cp.cfg.Driver, env, args...)
+	}
 	if err != nil {
 		return err
 	}

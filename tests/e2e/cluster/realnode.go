@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net"
 	"os"
@@ -16,12 +17,35 @@ import (
 	registerapi "k8s.io/kubelet/pkg/apis/pluginregistration/v1"
 )
 
+// realNode is what a real node runs besides the driver: containerd, the
+// kubelet and the driver's registration with it.
+type realNode struct {
+	containerd string // containerd's socket
+	kubelet    *proc
+	kubeletCmd []string // the kubelet's command line, to start it again
+	starts     int      // kubelet starts so far: the first logs to kubelet.log, the next to kubelet-2.log...
+	registrar  *grpc.Server
+	// net is the node's own network namespace, nil for a node on the
+	// machine's network with a loopback node IP (Config.NodeNetwork).
+	net *nodeNet
+	// init holds the node's own mount namespace (see nodens.go), nil for a
+	// node on the machine's network.
+	init    *proc
+	cgroups []string // cgroup directories the node's containers made
+}
+
 // AddRealNode starts containerd and a kubelet for a node called name, with
-// the busybox image imported, runs the driver and csi-provisioner
-// containers of the DaemonSet as host processes, and registers the driver
-// with the kubelet through the plugin-registration API, as the DaemonSet's
+// the images imported, runs the driver and csi-provisioner containers of
+// the DaemonSet as host processes, and registers the driver with the
+// kubelet through the plugin-registration API, as the DaemonSet's
 // node-driver-registrar would. Pods on it run for real: volumes are staged
 // and published by the kubelet through the driver. Deploy must have run.
+//
+// With Config.NodeNetwork the node's containerd and kubelet run in a
+// network namespace of the node's own, with an address on the cluster
+// network: the apiserver reaches its kubelet (kubectl exec), and several
+// real nodes each have their ports. Without it there is one real node, on
+// the machine's network with a loopback node IP.
 //
 // The node is not labelled for the DaemonSet, so it gets no DaemonSet pod:
 // its kubelet would run that pod, with hostPath volumes naming this
@@ -30,8 +54,8 @@ import (
 // Its provisioner therefore has no pod to find the CSIStorageCapacity
 // objects' owner from (see hostProcess); its token is bound to the Node.
 func (cp *ControlPlane) AddRealNode(ctx context.Context, name string, disks []DiskSpec) (*Node, error) {
-	if cp.real != nil {
-		return nil, fmt.Errorf("the cluster has a real node already")
+	if len(cp.reals) > 0 && cp.net == nil {
+		return nil, fmt.Errorf("a second real node needs a network of its own (Config.NodeNetwork)")
 	}
 	if cp.deployed == nil {
 		return nil, fmt.Errorf("no deployment: call Deploy first")
@@ -41,14 +65,30 @@ func (cp *ControlPlane) AddRealNode(ctx context.Context, name string, disks []Di
 		return nil, err
 	}
 	n.Real = true
-	cp.real = n
-	cp.cgroups = newCgroups("k8s.io")
+	n.real = &realNode{}
+	cp.reals = append(cp.reals, n)
+	if cp.net != nil {
+		if n.real.net, err = cp.net.addNode(); err != nil {
+			return nil, err
+		}
+		if err := cp.startNodeSpace(ctx, n); err != nil {
+			return nil, err
+		}
+	}
+	cgroupRoot := "/ecs-localdisk-e2e-" + name
+	n.real.cgroups = newCgroups(cgroupRoot)
+	// The kubelet wants its cgroup root to exist.
+	for _, d := range n.real.cgroups {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			return nil, err
+		}
+	}
 	cd := filepath.Join(n.dir, "containerd")
 	sock := filepath.Join(cd, "containerd.sock")
 	if err := cp.startContainerd(ctx, n, cd, sock); err != nil {
 		return nil, err
 	}
-	if err := cp.startKubelet(ctx, n, n.root(), sock); err != nil {
+	if err := cp.startKubelet(ctx, n, n.kubeletRootIn(), sock, cgroupRoot); err != nil {
 		return nil, err
 	}
 	if err := cp.startDriver(ctx, n); err != nil {
@@ -60,24 +100,51 @@ func (cp *ControlPlane) AddRealNode(ctx context.Context, name string, disks []Di
 	return n, cp.startProvisioner(ctx, n)
 }
 
-func (cp *ControlPlane) startContainerd(ctx context.Context, n *Node, dir, sock string) error {
-	for _, d := range []string{"root", "state", "opt", "cni/bin", "cni/conf"} {
-		if err := os.MkdirAll(filepath.Join(dir, d), 0o700); err != nil {
-			return err
-		}
+// containerdConfig is the start of a containerd configuration of the
+// suite's own: its root, state and plugin directories under dir, its
+// sockets at sock, the snapshotters this machine lacks and the plugins in
+// disable switched off.
+func containerdConfig(dir, sock string, disable []string) string {
+	off := append([]string{"io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs",
+		"io.containerd.snapshotter.v1.devmapper", "io.containerd.internal.v1.tracing"}, disable...)
+	quoted := make([]string, len(off))
+	for i, p := range off {
+		quoted[i] = strconv.Quote(p)
 	}
-	cfg := fmt.Sprintf(`version = 2
+	return fmt.Sprintf(`version = 2
 root = %[1]q
 state = %[2]q
-disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.internal.v1.tracing"]
+disabled_plugins = [%[6]s]
 [grpc]
   address = %[3]q
 [ttrpc]
   address = %[4]q
 [plugins."io.containerd.internal.v1.opt"]
   path = %[5]q
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = %[6]q
+`, filepath.Join(dir, "root"), filepath.Join(dir, "state"), sock, sock+".ttrpc", filepath.Join(dir, "opt"), strings.Join(quoted, ", "))
+}
+
+// startIn starts a node process in the node's namespaces (see inNode).
+func (cp *ControlPlane) startIn(n *Node, name string, env []string, bin string, args ...string) (*proc, error) {
+	bin, args = n.real.inNode(bin, args...)
+	return cp.procs.startEnv(n.dir, name, bin, env, args...)
+}
+
+func (cp *ControlPlane) startContainerd(ctx context.Context, n *Node, dir, sock string) error {
+	// Without a network of its own, the node has no CNI: every pod of the
+	// suite uses the host network. With one, pods get addresses from
+	// Debian's CNI plugins on a bridge inside the node's namespace.
+	cniBin := filepath.Join(dir, "cni/bin")
+	if n.real.net != nil {
+		cniBin = cniPluginDir
+	}
+	for _, d := range []string{"root", "state", "opt", "cni/bin", "cni/conf"} {
+		if err := os.MkdirAll(filepath.Join(dir, d), 0o700); err != nil {
+			return err
+		}
+	}
+	cfg := containerdConfig(dir, sock, nil) + fmt.Sprintf(`[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = %[1]q
   # Needed on this kind of machine: the runtime may not lower its OOM score.
   restrict_oom_score_adj = true
   stream_server_address = "127.0.0.1"
@@ -85,21 +152,24 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
     default_runtime_name = "runc"
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
       runtime_type = "io.containerd.runc.v2"
-  # No CNI: every pod of the suite uses the host network.
   [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = %[7]q
-    conf_dir = %[8]q
-`, filepath.Join(dir, "root"), filepath.Join(dir, "state"), sock, sock+".ttrpc", filepath.Join(dir, "opt"),
-		BusyboxImage, filepath.Join(dir, "cni/bin"), filepath.Join(dir, "cni/conf"))
+    bin_dir = %[2]q
+    conf_dir = %[3]q
+`, BusyboxImage, cniBin, filepath.Join(dir, "cni/conf"))
 	cfgPath := filepath.Join(dir, "config.toml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		return err
 	}
-	p, err := cp.procs.start(n.dir, "containerd", "containerd", "--config", cfgPath, "--log-level=warn")
+	if nn := n.real.net; nn != nil {
+		if err := writePodNetwork(filepath.Join(dir, "cni"), nn.pods); err != nil {
+			return err
+		}
+	}
+	p, err := cp.startIn(n, "containerd", nil, "containerd", "--config", cfgPath, "--log-level=warn")
 	if err != nil {
 		return err
 	}
-	cp.containerd = sock
+	n.real.containerd = sock
 	if err := waitFor(ctx, p, "containerd", func() error {
 		return exec.CommandContext(ctx, "ctr", "--address", sock, "version").Run()
 	}); err != nil {
@@ -112,6 +182,11 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 	if out, err := exec.CommandContext(ctx, "ctr", "--address", sock, "-n", "k8s.io", "images", "import", tarball).CombinedOutput(); err != nil {
 		return fmt.Errorf("importing busybox: %v: %s", err, out)
 	}
+	for _, archive := range cp.cfg.Images {
+		if out, err := exec.CommandContext(ctx, "ctr", "--address", sock, "-n", "k8s.io", "images", "import", archive).CombinedOutput(); err != nil {
+			return fmt.Errorf("importing %s: %v: %s", archive, err, out)
+		}
+	}
 	out, err := exec.CommandContext(ctx, "ctr", "--address", sock, "-n", "k8s.io", "images", "ls", "-q").CombinedOutput()
 	if err != nil || !strings.Contains(string(out), BusyboxImage) {
 		return fmt.Errorf("busybox image not imported (%v): %s", err, out)
@@ -119,7 +194,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 	return nil
 }
 
-func (cp *ControlPlane) startKubelet(ctx context.Context, n *Node, root, runtimeSock string) error {
+func (cp *ControlPlane) startKubelet(ctx context.Context, n *Node, root, runtimeSock, cgroupRoot string) error {
 	if err := cp.pki.issue("kubelet-"+n.Name, "system:node:"+n.Name, []string{"system:nodes"}, nil, nil, false); err != nil {
 		return err
 	}
@@ -127,16 +202,20 @@ func (cp *ControlPlane) startKubelet(ctx context.Context, n *Node, root, runtime
 	if err != nil {
 		return err
 	}
-	port, err := freePort()
-	if err != nil {
+	// In its own namespace the kubelet has the usual port on the node's
+	// address; on the machine's network, a free loopback port.
+	address, port := "127.0.0.1", 10250
+	if nn := n.real.net; nn != nil {
+		address = nn.ip.String()
+	} else if port, err = freePort(); err != nil {
 		return err
 	}
-	if err := os.MkdirAll(root, 0o700); err != nil {
+	if err := os.MkdirAll(n.root(), 0o700); err != nil {
 		return err
 	}
 	cfg := fmt.Sprintf(`apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
-address: 127.0.0.1
+address: %s
 port: %d
 readOnlyPort: 0
 healthzPort: 0
@@ -149,7 +228,10 @@ containerRuntimeEndpoint: unix://%s
 # cgroup v1 on this machine, and no systemd.
 failCgroupV1: false
 cgroupDriver: cgroupfs
-cgroupsPerQOS: false
+# The node's pods go under a cgroup of the node's own (the kubelet makes
+# its kubepods hierarchy below it).
+cgroupsPerQOS: true
+cgroupRoot: %q
 enforceNodeAllocatable: []
 failSwapOn: false
 volumePluginDir: %q
@@ -159,18 +241,32 @@ evictionHard: {memory.available: "1Mi", nodefs.available: "0%%", imagefs.availab
 localStorageCapacityIsolation: false
 serializeImagePulls: false
 resolvConf: ""
-`, port, cp.pki.path("ca.crt"), runtimeSock, filepath.Join(root, "volume-plugins"))
+# The node's own, not the machine's /var/log/pods: a kubelet removes the
+# log directories of pods it does not know.
+podLogsDir: %q
+`, address, port, cp.pki.path("ca.crt"), runtimeSock, cgroupRoot, filepath.Join(root, "volume-plugins"), filepath.Join(n.dir, "pod-logs"))
 	cfgPath := filepath.Join(n.dir, "kubelet.yaml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		return err
 	}
-	p, err := cp.procs.start(n.dir, "kubelet", cp.bin("kubelet"), "--config="+cfgPath, "--kubeconfig="+kubeconfig,
-		"--root-dir="+root, "--hostname-override="+n.Name, "--node-ip=127.0.0.1",
-		"--v=2")
+	n.real.kubeletCmd = []string{cp.bin("kubelet"), "--config=" + cfgPath, "--kubeconfig=" + kubeconfig,
+		"--root-dir=" + root, "--hostname-override=" + n.Name, "--node-ip=" + address, "--v=2"}
+	return cp.runKubelet(ctx, n)
+}
+
+// runKubelet starts the node's kubelet with its command line and waits
+// until its Node object exists.
+func (cp *ControlPlane) runKubelet(ctx context.Context, n *Node) error {
+	n.real.starts++
+	name := "kubelet"
+	if n.real.starts > 1 {
+		name = fmt.Sprintf("kubelet-%d", n.real.starts)
+	}
+	p, err := cp.startIn(n, name, nil, n.real.kubeletCmd[0], n.real.kubeletCmd[1:]...)
 	if err != nil {
 		return err
 	}
-	cp.kubelet = p
+	n.real.kubelet = p
 	return waitFor(ctx, p, "kubelet registers "+n.Name, func() error {
 		_, err := cp.Kubectl(ctx, "", "get", "node", n.Name)
 		return err
@@ -231,7 +327,7 @@ func (cp *ControlPlane) registerPlugin(ctx context.Context, n *Node) error {
 	// second later, a bounded number of times.
 	const attempts = 20
 	for attempt := 1; ; attempt++ {
-		status, err := cp.serveRegistration(filepath.Join(dir, DriverName+"-reg.sock"), endpoint)
+		status, err := n.real.serveRegistration(filepath.Join(dir, DriverName+"-reg.sock"), endpoint)
 		if err != nil {
 			return err
 		}
@@ -247,8 +343,8 @@ func (cp *ControlPlane) registerPlugin(ctx context.Context, n *Node) error {
 		if attempt == attempts {
 			return fmt.Errorf("kubelet refused the driver %d times, last: %s", attempts, s.Error)
 		}
-		cp.registrar.Stop()
-		cp.registrar = nil
+		n.real.registrar.Stop()
+		n.real.registrar = nil
 		select {
 		case <-time.After(time.Second):
 		case <-ctx.Done():
@@ -270,7 +366,7 @@ func (cp *ControlPlane) registerPlugin(ctx context.Context, n *Node) error {
 // serveRegistration serves the plugin-registration API on sock, announcing
 // the driver at endpoint, and returns the channel the kubelet's verdict
 // arrives on.
-func (cp *ControlPlane) serveRegistration(sock, endpoint string) (<-chan *registerapi.RegistrationStatus, error) {
+func (rn *realNode) serveRegistration(sock, endpoint string) (<-chan *registerapi.RegistrationStatus, error) {
 	_ = os.Remove(sock)
 	l, err := net.Listen("unix", sock)
 	if err != nil {
@@ -280,28 +376,42 @@ func (cp *ControlPlane) serveRegistration(sock, endpoint string) (<-chan *regist
 	r := &registrar{endpoint: endpoint, status: make(chan *registerapi.RegistrationStatus, 1)}
 	registerapi.RegisterRegistrationServer(srv, r)
 	go func() { _ = srv.Serve(l) }()
-	cp.registrar = srv
+	rn.registrar = srv
 	return r.status, nil
 }
 
-// stopRealNode stops the kubelet, then every container of the node by the
-// PIDs of their shims, before the remaining processes stop. The kubelet goes
-// first, so nothing restarts the containers.
-func (cp *ControlPlane) stopRealNode() {
-	if cp.registrar != nil {
-		cp.registrar.Stop()
+// stopRealNodes stops every real node, newest first.
+func (cp *ControlPlane) stopRealNodes() {
+	for i := len(cp.reals) - 1; i >= 0; i-- {
+		cp.reals[i].real.stop()
 	}
-	if cp.kubelet != nil {
-		cp.kubelet.stop(10 * time.Second)
+}
+
+// stop stops the kubelet, then every container of the node by the PIDs of
+// their shims, before the remaining processes stop. The kubelet goes first,
+// so nothing restarts the containers. The pods' network namespaces, which
+// containerd would remove when the kubelet stops the pods, are removed
+// here: those its sandboxes name, and only those.
+func (rn *realNode) stop() {
+	if rn.registrar != nil {
+		rn.registrar.Stop()
 	}
-	if cp.containerd == "" {
+	if rn.kubelet != nil {
+		rn.kubelet.stop(10 * time.Second)
+	}
+	rn.detachKubeletLoops()
+	if rn.containerd == "" {
 		return
 	}
 	ctr := func(args ...string) string {
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 		defer cancel()
-		out, _ := exec.CommandContext(ctx, "ctr", append([]string{"--address", cp.containerd, "-n", "k8s.io"}, args...)...).Output()
+		out, _ := exec.CommandContext(ctx, "ctr", append([]string{"--address", rn.containerd, "-n", "k8s.io"}, args...)...).Output()
 		return string(out)
+	}
+	var podNets []string
+	for _, id := range strings.Fields(ctr("containers", "ls", "-q")) {
+		podNets = append(podNets, podNetns(ctr("containers", "info", id))...)
 	}
 	tasks := strings.Fields(ctr("tasks", "ls", "-q"))
 	for _, id := range tasks {
@@ -314,9 +424,37 @@ func (cp *ControlPlane) stopRealNode() {
 		ctr("tasks", "delete", "--force", id)
 	}
 	// Whatever shim is left (containerd already gone, say) dies by PID.
-	for _, pid := range shimPIDs(cp.containerd) {
+	for _, pid := range shimPIDs(rn.containerd) {
 		_ = syscall.Kill(pid, syscall.SIGKILL)
 	}
+	for _, p := range podNets {
+		_ = syscall.Unmount(p, syscall.MNT_DETACH)
+		_ = os.Remove(p)
+	}
+}
+
+// podNetns returns the network namespace file a container's spec joins,
+// when it is one containerd made for a pod (under /var/run/netns or
+// /run/netns, named cni-*): `ctr containers info` prints the spec as JSON.
+func podNetns(info string) []string {
+	var c struct {
+		Spec struct {
+			Linux struct {
+				Namespaces []struct{ Type, Path string }
+			}
+		}
+	}
+	if json.Unmarshal([]byte(info), &c) != nil {
+		return nil
+	}
+	var out []string
+	for _, ns := range c.Spec.Linux.Namespaces {
+		dir, base := filepath.Dir(ns.Path), filepath.Base(ns.Path)
+		if ns.Type == "network" && (dir == "/var/run/netns" || dir == "/run/netns") && strings.HasPrefix(base, "cni-") {
+			out = append(out, ns.Path)
+		}
+	}
+	return out
 }
 
 // shimPIDs lists the containerd shims serving the containerd at address.
@@ -340,37 +478,59 @@ func shimPIDs(address string) []int {
 	return pids
 }
 
-// Exec runs a command in the first container of a pod on the real node,
-// through containerd (ctr tasks exec). kubectl exec would need the
+// Exec runs a command in the first container of a pod on a real node. On
+// a node with a network of its own it is kubectl exec, through the
+// apiserver and the node's kubelet. On a node on the machine's network it
+// goes through containerd (ctr tasks exec): kubectl exec would need the
 // apiserver to reach the kubelet at the node's address, and the kubelet
-// refuses a loopback node IP; the suite adds no other address.
+// refuses a loopback node IP.
 func (cp *ControlPlane) Exec(ctx context.Context, namespace, pod string, cmd ...string) (string, error) {
-	id, err := cp.Kubectl(ctx, "", "get", "pod", "-n", namespace, pod, "-o", "jsonpath={.status.containerStatuses[0].containerID}")
+	out, err := cp.Kubectl(ctx, "", "get", "pod", "-n", namespace, pod, "-o", "jsonpath={.spec.nodeName} {.status.containerStatuses[0].containerID}")
 	if err != nil {
 		return "", err
 	}
-	id = strings.TrimPrefix(strings.TrimSpace(id), "containerd://")
-	if id == "" || cp.containerd == "" {
-		return "", fmt.Errorf("pod %s/%s has no container on the real node", namespace, pod)
+	nodeName, id, _ := strings.Cut(strings.TrimSpace(out), " ")
+	n := cp.realNode(nodeName)
+	if n == nil {
+		return "", fmt.Errorf("pod %s/%s is not on a real node (node %q)", namespace, pod, nodeName)
+	}
+	if n.real.net != nil {
+		return cp.Kubectl(ctx, "", append([]string{"exec", "-n", namespace, pod, "--"}, cmd...)...)
+	}
+	id = strings.TrimPrefix(id, "containerd://")
+	if id == "" {
+		return "", fmt.Errorf("pod %s/%s has no container on %s", namespace, pod, nodeName)
 	}
 	cp.execs++
-	args := append([]string{"--address", cp.containerd, "-n", "k8s.io", "tasks", "exec", "--exec-id", fmt.Sprintf("e2e-%d", cp.execs), id}, cmd...)
-	out, err := exec.CommandContext(ctx, "ctr", args...).CombinedOutput()
+	args := append([]string{"--address", n.real.containerd, "-n", "k8s.io", "tasks", "exec", "--exec-id", fmt.Sprintf("e2e-%d", cp.execs), id}, cmd...)
+	b, err := exec.CommandContext(ctx, "ctr", args...).CombinedOutput()
 	if err != nil {
-		return string(out), fmt.Errorf("exec in %s/%s %v: %w: %s", namespace, pod, cmd, err, out)
+		return string(b), fmt.Errorf("exec in %s/%s %v: %w: %s", namespace, pod, cmd, err, b)
 	}
-	return string(out), nil
+	return string(b), nil
+}
+
+// realNode is the real node called name, or nil.
+func (cp *ControlPlane) realNode(name string) *Node {
+	for _, n := range cp.reals {
+		if n.Name == name {
+			return n
+		}
+	}
+	return nil
 }
 
 // newCgroups lists the cgroup directories called name (the parent of the
-// containers' cgroups) that do not exist yet, in every cgroup v1 hierarchy
-// and in the v2 root: those are the suite's to remove.
+// containers' cgroups) that do not exist yet, in every cgroup hierarchy
+// mounted under /sys/fs/cgroup (v1 controllers, or the v2 root): those are
+// the suite's to remove.
 func newCgroups(name string) []string {
 	roots, _ := filepath.Glob("/sys/fs/cgroup/*")
 	roots = append(roots, "/sys/fs/cgroup")
 	var dirs []string
 	for _, r := range roots {
-		if fi, err := os.Stat(r); err != nil || !fi.IsDir() {
+		var st syscall.Statfs_t
+		if err := syscall.Statfs(r, &st); err != nil || (st.Type != cgroupMagic && st.Type != cgroup2Magic) {
 			continue
 		}
 		d := filepath.Join(r, name)
@@ -380,6 +540,12 @@ func newCgroups(name string) []string {
 	}
 	return dirs
 }
+
+// The statfs magic numbers of cgroup v1 and v2 (linux/magic.h).
+const (
+	cgroupMagic  = 0x27e0eb
+	cgroup2Magic = 0x63677270
+)
 
 // removeCgroups removes the cgroup trees below dirs, deepest first; a
 // cgroup with a process left in it stays (rmdir fails), never killed here.
