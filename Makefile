@@ -85,6 +85,11 @@ e2e-bins-locked:
 e2e: e2e-bins ## The end-to-end suite: control plane, a real kubelet, kubelet-less nodes, the examples (root)
 	cd tests/e2e && E2E_BIN=$(E2E_BIN) $(GO) test -count=1 -v -timeout 40m ./...
 
+CONFORMANCE_PROCS ?= 4
+conformance: e2e-bins ## Kubernetes' own external storage e2e suite (e2e.test v1.36.1) against the driver on two real kubelets; prints the suite's counts, report in bin/conformance (root)
+	cd tests/e2e && E2E_BIN=$(E2E_BIN) $(GO) test -count=1 -v -timeout 90m -run '^TestConformance$$' . \
+		-args -conformance -conformance.procs=$(CONFORMANCE_PROCS) -conformance.report=$(CURDIR)/bin/conformance
+
 bench-e2e: e2e-bins ## Time to bind and schedule a StatefulSet with local disks against one without volumes, as a ratio (root)
 	cd tests/e2e && E2E_BIN=$(E2E_BIN) $(GO) test -count=1 -run '^$$' -bench . -benchtime 1x -timeout 40m .
 
@@ -131,4 +136,4 @@ release: ## Stamp VERSION=vX.Y.Z into VERSION, CHANGELOG.md, the overlays and th
 clean: ## Remove build output
 	rm -rf bin
 
-.PHONY: e2e-bins-locked image-check manifests chart release help build demo demo-ecs e2e-bins e2e bench-e2e test unit fault fuzz sanity bench vet lint image deploy clean
+.PHONY: e2e-bins-locked conformance image-check manifests chart release help build demo demo-ecs e2e-bins e2e bench-e2e test unit fault fuzz sanity bench vet lint image deploy clean
