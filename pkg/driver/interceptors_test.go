@@ -445,15 +445,23 @@ func TestCallsDuringStartWaitForIt(t *testing.T) {
 		src := &gatedSource{FakeSource: disk.NewFakeSource(fakeDisk(0, gib, disk.MediaSSD), fakeDisk(1, gib, disk.MediaSSD)),
 			entered: make(chan struct{}), release: make(chan struct{}), fail: fail}
 		inv := inventory.New(inventory.Config{Node: testNode, Source: src, Store: state.NewStore(t.TempDir()), Mounter: f.m})
-		t.Cleanup(inv.Stop)
-		t.Cleanup(src.open)
 		d, err := New(Config{Name: "x.csi", NodeID: testNode, Inventory: inv, Mounter: f.m, StartWait: wait})
 		if err != nil {
 			t.Fatal(err)
 		}
 		node := csi.NewNodeClient(rpcServer(t, d))
-		started := make(chan error, 1)
-		go func() { started <- inv.Start(context.Background()) }()
+		started, done := make(chan error, 1), make(chan struct{})
+		go func() {
+			defer close(done)
+			started <- inv.Start(context.Background())
+		}()
+		// Before the state directory goes: discovery released and the
+		// start over (it writes the state), then the inventory stopped.
+		t.Cleanup(func() {
+			src.open()
+			<-done
+			inv.Stop()
+		})
 		<-src.entered
 		answered := make(chan answer, 1)
 		go func() {

@@ -677,12 +677,14 @@ func (h *harness) afterRace(r *race) {
 // driver was entitled to and are cleared by the actor. A cleanup that
 // failed because the plant landed in the middle of it is retried by a
 // restart, as an operator would, instead of waiting for the driver's
-// retry interval.
-func (h *harness) settle() {
+// retry interval. A plant that raced the delete of volume retrying, which
+// a kill interrupted, stays undecided: the retried delete is the same
+// delete, entitled to wipe what the first one was.
+func (h *harness) settle(retrying string) {
 	h.t.Helper()
 	pending := false
 	for _, p := range h.act.plants {
-		pending = pending || !p.settled
+		pending = pending || (!p.settled && !p.racing(retrying))
 	}
 	if !pending {
 		return
@@ -711,7 +713,7 @@ func (h *harness) settle() {
 	rec := h.readState()
 	for _, id := range slices.Sorted(maps.Keys(h.act.plants)) {
 		p := h.act.plants[id]
-		if p.settled {
+		if p.settled || p.racing(retrying) {
 			continue
 		}
 		sum, err := regionSum(p.dev)
@@ -729,6 +731,12 @@ func (h *harness) settle() {
 		}
 		h.unplant(p, "a wipe the driver was entitled to took it")
 	}
+}
+
+// racing says whether the plant raced the delete of volume v ("" for
+// none).
+func (p *plant) racing(v string) bool {
+	return v != "" && p.how == "race delete" && p.allowed == v
 }
 
 // waitNoCleaning waits until the state shows no disk being cleaned. A

@@ -240,7 +240,7 @@ func (h *harness) step() {
 	} else {
 		h.callStep()
 	}
-	h.settle()
+	h.settle("")
 	h.checkActor(h.readState(), false)
 }
 
@@ -296,8 +296,13 @@ func (h *harness) callStep() {
 		h.actorWhileDown(c.name())
 		h.restart(c.name())
 		// Decide the plants the restart's cleaners raced before the
-		// retry can take a disk whose wipe legitimately took one.
-		h.settle()
+		// retry can take a disk whose wipe legitimately took one; a
+		// plant racing the interrupted delete waits for its retry.
+		retrying := ""
+		if c.kind == "delete" {
+			retrying = c.name()
+		}
+		h.settle(retrying)
 		if c.v != nil && h.vols[c.v.name] == nil {
 			h.vols[c.v.name] = c.v // answered, then the driver died: the CO retries all the same
 		}
@@ -896,7 +901,7 @@ func (h *harness) deviceOf(d *state.Disk) string {
 func (h *harness) teardown() {
 	h.t.Helper()
 	os.Remove(h.crashFile())
-	h.settle()
+	h.settle("")
 	h.actorLeave()
 	for _, v := range h.sortedVols() {
 		if v.id == "" {
