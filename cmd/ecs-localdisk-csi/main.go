@@ -181,6 +181,10 @@ func serve(o options.Options) error {
 		return err
 	}
 	defer lis.Close() // removes the socket only while it is still ours
+	rate, err := o.CleanupBytesPerSecond()
+	if err != nil {
+		return err
+	}
 	m := mounter.New()
 	src, err := newSource(o, m)
 	if err != nil {
@@ -190,7 +194,8 @@ func serve(o options.Options) error {
 		defer c.Close()
 	}
 	inv := inventory.New(inventory.Config{Node: o.NodeID, Source: src, Store: state.NewStore(o.StateDir), Mounter: m,
-		RequireDisks: o.DiskSource == "static" && !o.AllowNoDisks,
+		RequireDisks:           o.DiskSource == "static" && !o.AllowNoDisks,
+		CleanupCheckpointEvery: o.CleanupCheckpointInterval, CleanupBytesPerSecond: rate,
 		NoDisksHint: "until the node has recorded its disks (its first start, or after its state was lost) --devices must name only present, " +
 			"usable local disks: correct it, or start with --allow-no-disks on a node that is expected to have no local disks"})
 	defer inv.Stop()

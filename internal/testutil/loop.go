@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -211,4 +212,24 @@ func Swap(t testing.TB, a, b *Loop) {
 		}
 	}
 	a.Backing, b.Backing = b.Backing, a.Backing
+}
+
+// SectorsWritten reads the count of 512-byte sectors written to the block
+// device at path from /sys/block/<dev>/stat; zero-outs (BLKZEROOUT) count
+// as writes.
+func SectorsWritten(t testing.TB, path string) int64 {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("/sys/block", filepath.Base(path), "stat"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 7 {
+		t.Fatalf("%s: stat %q", path, b)
+	}
+	n, err := strconv.ParseInt(f[6], 10, 64)
+	if err != nil {
+		t.Fatalf("%s: stat %q: %v", path, b, err)
+	}
+	return n
 }

@@ -75,6 +75,11 @@ func (inv *Inventory) cleanOnce(id string) error {
 		v := *d.Volume
 		vol = &v
 	}
+	opts := mounter.WipeOptions{KeepTailBytes: d.ReservedTailBytes, CheckpointEvery: inv.cfg.CleanupCheckpointEvery,
+		BytesPerSecond: inv.cfg.CleanupBytesPerSecond, Checkpoint: func(p mounter.WipeProgress) error { return inv.saveProgress(id, p) }}
+	if c := d.Cleanup; c != nil {
+		opts.Resume = mounter.WipeProgress{Pass: c.Pass, Passes: c.Passes, DoneBytes: c.DoneBytes, LengthBytes: c.LengthBytes}
+	}
 	path := inv.devices[id].Path
 	inv.mu.Unlock()
 
@@ -86,7 +91,7 @@ func (inv *Inventory) cleanOnce(id string) error {
 	unlock := inv.lockCheck(id)
 	defer unlock()
 	start := time.Now()
-	if err := inv.wipeOwn(ctx, id, path, vol, policy); errors.Is(err, ErrForeign) {
+	if err := inv.wipeOwn(ctx, id, path, vol, policy, opts); errors.Is(err, ErrForeign) {
 		return inv.excludeCleaning(id, err.Error())
 	} else if err != nil {
 		return err
@@ -107,7 +112,7 @@ func (inv *Inventory) cleanOnce(id string) error {
 		return nil // no longer being cleaned: nothing left to do
 	}
 	nd.Residual = residualAfter(policy, nd.Residual, vol)
-	nd.Status, nd.Volume, nd.CleanupPolicy, nd.Reason, nd.UpdatedAt = state.Free, nil, "", "", time.Now().UTC()
+	nd.Status, nd.Volume, nd.CleanupPolicy, nd.Cleanup, nd.Reason, nd.UpdatedAt = state.Free, nil, "", nil, "", time.Now().UTC()
 	if err := inv.commitLocked(next); err != nil {
 		return err
 	}
@@ -159,6 +164,24 @@ func (inv *Inventory) excludeCleaning(id, reason string) error {
 // wipe erases and must be written back before the disk is free.
 type afterWiper interface {
 	AfterWipe(ctx context.Context, path, identity string) error
+}
+
+// errNotCleaning stops a wipe whose disk is no longer being cleaned.
+var errNotCleaning = errors.New("the disk is no longer being cleaned")
+
+// saveProgress records a checkpoint of disk id's cleanup in the state. A
+// checkpoint that cannot be saved stops the wipe: it goes on (from the last
+// saved checkpoint) when the cleanup is retried.
+func (inv *Inventory) saveProgress(id string, p mounter.WipeProgress) error {
+	inv.mu.Lock()
+	defer inv.mu.Unlock()
+	d := inv.rec.Disks[id]
+	if d == nil || (d.Status != state.Cleaning && d.Status != state.Failed) {
+		return errNotCleaning
+	}
+	next := inv.rec.Clone()
+	next.Disks[id].Cleanup = &state.CleanupProgress{Pass: p.Pass, Passes: p.Passes, DoneBytes: p.DoneBytes, LengthBytes: p.LengthBytes, At: time.Now().UTC()}
+	return inv.commitLocked(next)
 }
 
 // setStatus records a cleaning failure; it reports false when the disk is no

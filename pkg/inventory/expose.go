@@ -122,7 +122,7 @@ func (inv *Inventory) zero(v Volume, path string) error {
 	}
 	start := time.Now()
 	klog.InfoS("Zeroing a disk that may hold an earlier volume's data before handing it out raw", "volumeID", v.ID, "disk", v.Disk.ID, "device", path)
-	if err := inv.wipeOwn(ctx, v.Disk.ID, path, &v.Volume, mounter.CleanupZero); err != nil {
+	if err := inv.wipeOwn(ctx, v.Disk.ID, path, &v.Volume, mounter.CleanupZero, mounter.WipeOptions{}); err != nil {
 		return err
 	}
 	if err := inv.updateVolume(v.ID, func(d *state.Disk) { d.Residual = false }); err != nil {
@@ -191,7 +191,7 @@ func (inv *Inventory) format(ctx context.Context, v Volume, path, fsType string,
 	defer unlock()
 	if again {
 		// What the cut-short mkfs left, looked at again under the lock.
-		if err := inv.wipeOwn(ctx, v.Disk.ID, path, &v.Volume, mounter.CleanupSignatures); err != nil {
+		if err := inv.wipeOwn(ctx, v.Disk.ID, path, &v.Volume, mounter.CleanupSignatures, mounter.WipeOptions{}); err != nil {
 			return err
 		}
 	}

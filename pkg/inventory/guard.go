@@ -127,9 +127,10 @@ func ownContent(v *state.Volume, p disk.Probe) (bool, string) {
 // re-made mkfs and the zeroing before a raw hand-out all come here. Right
 // before the wipe it checks the device itself: disk id at path, unused, and
 // holding only what ownContent calls vol's own. Content that is not is
-// ErrForeign with the reason, and nothing is erased. The caller holds the
-// disk's check lock.
-func (inv *Inventory) wipeOwn(ctx context.Context, id, path string, vol *state.Volume, policy mounter.CleanupPolicy) error {
+// ErrForeign with the reason, and nothing is erased; so are bytes found
+// written into the part a resumed zeroing had already covered. The caller
+// holds the disk's check lock.
+func (inv *Inventory) wipeOwn(ctx context.Context, id, path string, vol *state.Volume, policy mounter.CleanupPolicy, o mounter.WipeOptions) error {
 	p, err := inv.inspect(ctx, id, path)
 	if err != nil {
 		return err
@@ -139,7 +140,9 @@ func (inv *Inventory) wipeOwn(ctx context.Context, id, path string, vol *state.V
 	}
 	start := time.Now()
 	klog.InfoS("Wiping disk", "disk", id, "device", path, "cleanupPolicy", policy)
-	if err := inv.cfg.Mounter.Wipe(ctx, path, policy); err != nil {
+	if err := inv.cfg.Mounter.Wipe(ctx, path, policy, o); errors.Is(err, mounter.ErrWrittenSince) {
+		return fmt.Errorf("%w: %v", ErrForeign, err)
+	} else if err != nil {
 		return fmt.Errorf("cleanup %s of %s: %w", policy, path, err)
 	}
 	klog.InfoS("Disk wiped", "disk", id, "device", path, "cleanupPolicy", policy, "duration", time.Since(start))
@@ -162,7 +165,7 @@ func (inv *Inventory) excludeLocked(id, reason string) error {
 	if d.Volume != nil {
 		d.Residual = true
 	}
-	d.Status, d.Reason, d.Volume, d.CleanupPolicy, d.UpdatedAt = state.Excluded, reason, nil, "", time.Now().UTC()
+	d.Status, d.Reason, d.Volume, d.CleanupPolicy, d.Cleanup, d.UpdatedAt = state.Excluded, reason, nil, "", nil, time.Now().UTC()
 	if err := inv.commitLocked(next); err != nil {
 		return err
 	}

@@ -37,6 +37,13 @@ type Config struct {
 	Mounter mounter.Interface
 	// RetryInterval is how long a failed cleanup waits before it is retried.
 	RetryInterval time.Duration
+	// CleanupCheckpointEvery is how often an overwriting cleanup (zero,
+	// shred) records its progress in the state, so that a restart goes on
+	// from there; 0 means every 10 seconds.
+	CleanupCheckpointEvery time.Duration
+	// CleanupBytesPerSecond caps the write rate of an overwriting cleanup,
+	// per disk; 0 is no cap.
+	CleanupBytesPerSecond int64
 	// RequireDisks fails the start of a node that has no disk record yet
 	// (its first start) when a device entry names no device or no disk
 	// found is usable (all are the system disk, hold data or are in use): a mistyped device list must not give a ready driver without
@@ -128,6 +135,9 @@ type Inventory struct {
 func New(cfg Config) *Inventory {
 	if cfg.RetryInterval == 0 {
 		cfg.RetryInterval = time.Minute
+	}
+	if cfg.CleanupCheckpointEvery == 0 {
+		cfg.CleanupCheckpointEvery = 10 * time.Second
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Inventory{cfg: cfg, devices: map[string]disk.Disk{}, lastPath: map[string]string{}, lastNum: map[string]string{}, reserved: map[string]bool{}, checks: map[string]*sync.Mutex{}, zeroing: map[string]*zeroJob{}, ctx: ctx, cancel: cancel, active: map[string]bool{}, started: make(chan struct{})}
@@ -322,14 +332,14 @@ func reconcile(rec *state.Record, found []disk.Disk, claimed func(path string) b
 				// elsewhere: recorded as excluded, never touched.
 				if r.Status == state.Free {
 					klog.ErrorS(nil, "Free disk now holds data or is in use; excluded, nothing on it is erased", "disk", d.ID, "device", d.Path, "reason", reason)
-					r.Status, r.Reason, r.UpdatedAt = state.Excluded, reason, time.Now().UTC()
+					r.Status, r.Reason, r.Cleanup, r.UpdatedAt = state.Excluded, reason, nil, time.Now().UTC()
 				}
 				excluded = append(excluded, Excluded{d, r.Reason})
 			case r != nil && r.Status == state.Excluded && claimed(d.Path):
 				excluded = append(excluded, Excluded{d, r.Reason})
 			case r != nil && r.Status == state.Excluded:
 				klog.InfoS("Excluded disk is blank and unused again; free", "disk", d.ID, "device", d.Path, "previousReason", r.Reason)
-				r.Status, r.Reason, r.UpdatedAt = state.Free, "", time.Now().UTC()
+				r.Status, r.Reason, r.Cleanup, r.UpdatedAt = state.Free, "", nil, time.Now().UTC()
 			}
 		}
 		if r == nil {
@@ -775,7 +785,7 @@ func (inv *Inventory) Release(ctx context.Context, volumeID string) error {
 	}
 	next := inv.rec.Clone()
 	d := next.Disks[v.Disk.ID]
-	d.Status, d.UpdatedAt = state.Cleaning, time.Now().UTC()
+	d.Status, d.Cleanup, d.UpdatedAt = state.Cleaning, nil, time.Now().UTC()
 	if err := inv.commitLocked(next); err != nil {
 		return err
 	}

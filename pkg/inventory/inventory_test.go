@@ -253,6 +253,43 @@ func TestCleaningResumesAfterRestart(t *testing.T) {
 	}
 }
 
+// TestCleanupResumesFromItsCheckpoint: a shred cleanup recorded at a
+// checkpoint in its zero pass goes on from there after a restart, and
+// the freed disk keeps no checkpoint.
+func TestCleanupResumesFromItsCheckpoint(t *testing.T) {
+	dir := t.TempDir()
+	rec := state.New("n1")
+	at := &state.CleanupProgress{Pass: 1, Passes: 2, DoneBytes: 40, LengthBytes: 100}
+	rec.Disks["serial-0"] = &state.Disk{ID: "serial-0", Identity: "serial:0", SizeBytes: 100, Media: "ssd", Status: state.Cleaning,
+		CleanupPolicy: "shred", Cleanup: at, Volume: &state.Volume{ID: "ld:n1:serial-0:0123456789ab", Name: "old"}}
+	if err := state.NewStore(dir).Save(rec); err != nil {
+		t.Fatal(err)
+	}
+	m := mounter.NewFake()
+	m.AddDevice("/dev/f0", 100, 8, 0)
+	var seen []state.CleanupProgress
+	m.SetBefore(func(op, arg string) {
+		if op == mounter.OpWipe {
+			r, _ := state.NewStore(dir).Load()
+			seen = append(seen, *r.Disks["serial-0"].Cleanup)
+		}
+	})
+	inv := start(t, dir, disk.NewFakeSource(dsk(0, 100)), m)
+	if err := inv.WaitIdle(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if calls := strings.Join(m.Calls(), ";"); !strings.Contains(calls, "wipe /dev/f0 shred from pass 1 byte 40") {
+		t.Fatalf("the cleanup did not go on from its checkpoint: %s", calls)
+	}
+	if len(seen) != 1 || seen[0].DoneBytes != 40 {
+		t.Fatalf("checkpoint before the wipe: %+v", seen)
+	}
+	got, _ := inv.Snapshot()
+	if d := got.Disks["serial-0"]; d.Status != state.Free || d.Cleanup != nil {
+		t.Fatalf("after the cleanup: %+v, checkpoint %+v", d, d.Cleanup)
+	}
+}
+
 // TestAllocateRefusesOverlongVolumeID: a node ID so long that the volume ID
 // would pass the CSI limit of 128 bytes gets an error naming the node, and
 // nothing is allocated.

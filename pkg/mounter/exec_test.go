@@ -228,7 +228,7 @@ func TestUnmountAndWipeCommandLines(t *testing.T) {
 		t.Fatalf("second unmount: %v", err)
 	}
 	// An unknown policy runs nothing.
-	if err := scripted(t).Wipe(context.Background(), "/dev/x", "scrub"); !errors.Is(err, ErrUnknownPolicy) {
+	if err := scripted(t).Wipe(context.Background(), "/dev/x", "scrub", WipeOptions{}); !errors.Is(err, ErrUnknownPolicy) {
 		t.Fatalf("unknown policy: %v", err)
 	}
 }

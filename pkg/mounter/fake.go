@@ -436,24 +436,46 @@ func (f *Fake) MountInfo() ([]mount.MountInfo, error) {
 // Wipe cleans the device: it fails with ErrUnknownPolicy for an unknown
 // policy and with EBUSY while a filesystem of the device is mounted, clears
 // the read-only flag and the signatures, and erases Content unless policy
-// is CleanupSignatures.
-func (f *Fake) Wipe(ctx context.Context, device string, policy CleanupPolicy) error {
-	err := f.begin(ctx, OpWipe, device, fmt.Sprintf("wipe %s %s", device, policy))
-	defer f.mu.Unlock()
+// is CleanupSignatures. For CleanupZero and CleanupShred it reports a
+// checkpoint at the end of each pass, from o.Resume when that fits the
+// device as Real's would; the call recorded says where it resumed.
+func (f *Fake) Wipe(ctx context.Context, device string, policy CleanupPolicy, o WipeOptions) error {
+	call := fmt.Sprintf("wipe %s %s", device, policy)
+	if o.Resume.Done() > 0 {
+		call += fmt.Sprintf(" from pass %d byte %d", o.Resume.Pass, o.Resume.DoneBytes)
+	}
+	points, err := f.wipe(ctx, device, policy, o, call)
 	if err != nil {
 		return err
+	}
+	for _, p := range points {
+		if o.Checkpoint != nil {
+			if err := o.Checkpoint(p); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// wipe is Wipe under the lock; it returns the checkpoints to report.
+func (f *Fake) wipe(ctx context.Context, device string, policy CleanupPolicy, o WipeOptions, call string) ([]WipeProgress, error) {
+	err := f.begin(ctx, OpWipe, device, call)
+	defer f.mu.Unlock()
+	if err != nil {
+		return nil, err
 	}
 	switch policy {
 	case CleanupSignatures, CleanupDiscard, CleanupZero, CleanupShred:
 	default:
-		return fmt.Errorf("%w: %q", ErrUnknownPolicy, policy)
+		return nil, fmt.Errorf("%w: %q", ErrUnknownPolicy, policy)
 	}
 	d, ok := f.devices[device]
 	if !ok {
-		return fmt.Errorf("wipe: %w", &os.PathError{Op: "open", Path: device, Err: os.ErrNotExist})
+		return nil, fmt.Errorf("wipe: %w", &os.PathError{Op: "open", Path: device, Err: os.ErrNotExist})
 	}
 	if err := f.claimedLocked(device, d); err != nil {
-		return err
+		return nil, err
 	}
 	d.ReadOnly = false
 	d.Probe = disk.Probe{}
@@ -461,7 +483,18 @@ func (f *Fake) Wipe(ctx context.Context, device string, policy CleanupPolicy) er
 	if policy != CleanupSignatures {
 		d.Content = ""
 	}
-	return nil
+	if policy != CleanupZero && policy != CleanupShred {
+		return nil, nil
+	}
+	p := WipeProgress{Passes: passes(policy), LengthBytes: d.Size - o.KeepTailBytes}
+	if q := o.Resume; q.Passes == p.Passes && q.LengthBytes == p.LengthBytes && q.Pass >= 0 && q.Pass < q.Passes {
+		p.Pass = q.Pass
+	}
+	var points []WipeProgress
+	for ; p.Pass < p.Passes; p.Pass++ {
+		points = append(points, WipeProgress{Pass: p.Pass, Passes: p.Passes, DoneBytes: p.LengthBytes, LengthBytes: p.LengthBytes})
+	}
+	return points, nil
 }
 
 // FSStats returns Stats, or the error injected for OpStats.

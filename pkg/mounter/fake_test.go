@@ -63,7 +63,7 @@ func TestFakeFormatMountLifecycle(t *testing.T) {
 		t.Fatalf("uses: %+v %v", uses, err)
 	}
 	// Mounted: Wipe refuses, as the real one does.
-	if err := f.Wipe(ctx, "/dev/a", CleanupZero); !errors.Is(err, syscall.EBUSY) {
+	if err := f.Wipe(ctx, "/dev/a", CleanupZero, WipeOptions{}); !errors.Is(err, syscall.EBUSY) {
 		t.Fatalf("wipe while mounted: %v", err)
 	}
 	infos[0].MountOptions[0] = "changed" // a copy
@@ -78,7 +78,7 @@ func TestFakeFormatMountLifecycle(t *testing.T) {
 	if err := f.Unmount("/pod"); err == nil {
 		t.Fatal("unmount of nothing worked")
 	}
-	if err := f.Wipe(ctx, "/dev/a", CleanupSignatures); err != nil {
+	if err := f.Wipe(ctx, "/dev/a", CleanupSignatures, WipeOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	if d, _ := f.Device("/dev/a"); len(d.Probe.Signatures) != 0 || d.Content != "data" || d.FSSize != 0 {
@@ -117,7 +117,7 @@ func TestFakeWipePolicies(t *testing.T) {
 		if err := f.Format(ctx, "/dev/a", "ext4", "U", 0, nil); !errors.Is(err, ErrNotBlank) {
 			t.Fatalf("format over gpt: %v", err)
 		}
-		if err := f.Wipe(ctx, "/dev/a", c.policy); err != nil {
+		if err := f.Wipe(ctx, "/dev/a", c.policy, WipeOptions{}); err != nil {
 			t.Fatal(err)
 		}
 		d, _ := f.Device("/dev/a")
@@ -127,7 +127,7 @@ func TestFakeWipePolicies(t *testing.T) {
 	}
 	f := NewFake()
 	f.AddDevice("/dev/a", 100, 8, 0)
-	if err := f.Wipe(ctx, "/dev/a", "none"); !errors.Is(err, ErrUnknownPolicy) {
+	if err := f.Wipe(ctx, "/dev/a", "none", WipeOptions{}); !errors.Is(err, ErrUnknownPolicy) {
 		t.Fatalf("unknown policy: %v", err)
 	}
 	if err := f.Format(ctx, "/dev/a", "btrfs", "U", 0, nil); !errors.Is(err, ErrUnsupportedFS) {
@@ -200,7 +200,7 @@ func TestFakeErrorInjection(t *testing.T) {
 	errs := []error{}
 	_, err := f.Probe(ctx, "/dev/a")
 	errs = append(errs, err, f.Mount("/dev/a", "/m", "ext4", nil), f.BindMount("/dev/a", "/b", false), f.Unmount("/m"),
-		f.Wipe(ctx, "/dev/a", CleanupZero), f.SetDeviceReadOnly("/dev/a", true))
+		f.Wipe(ctx, "/dev/a", CleanupZero, WipeOptions{}), f.SetDeviceReadOnly("/dev/a", true))
 	_, err = f.MountInfo()
 	errs = append(errs, err)
 	_, err = f.FSStats("/m")
@@ -300,7 +300,7 @@ func TestFakeConcurrent(t *testing.T) {
 					t.Error(err)
 					return
 				}
-				if err := f.Wipe(ctx, dev, CleanupDiscard); err != nil {
+				if err := f.Wipe(ctx, dev, CleanupDiscard, WipeOptions{}); err != nil {
 					t.Error(err)
 					return
 				}

@@ -52,8 +52,9 @@ type Interface interface {
 	// MountInfo lists the mounts of this mount namespace.
 	MountInfo() ([]mount.MountInfo, error)
 	// Wipe cleans device according to policy and fails if the device still
-	// carries a signature afterwards.
-	Wipe(ctx context.Context, device string, policy CleanupPolicy) error
+	// carries a signature afterwards; o tunes and resumes the overwriting
+	// policies (zero, shred).
+	Wipe(ctx context.Context, device string, policy CleanupPolicy, o WipeOptions) error
 	// FSStats measures the filesystem mounted at path.
 	FSStats(path string) (FSStats, error)
 	// DeviceSize returns the size in bytes of the block device at path (a device

@@ -50,7 +50,7 @@ const maxOutput = 1024
 // Options configure a Real mounter. The zero value selects the system.
 type Options struct {
 	// Exec runs every external tool (blkid, wipefs, mkfs.ext4, mkfs.xfs,
-	// blkdiscard, shred, umount); nil means k8s.io/utils/exec.New().
+	// blkdiscard, blockdev, umount); nil means k8s.io/utils/exec.New().
 	Exec utilexec.Interface
 	// Mounter performs Mount and BindMount; nil means mount.New("").
 	Mounter mount.Interface
@@ -67,6 +67,9 @@ type Real struct {
 	exec          utilexec.Interface
 	mounter       mount.Interface
 	mountInfoPath string
+	// zeroOut zeroes a range of a block device (blkZeroOut; tests replace
+	// it to reach the fallback of written zeroes).
+	zeroOut func(f *os.File, off, n int64) error
 }
 
 var _ Interface = (*Real)(nil)
@@ -77,7 +80,7 @@ func New() *Real { return NewWithOptions(Options{}) }
 // NewWithOptions returns a real mounter that uses what o sets and the system
 // defaults for the rest.
 func NewWithOptions(o Options) *Real {
-	r := &Real{exec: o.Exec, mounter: o.Mounter, mountInfoPath: o.MountInfoPath}
+	r := &Real{exec: o.Exec, mounter: o.Mounter, mountInfoPath: o.MountInfoPath, zeroOut: blkZeroOut}
 	if r.exec == nil {
 		r.exec = utilexec.New()
 	}

@@ -389,7 +389,7 @@ func TestMountOnLoop(t *testing.T) {
 	}
 
 	// A mounted device is neither formatted nor wiped.
-	if err := r.Wipe(ctx, l.Path, CleanupSignatures); err == nil || !errors.Is(err, syscall.EBUSY) {
+	if err := r.Wipe(ctx, l.Path, CleanupSignatures, WipeOptions{}); err == nil || !errors.Is(err, syscall.EBUSY) {
 		t.Fatalf("wipe of a mounted device: %v", err)
 	}
 	if err := r.Unmount(dir); err != nil {
@@ -534,7 +534,7 @@ func TestWipeOnLoop(t *testing.T) {
 			if err := r.SetDeviceReadOnly(l.Path, true); err != nil {
 				t.Fatal(err)
 			}
-			if err := r.Wipe(ctx, l.Path, policy); err != nil {
+			if err := r.Wipe(ctx, l.Path, policy, WipeOptions{}); err != nil {
 				t.Fatal(err)
 			}
 			if p, err := r.Probe(ctx, l.Path); err != nil || len(p.Signatures) != 0 {
@@ -555,30 +555,8 @@ func TestWipeOnLoop(t *testing.T) {
 		})
 	}
 	l := testutil.NewLoop(t, "", 16<<20)
-	if err := r.Wipe(ctx, l.Path, "none"); !errors.Is(err, ErrUnknownPolicy) {
+	if err := r.Wipe(ctx, l.Path, "none", WipeOptions{}); !errors.Is(err, ErrUnknownPolicy) {
 		t.Fatalf("unknown policy: %v", err)
-	}
-}
-
-func TestWriteZeroes(t *testing.T) {
-	l := testutil.NewLoop(t, "", 8<<20+4096)
-	junk := randomBytes(4096)
-	writeAt(t, l.Path, 8<<20, junk) // the last, partial chunk
-	writeAt(t, l.Path, 0, junk)
-	if err := writeZeroes(context.Background(), l.Path); err != nil {
-		t.Fatal(err)
-	}
-	b, err := os.ReadFile(l.Path)
-	if err != nil || len(b) != 8<<20+4096 {
-		t.Fatalf("read back %d bytes: %v", len(b), err)
-	}
-	if i := bytes.IndexFunc(b, func(r rune) bool { return r != 0 }); i >= 0 {
-		t.Fatalf("byte %d not zero", i)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	cancel()
-	if err := writeZeroes(ctx, l.Path); !errors.Is(err, context.Canceled) {
-		t.Fatalf("cancelled zeroing: %v", err)
 	}
 }
 

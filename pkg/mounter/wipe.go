@@ -3,7 +3,6 @@ package mounter
 import (
 	"context"
 	"fmt"
-	"io"
 	"os"
 	"strings"
 	"time"
@@ -12,19 +11,18 @@ import (
 	"k8s.io/klog/v2"
 )
 
-// zeroChunk is the write size of the zeroing fallback.
-const zeroChunk = 4 << 20
-
 // Wipe cleans device according to policy, then probes it and fails with
 // ErrNotClean when any signature is left:
 //
 //   - CleanupSignatures: wipefs --all
 //   - CleanupDiscard: blkdiscard, then wipefs --all; fails on a device that
 //     cannot discard
-//   - CleanupZero: blkdiscard --zeroout; where that fails, zeroes are written
-//     from Go in 4 MiB chunks, stopping when ctx is done, then synced
-//   - CleanupShred: shred --iterations=1 --zero (random data, then zeroes)
+//   - CleanupZero: zeroes over the device (the BLKZEROOUT ioctl, which the
+//     device or the kernel carries out; written from Go where the device
+//     refuses it), in chunks of at most 64 MiB, synced at checkpoints
+//   - CleanupShred: one pass of random data, then one of zeroes, the same way
 //
+// CleanupZero and CleanupShred are resumable: see WipeOptions.
 // An unknown policy fails with ErrUnknownPolicy before anything is touched.
 // Wipe then refuses a device in use: it opens the device exclusively, which
 // fails while the device is mounted or held by device-mapper, md or another
@@ -32,7 +30,7 @@ const zeroChunk = 4 << 20
 // look for those with Uses). It then clears the device's read-only flag,
 // which a crash while a volume was published read-only can leave set. A
 // cancelled ctx stops the running tool and leaves the device partly cleaned.
-func (r *Real) Wipe(ctx context.Context, device string, policy CleanupPolicy) error {
+func (r *Real) Wipe(ctx context.Context, device string, policy CleanupPolicy, o WipeOptions) error {
 	switch policy {
 	case CleanupSignatures, CleanupDiscard, CleanupZero, CleanupShred:
 	default:
@@ -40,7 +38,7 @@ func (r *Real) Wipe(ctx context.Context, device string, policy CleanupPolicy) er
 	}
 	start := time.Now()
 	klog.InfoS("Wiping", "device", device, "cleanupPolicy", policy)
-	if err := r.wipe(ctx, device, policy); err != nil {
+	if err := r.wipe(ctx, device, policy, o); err != nil {
 		klog.ErrorS(err, "Wipe failed", "device", device, "cleanupPolicy", policy, "duration", time.Since(start))
 		return err
 	}
@@ -48,7 +46,7 @@ func (r *Real) Wipe(ctx context.Context, device string, policy CleanupPolicy) er
 	return nil
 }
 
-func (r *Real) wipe(ctx context.Context, device string, policy CleanupPolicy) error {
+func (r *Real) wipe(ctx context.Context, device string, policy CleanupPolicy, o WipeOptions) error {
 	if err := checkNotInUse(device); err != nil {
 		return err
 	}
@@ -63,16 +61,8 @@ func (r *Real) wipe(ctx context.Context, device string, policy CleanupPolicy) er
 		if _, err = r.run(ctx, "blkdiscard", device); err == nil {
 			_, err = r.run(ctx, "wipefs", "--all", device)
 		}
-	case CleanupZero:
-		if _, zerr := r.run(ctx, "blkdiscard", "--zeroout", device); zerr != nil {
-			if ctx.Err() != nil {
-				return zerr
-			}
-			klog.InfoS("blkdiscard --zeroout failed, writing zeroes", "device", device, "err", zerr.Error())
-			err = writeZeroes(ctx, device)
-		}
-	case CleanupShred:
-		_, err = r.run(ctx, "shred", "--iterations=1", "--zero", device)
+	case CleanupZero, CleanupShred:
+		err = r.overwrite(ctx, device, policy, o)
 	}
 	if err != nil {
 		return err
@@ -98,34 +88,4 @@ func checkNotInUse(device string) error {
 		return fmt.Errorf("%s is in use (mounted or held): %w", device, &os.PathError{Op: "open exclusively", Path: device, Err: err})
 	}
 	return unix.Close(fd)
-}
-
-// writeZeroes overwrites the whole device with zeroes, checking ctx between
-// 4 MiB chunks, and syncs it. The device is opened exclusively, so a mounted
-// device is refused.
-func writeZeroes(ctx context.Context, device string) error {
-	f, err := os.OpenFile(device, os.O_WRONLY|unix.O_EXCL|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	size, err := f.Seek(0, io.SeekEnd)
-	if err != nil {
-		return fmt.Errorf("size of %s: %w", device, err)
-	}
-	buf := make([]byte, zeroChunk)
-	for off := int64(0); off < size; {
-		if err := ctx.Err(); err != nil {
-			return fmt.Errorf("zeroing %s stopped at byte %d: %w", device, off, err)
-		}
-		n := min(int64(len(buf)), size-off)
-		if _, err := f.WriteAt(buf[:n], off); err != nil {
-			return fmt.Errorf("zeroing %s: %w", device, err)
-		}
-		off += n
-	}
-	if err := f.Sync(); err != nil {
-		return fmt.Errorf("sync %s: %w", device, err)
-	}
-	return nil
 }

@@ -6,10 +6,13 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/inventory"
 )
@@ -39,6 +42,13 @@ type Options struct {
 
 	SerialLessFallback bool
 	DeviceStartWith    string
+
+	// CleanupMaxRate caps the write rate of a zero or shred cleanup, per
+	// disk, as bytes per second with an optional Ki, Mi or Gi suffix; "" or
+	// "0" is no cap. CleanupCheckpointInterval is how often such a cleanup
+	// records its progress.
+	CleanupMaxRate            string
+	CleanupCheckpointInterval time.Duration
 }
 
 // AddFlags registers the options on fs, with defaults from the environment
@@ -57,6 +67,8 @@ func (o *Options) AddFlags(fs *flag.FlagSet) {
 	fs.BoolVar(&o.SerialLessFallback, "serialless-fallback", false, "ecs: identify local disks that have no serial (instances created before mid-2020) by name from --device-start-with and the instance type's disk count, pinning each at first use; see the README for the risks")
 	fs.StringVar(&o.DeviceStartWith, "device-start-with", "", "ecs with --serialless-fallback: name of the first local disk (default vdb)")
 	fs.BoolVar(&o.AllowNoDisks, "allow-no-disks", false, "static: be ready even when a --devices entry matches no device at the node's first start (a node expected to have no local disks); without it the driver reports the entry and stays not ready")
+	fs.StringVar(&o.CleanupMaxRate, "cleanup-max-rate", "", "largest write rate of a zero or shred cleanup, per disk, in bytes per second with an optional Ki, Mi or Gi suffix, e.g. 200Mi (default: no cap)")
+	fs.DurationVar(&o.CleanupCheckpointInterval, "cleanup-checkpoint-interval", 10*time.Second, "how often a zero or shred cleanup records its progress in the node state; a restarted driver goes on from the last record")
 	fs.BoolVar(&o.Version, "version", false, "print the version and the commit, and exit")
 }
 
@@ -76,6 +88,12 @@ func (o *Options) Validate() error {
 	}
 	if !filepath.IsAbs(o.StateDir) {
 		errs = append(errs, fmt.Errorf("--state-dir %q must be an absolute path", o.StateDir))
+	}
+	if _, err := o.CleanupBytesPerSecond(); err != nil {
+		errs = append(errs, err)
+	}
+	if o.CleanupCheckpointInterval < time.Second {
+		errs = append(errs, fmt.Errorf("--cleanup-checkpoint-interval %v must be at least 1s", o.CleanupCheckpointInterval))
 	}
 	switch o.DiskSource {
 	case "static":
@@ -129,6 +147,25 @@ func (o *Options) StartWith() string {
 		return "vdb"
 	}
 	return o.DeviceStartWith
+}
+
+// CleanupBytesPerSecond parses --cleanup-max-rate; 0 is no cap.
+func (o *Options) CleanupBytesPerSecond() (int64, error) {
+	v := strings.TrimSpace(o.CleanupMaxRate)
+	if v == "" {
+		return 0, nil
+	}
+	shift := 0
+	for suffix, s := range map[string]int{"Ki": 10, "Mi": 20, "Gi": 30} {
+		if strings.HasSuffix(v, suffix) {
+			v, shift = strings.TrimSuffix(v, suffix), s
+		}
+	}
+	n, err := strconv.ParseInt(v, 10, 64)
+	if err != nil || n < 0 || n > math.MaxInt64>>shift {
+		return 0, fmt.Errorf("--cleanup-max-rate %q is not a rate in bytes per second like 200Mi, 1Gi or 52428800", o.CleanupMaxRate)
+	}
+	return n << shift, nil
 }
 
 // DevicePatterns splits --devices into its entries.

@@ -111,6 +111,10 @@ type Disk struct {
 	Volume *Volume `json:"volume,omitempty"`
 	// CleanupPolicy is the policy being applied while Cleaning or Failed.
 	CleanupPolicy string `json:"cleanupPolicy,omitempty"`
+	// Cleanup is how far an overwriting cleanup (zero, shred) got at its
+	// last checkpoint, while Cleaning or Failed; a restarted cleanup goes
+	// on from there.
+	Cleanup *CleanupProgress `json:"cleanup,omitempty"`
 	// Reason explains a Failed or Excluded status (or the last cleaning
 	// error).
 	Reason string `json:"reason,omitempty"`
@@ -122,6 +126,24 @@ type Disk struct {
 	// UpdatedAt is the time of the last change of Status.
 	UpdatedAt time.Time `json:"updatedAt"`
 }
+
+// CleanupProgress is a checkpoint of an overwriting cleanup: every byte
+// before it was written and synced.
+type CleanupProgress struct {
+	// Pass is the pass being written, of Passes (shred: random data, then
+	// zeroes; zero: zeroes only).
+	Pass   int `json:"pass"`
+	Passes int `json:"passes"`
+	// DoneBytes of the pass are written, of LengthBytes.
+	DoneBytes   int64 `json:"doneBytes"`
+	LengthBytes int64 `json:"lengthBytes"`
+	// At is when the checkpoint was taken.
+	At time.Time `json:"at"`
+}
+
+// DoneBytesAll and TotalBytes count over all passes.
+func (p CleanupProgress) DoneBytesAll() int64 { return int64(p.Pass)*p.LengthBytes + p.DoneBytes }
+func (p CleanupProgress) TotalBytes() int64   { return int64(p.Passes) * p.LengthBytes }
 
 // Record is the whole node state.
 type Record struct {

@@ -239,7 +239,7 @@ func (e *env) runIn(ctr string, argv ...string) (string, error) {
 // an entry here.
 var versionArgs = map[string][]string{
 	"blkid": {"-V"}, "wipefs": {"-V"}, "blkdiscard": {"-V"}, "blockdev": {"-V"},
-	"shred": {"--version"}, "mkfs.ext4": {"-V"}, "mkfs.xfs": {"-V"},
+	"mkfs.ext4": {"-V"}, "mkfs.xfs": {"-V"},
 	"mount": {"-V"}, "umount": {"-V"},
 }
 
