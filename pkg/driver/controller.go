@@ -61,6 +61,7 @@ func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 		Name: name, RequiredBytes: required, LimitBytes: limit,
 		Filter:     params.filter(wantsBlock(req.GetVolumeCapabilities())),
 		Parameters: params.stored(), CleanupPolicy: string(params.CleanupPolicy),
+		PV: req.GetParameters()[paramPVName], ClaimNamespace: req.GetParameters()[paramPVCNamespace], ClaimName: req.GetParameters()[paramPVCName],
 	})
 	if err != nil {
 		return nil, toStatus(err)

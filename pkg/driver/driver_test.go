@@ -134,6 +134,25 @@ func TestCreateVolumeBestFitAndIdempotent(t *testing.T) {
 	}
 }
 
+// TestCreateVolumeRecordsItsClaim: the PV and claim that the provisioner
+// names (--extra-create-metadata) are recorded with the volume, for the
+// operators' view; they are not class parameters.
+func TestCreateVolumeRecordsItsClaim(t *testing.T) {
+	f := newFixture(t, fakeDisk(0, gib, disk.MediaSSD))
+	v := f.create("pvc-1234", 0, map[string]string{"csi.storage.k8s.io/pv/name": "pvc-1234",
+		"csi.storage.k8s.io/pvc/name": "data-web-0", "csi.storage.k8s.io/pvc/namespace": "shop"})
+	rec, _ := f.inv.Snapshot()
+	got := rec.Disks[v.VolumeContext["disk"]].Volume
+	if got.PV != "pvc-1234" || got.ClaimName != "data-web-0" || got.ClaimNamespace != "shop" {
+		t.Fatalf("recorded volume %+v", got)
+	}
+	for k := range got.Parameters {
+		if strings.HasPrefix(k, "csi.storage.k8s.io/p") {
+			t.Fatalf("claim metadata %s stored as a class parameter", k)
+		}
+	}
+}
+
 func TestCreateVolumeErrors(t *testing.T) {
 	f := newFixture(t, fakeDisk(0, 2*gib, disk.MediaSSD), fakeDisk(1, 4*gib, disk.MediaHDD))
 	ctx := context.Background()

@@ -27,6 +27,10 @@ const (
 	// reservedPrefix marks keys set by Kubernetes sidecars (for example
 	// --extra-create-metadata's pvc/name); they are accepted and not stored.
 	reservedPrefix = "csi.storage.k8s.io/"
+	// The objects a volume is for, from --extra-create-metadata.
+	paramPVName       = reservedPrefix + "pv/name"
+	paramPVCName      = reservedPrefix + "pvc/name"
+	paramPVCNamespace = reservedPrefix + "pvc/namespace"
 )
 
 // Volume context keys handed from CreateVolume to NodeStage.

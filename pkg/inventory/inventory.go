@@ -80,6 +80,9 @@ type Request struct {
 	Parameters map[string]string
 	// CleanupPolicy is applied when the volume is deleted.
 	CleanupPolicy string
+	// PV, ClaimNamespace and ClaimName name the Kubernetes objects the
+	// volume is for, if known; recorded for operators.
+	PV, ClaimNamespace, ClaimName string
 }
 
 // Volume is a volume and the disk it lives on.
@@ -478,7 +481,7 @@ func (inv *Inventory) pickLocked(req Request, skip map[string]bool) (string, err
 			continue
 		}
 		fits = true
-		if _, present := inv.devices[d.ID]; !present || d.Status != state.Free || inv.reserved[d.ID] || skip[d.ID] {
+		if _, present := inv.devices[d.ID]; !present || !inv.allocatableLocked(d) || inv.reserved[d.ID] || skip[d.ID] {
 			continue
 		}
 		if best == nil || better(d) {
@@ -489,7 +492,7 @@ func (inv *Inventory) pickLocked(req Request, skip map[string]bool) (string, err
 	case best != nil:
 		return best.ID, nil
 	case fits:
-		return "", fmt.Errorf("%w: %d free of %d managed disks on node %s", ErrExhausted, inv.countLocked(state.Free), len(inv.rec.Disks), inv.cfg.Node)
+		return "", fmt.Errorf("%w: %d free (%d of them cordoned) of %d managed disks on node %s", ErrExhausted, inv.countLocked(state.Free), inv.cordonedFreeLocked(), len(inv.rec.Disks), inv.cfg.Node)
 	}
 	return "", fmt.Errorf("%w: %s", ErrOutOfRange, inv.sizesLocked(req.Filter))
 }
@@ -503,7 +506,7 @@ func (inv *Inventory) allocateLocked(req Request, id string, checkErr error) (Vo
 		return v, true, compatible(v, req)
 	}
 	d := inv.rec.Disks[id]
-	if d == nil || d.Status != state.Free {
+	if d == nil || !inv.allocatableLocked(d) {
 		return Volume{}, false, nil
 	}
 	switch {
@@ -528,7 +531,7 @@ func (inv *Inventory) allocateLocked(req Request, id string, checkErr error) (Vo
 	d.CleanupPolicy = req.CleanupPolicy
 	d.Volume = &state.Volume{
 		ID: vid, Name: req.Name, CapacityBytes: d.SizeBytes, Parameters: req.Parameters,
-		FSUUID: fsUUID(vid), CreatedAt: d.UpdatedAt,
+		FSUUID: fsUUID(vid), CreatedAt: d.UpdatedAt, PV: req.PV, ClaimNamespace: req.ClaimNamespace, ClaimName: req.ClaimName,
 	}
 	if err := inv.commitLocked(next); err != nil {
 		return Volume{}, true, err
@@ -584,6 +587,16 @@ func (inv *Inventory) countLocked(s state.Status) int {
 	n := 0
 	for _, d := range inv.rec.Disks {
 		if d.Status == s {
+			n++
+		}
+	}
+	return n
+}
+
+func (inv *Inventory) cordonedFreeLocked() int {
+	n := 0
+	for id, d := range inv.rec.Disks {
+		if d.Status == state.Free && inv.rec.Cordoned[id] {
 			n++
 		}
 	}
@@ -827,7 +840,7 @@ func (inv *Inventory) Capacity(ctx context.Context, f Filter) (available, maximu
 	}
 	free := map[string]seen{}
 	for _, d := range inv.rec.Disks {
-		if dev, present := inv.devices[d.ID]; present && d.Status == state.Free && f.match(d) && !inv.reserved[d.ID] {
+		if dev, present := inv.devices[d.ID]; present && inv.allocatableLocked(d) && f.match(d) && !inv.reserved[d.ID] {
 			free[d.ID] = seen{dev.Path, d.UpdatedAt}
 		}
 	}
@@ -840,7 +853,7 @@ func (inv *Inventory) Capacity(ctx context.Context, f Filter) (available, maximu
 	defer inv.mu.Unlock()
 	for id, cerr := range checked {
 		d := inv.rec.Disks[id]
-		if d == nil || d.Status != state.Free || inv.reserved[id] || !d.UpdatedAt.Equal(free[id].updated) {
+		if d == nil || !inv.allocatableLocked(d) || inv.reserved[id] || !d.UpdatedAt.Equal(free[id].updated) {
 			continue // changed hands while it was checked: the check is stale
 		}
 		if isForeign(cerr) {
@@ -856,6 +869,42 @@ func (inv *Inventory) Capacity(ctx context.Context, f Filter) (available, maximu
 		maximum = max(maximum, d.SizeBytes)
 	}
 	return available, maximum, nil
+}
+
+// allocatableLocked says whether disk d may be handed out: free and not
+// cordoned. inv.mu must be held.
+func (inv *Inventory) allocatableLocked(d *state.Disk) bool {
+	return d.Status == state.Free && !inv.rec.Cordoned[d.ID]
+}
+
+// SetCordoned withdraws disk id from allocation and capacity (cordoned) or
+// gives it back, and records that in the state. It reports whether that
+// changed anything. A disk the node does not manage may be cordoned too:
+// the cordon holds once the disk is found usable. A cordon never touches a
+// volume that lives on the disk.
+func (inv *Inventory) SetCordoned(id string, cordoned bool) (bool, error) {
+	inv.mu.Lock()
+	defer inv.mu.Unlock()
+	if !inv.ready {
+		return false, ErrNotReady
+	}
+	if inv.rec.Cordoned[id] == cordoned {
+		return false, nil
+	}
+	next := inv.rec.Clone()
+	if cordoned {
+		if next.Cordoned == nil {
+			next.Cordoned = map[string]bool{}
+		}
+		next.Cordoned[id] = true
+	} else {
+		delete(next.Cordoned, id)
+	}
+	if err := inv.commitLocked(next); err != nil {
+		return false, err
+	}
+	klog.InfoS("Disk cordon changed", "disk", id, "cordoned", cordoned)
+	return true, nil
 }
 
 // Volumes lists the allocated volumes sorted by ID.

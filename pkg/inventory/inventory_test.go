@@ -398,3 +398,79 @@ func TestReleaseRetriesWhenTheDiskCannotBeRead(t *testing.T) {
 		t.Fatalf("after the retried release the disk is %+v; want it cleaning or clean", d)
 	}
 }
+
+// TestCordon: a cordoned free disk leaves capacity and is never allocated;
+// a cordoned allocated disk keeps its volume and, once cleaned, stays out;
+// the cordon outlives a restart and applies to a disk found later; an
+// uncordoned disk is allocatable again.
+func TestCordon(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	m := mounter.NewFake()
+	src := disk.NewFakeSource(dsk(0, 100), dsk(1, 200))
+	inv := start(t, dir, src, m)
+	capacity := func(inv *Inventory) int64 {
+		t.Helper()
+		a, _, err := inv.Capacity(ctx, Filter{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return a
+	}
+	if changed, err := inv.SetCordoned("serial-0", true); err != nil || !changed {
+		t.Fatalf("cordon: %v %v", changed, err)
+	}
+	if changed, err := inv.SetCordoned("serial-0", true); err != nil || changed {
+		t.Fatalf("cordon again: %v %v", changed, err)
+	}
+	if a := capacity(inv); a != 200 {
+		t.Fatalf("capacity with serial-0 cordoned: %d", a)
+	}
+	v, err := inv.Allocate(ctx, Request{Name: "pvc-1", RequiredBytes: 50})
+	if err != nil || v.Disk.ID != "serial-1" {
+		t.Fatalf("allocation with the smaller disk cordoned: %+v %v", v.Disk, err)
+	}
+	if _, err := inv.Allocate(ctx, Request{Name: "pvc-2"}); !errors.Is(err, ErrExhausted) || !strings.Contains(err.Error(), "1 of them cordoned") {
+		t.Fatalf("allocation with only a cordoned disk free: %v", err)
+	}
+	// Cordon the allocated disk: the volume stays; after cleanup the disk
+	// stays out.
+	if _, err := inv.SetCordoned("serial-1", true); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := inv.Lookup(v.ID); err != nil {
+		t.Fatalf("volume on a cordoned disk: %v", err)
+	}
+	if err := inv.Release(ctx, v.ID); err != nil {
+		t.Fatal(err)
+	}
+	if err := inv.WaitIdle(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if rec, _ := inv.Snapshot(); rec.Disks["serial-1"].Status != state.Free {
+		t.Fatalf("cleaned cordoned disk: %+v", rec.Disks["serial-1"])
+	}
+	if a := capacity(inv); a != 0 {
+		t.Fatalf("capacity with both disks cordoned: %d", a)
+	}
+	// A disk not managed yet can be cordoned; the cordon holds when it
+	// appears, and after a restart.
+	if _, err := inv.SetCordoned("serial-2", true); err != nil {
+		t.Fatal(err)
+	}
+	inv.Stop()
+	src.Set(dsk(0, 100), dsk(1, 200), dsk(2, 300))
+	inv = start(t, dir, src, m)
+	if a := capacity(inv); a != 0 {
+		t.Fatalf("capacity after restart, all cordoned: %d", a)
+	}
+	if _, err := inv.SetCordoned("serial-2", false); err != nil {
+		t.Fatal(err)
+	}
+	if a := capacity(inv); a != 300 {
+		t.Fatalf("capacity with serial-2 uncordoned: %d", a)
+	}
+	if v, err := inv.Allocate(ctx, Request{Name: "pvc-3"}); err != nil || v.Disk.ID != "serial-2" {
+		t.Fatalf("allocation after uncordon: %+v %v", v.Disk, err)
+	}
+}

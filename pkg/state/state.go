@@ -46,6 +46,12 @@ type Volume struct {
 	ID string `json:"id"`
 	// Name is the CreateVolume name, kept so that a retry gets the same disk.
 	Name string `json:"name"`
+	// PV, ClaimNamespace and ClaimName are the Kubernetes objects the
+	// volume was created for, when the provisioner said so
+	// (--extra-create-metadata); for operators only.
+	PV             string `json:"pv,omitempty"`
+	ClaimNamespace string `json:"claimNamespace,omitempty"`
+	ClaimName      string `json:"claimName,omitempty"`
 	// CapacityBytes is the size reported to the CO (the whole disk).
 	CapacityBytes int64 `json:"capacityBytes"`
 	// Parameters are the validated StorageClass parameters the volume was
@@ -155,6 +161,11 @@ type Record struct {
 	Node string `json:"node"`
 	// Disks maps disk ID to its record.
 	Disks map[string]*Disk `json:"disks"`
+	// Cordoned are the disk IDs an operator withdrew from allocation (the
+	// LocalDisk's spec.cordoned): a cordoned disk keeps its volume, if it
+	// has one, and is never handed out, before or after its cleanup. Kept
+	// by disk ID, also for a disk the node does not manage (yet).
+	Cordoned map[string]bool `json:"cordoned,omitempty"`
 	// Problems are what the last discovery found wrong (devices the cloud
 	// does not know, cloud disks without a device, ...), for operators.
 	Problems []string `json:"problems,omitempty"`
