@@ -11,8 +11,9 @@ import (
 // lazyAPI builds the ECS API client on first use: the region and the RAM
 // role come from the metadata server, which may be unreachable at start.
 type lazyAPI struct {
-	opts options.Options
-	md   *cloud.Metadata
+	opts      options.Options
+	md        *cloud.Metadata
+	onRequest func(action, outcome string)
 
 	mu  sync.Mutex
 	api *cloud.API
@@ -32,7 +33,7 @@ func (l *lazyAPI) get(ctx context.Context) (*cloud.API, error) {
 	if err != nil {
 		return nil, err
 	}
-	api, err := cloud.NewAPI(cloud.APIConfig{Region: in.Region, Endpoint: l.opts.ECSEndpoint, Credentials: creds})
+	api, err := cloud.NewAPI(cloud.APIConfig{Region: in.Region, Endpoint: l.opts.ECSEndpoint, Credentials: creds, OnRequest: l.onRequest})
 	if err != nil {
 		return nil, err
 	}

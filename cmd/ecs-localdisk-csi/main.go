@@ -17,12 +17,14 @@ import (
 	"syscall"
 	"time"
 
+	"google.golang.org/grpc"
 	"k8s.io/klog/v2"
 
 	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/cloud"
 	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/disk"
 	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/driver"
 	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/inventory"
+	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/metrics"
 	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/mounter"
 	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/options"
 	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/state"
@@ -147,7 +149,23 @@ func printFlag(out io.Writer, f *flag.Flag, usage string) {
 }
 
 // newSource builds the disk source the options ask for.
-func newSource(o options.Options, m *mounter.Real) (disk.Source, error) {
+// observer is the inventory's observer: the metrics, when they are on.
+func observer(met *metrics.Metrics) inventory.Observer {
+	if met == nil {
+		return nil
+	}
+	return met
+}
+
+// interceptors are the gRPC interceptors around the driver's own.
+func interceptors(met *metrics.Metrics) []grpc.UnaryServerInterceptor {
+	if met == nil {
+		return nil
+	}
+	return []grpc.UnaryServerInterceptor{met.UnaryInterceptor()}
+}
+
+func newSource(o options.Options, m *mounter.Real, met *metrics.Metrics) (disk.Source, error) {
 	if o.DiskSource == "static" {
 		return disk.NewStatic(disk.StaticConfig{Patterns: o.DevicePatterns(), Prober: m})
 	}
@@ -160,7 +178,7 @@ func newSource(o options.Options, m *mounter.Real) (disk.Source, error) {
 		return nil, err
 	}
 	md := cloud.NewMetadata(o.MetadataEndpoint)
-	cfg := cloud.SourceConfig{Metadata: md, API: &lazyAPI{opts: o, md: md}, Devices: devices, CachePath: cloud.CachePathIn(o.StateDir)}
+	cfg := cloud.SourceConfig{Metadata: md, API: &lazyAPI{opts: o, md: md, onRequest: met.ECSRequestFunc()}, Devices: devices, CachePath: cloud.CachePathIn(o.StateDir)}
 	if o.SerialLessFallback {
 		cfg.Fallback = &cloud.Fallback{StartWith: o.StartWith(), Pinner: cloud.DevicePinner{}}
 	}
@@ -185,28 +203,38 @@ func serve(o options.Options) error {
 	if err != nil {
 		return err
 	}
+	var met *metrics.Metrics
+	if o.MetricsAddress != "" {
+		met = metrics.New(o.NodeID)
+	}
 	m := mounter.New()
-	src, err := newSource(o, m)
+	src, err := newSource(o, m, met)
 	if err != nil {
 		return err
 	}
 	if c, ok := src.(interface{ Close() }); ok {
 		defer c.Close()
 	}
-	inv := inventory.New(inventory.Config{Node: o.NodeID, Source: src, Store: state.NewStore(o.StateDir), Mounter: m,
+	inv := inventory.New(inventory.Config{Node: o.NodeID, Source: src, Store: state.NewStore(o.StateDir), Mounter: met.Mounter(m), Observer: observer(met),
 		RequireDisks:           o.DiskSource == "static" && !o.AllowNoDisks,
 		CleanupCheckpointEvery: o.CleanupCheckpointInterval, CleanupBytesPerSecond: rate,
 		NoDisksHint: "until the node has recorded its disks (its first start, or after its state was lost) --devices must name only present, " +
 			"usable local disks: correct it, or start with --allow-no-disks on a node that is expected to have no local disks"})
 	defer inv.Stop()
-	drv, err := driver.New(driver.Config{Name: o.DriverName, Version: version, NodeID: o.NodeID, Inventory: inv, Mounter: m,
-		StartWait: 30 * time.Second})
+	drv, err := driver.New(driver.Config{Name: o.DriverName, Version: version, NodeID: o.NodeID, Inventory: inv, Mounter: met.Mounter(m),
+		StartWait: 30 * time.Second, Interceptors: interceptors(met)})
 	if err != nil {
 		return err
 	}
 	srv := drv.NewServer()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	if met != nil {
+		met.CollectDisks(inv)
+		if _, err := met.Serve(ctx, o.MetricsAddress); err != nil {
+			return fmt.Errorf("--metrics-address %s: %w", o.MetricsAddress, err)
+		}
+	}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(lis) }()
 	klog.InfoS("Serving", "endpoint", o.Endpoint, "driver", o.DriverName, "version", version, "node", o.NodeID)

@@ -67,7 +67,7 @@ func TestHelpListsDriverFlagsFirst(t *testing.T) {
 		own = append(own, m[1])
 	}
 	want := []string{"allow-no-disks", "cleanup-checkpoint-interval", "cleanup-max-rate", "credentials-file", "device-start-with", "devices", "disk-source", "driver-name",
-		"ecs-endpoint", "endpoint", "metadata-endpoint", "node-id", "ram-role", "serialless-fallback", "state-dir", "version"}
+		"ecs-endpoint", "endpoint", "metadata-endpoint", "metrics-address", "node-id", "ram-role", "serialless-fallback", "state-dir", "version"}
 	if strings.Join(own, " ") != strings.Join(want, " ") {
 		t.Errorf("driver section lists %v; want %v", own, want)
 	}

@@ -196,21 +196,30 @@ func TestAPIFaults(t *testing.T) {
 		delay               time.Duration
 		wantErr             string
 		wantCalls           int
+		wantOutcomes        string
 	}{
-		{"throttled then served", 2, 0, 0, 0, "", 3},
-		{"5xx then served", 0, 3, 0, 0, "", 4},
-		{"throttled for ever", -1, 0, 0, 0, "Throttling.User", 4},
-		{"5xx for ever", 0, -1, 0, 0, "InternalError", 4},
-		{"timeouts", 0, 0, 0, time.Second, "Client.Timeout", 4},
-		{"malformed then served", 0, 0, 1, 0, "", 2},
-		{"malformed for ever", 0, 0, -1, 0, "JsonUnmarshalError", 4},
+		{"throttled then served", 2, 0, 0, 0, "", 3, "throttled throttled success"},
+		{"5xx then served", 0, 3, 0, 0, "", 4, "error error error success"},
+		{"throttled for ever", -1, 0, 0, 0, "Throttling.User", 4, "throttled throttled throttled throttled"},
+		{"5xx for ever", 0, -1, 0, 0, "InternalError", 4, "error error error error"},
+		{"timeouts", 0, 0, 0, time.Second, "Client.Timeout", 4, "error error error error"},
+		{"malformed then served", 0, 0, 1, 0, "", 2, "error success"},
+		{"malformed for ever", 0, 0, -1, 0, "JsonUnmarshalError", 4, "error error error error"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			f := newFake(t)
 			fakeDisks(f, 2)
 			f.SetFaults(c.throttle, c.fail, c.bad, c.delay)
-			disks, err := newAPI(t, f, nil).InstanceDisks(ctx, testInstance.ID)
+			a := newAPI(t, f, nil)
+			var outcomes []string
+			a.cfg.OnRequest = func(action, outcome string) {
+				if action != "DescribeDisks" {
+					t.Errorf("action %q", action)
+				}
+				outcomes = append(outcomes, outcome)
+			}
+			disks, err := a.InstanceDisks(ctx, testInstance.ID)
 			if c.wantErr == "" && (err != nil || len(disks) != 4) {
 				t.Fatalf("%v %v", disks, err)
 			}
@@ -219,6 +228,9 @@ func TestAPIFaults(t *testing.T) {
 			}
 			if n := len(f.APICalls()); n != c.wantCalls {
 				t.Fatalf("%d calls, want %d", n, c.wantCalls)
+			}
+			if got := strings.Join(outcomes, " "); got != c.wantOutcomes {
+				t.Fatalf("outcomes %q, want %q", got, c.wantOutcomes)
 			}
 		})
 	}

@@ -58,6 +58,9 @@ type APIConfig struct {
 	// BaseDelay and MaxDelay shape the exponential backoff between tries;
 	// default 500ms and 10s. The wait is drawn between half and all of it.
 	BaseDelay, MaxDelay time.Duration
+	// OnRequest, when set, hears of every try of a call: its action and
+	// outcome ("success", "throttled" or "error"); for metrics.
+	OnRequest func(action, outcome string)
 }
 
 // API calls the ECS OpenAPI.
@@ -138,7 +141,9 @@ func (a *API) call(ctx context.Context, action string, do func(*ecs.Client) erro
 		if c, err = a.client(ctx); err != nil {
 			return fmt.Errorf("ECS %s: %w", action, err)
 		}
-		if err = do(c); err == nil {
+		err = do(c)
+		a.observe(action, err)
+		if err == nil {
 			return nil
 		}
 		if !retryable(err) || attempt >= a.cfg.Attempts {
@@ -154,6 +159,22 @@ func (a *API) call(ctx context.Context, action string, do func(*ecs.Client) erro
 		}
 	}
 	return fmt.Errorf("ECS %s failed after %d attempt(s): %s", action, attempt, shortErr(err))
+}
+
+// observe tells OnRequest the outcome of one try.
+func (a *API) observe(action string, err error) {
+	if a.cfg.OnRequest == nil {
+		return
+	}
+	outcome := "success"
+	var se *sdkerrors.ServerError
+	switch {
+	case errors.As(err, &se) && strings.HasPrefix(se.ErrorCode(), "Throttling"):
+		outcome = "throttled"
+	case err != nil:
+		outcome = "error"
+	}
+	a.cfg.OnRequest(action, outcome)
 }
 
 // shortErr keeps the code and message of an SDK error, without the request

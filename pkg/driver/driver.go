@@ -38,6 +38,9 @@ type Config struct {
 	// registration asks NodeGetInfo as soon as the socket exists, and a
 	// failed registration restarts the registrar.
 	StartWait time.Duration
+	// Interceptors run around every call, outside the driver's own (for
+	// metrics).
+	Interceptors []grpc.UnaryServerInterceptor
 }
 
 // Driver implements the CSI services.
@@ -83,7 +86,7 @@ func (d *Driver) Register(s *grpc.Server) {
 // call with INTERNAL and the server keeps serving; volume calls answer
 // UNAVAILABLE until the inventory is ready.
 func (d *Driver) NewServer() *grpc.Server {
-	s := grpc.NewServer(grpc.ChainUnaryInterceptor(d.interceptors()...))
+	s := grpc.NewServer(grpc.ChainUnaryInterceptor(append(append([]grpc.UnaryServerInterceptor(nil), d.cfg.Interceptors...), d.interceptors()...)...))
 	d.Register(s)
 	return s
 }

@@ -45,6 +45,7 @@ func (inv *Inventory) cleanUntilDone(id string) {
 		if !inv.setStatus(id, state.Failed, err.Error()) {
 			return
 		}
+		inv.reportCleanupFailed(id, err)
 		klog.ErrorS(err, "Disk cleanup failed, disk excluded from capacity until a retry succeeds", "disk", id, "retryIn", inv.cfg.RetryInterval)
 		select {
 		case <-inv.ctx.Done():
@@ -166,6 +167,15 @@ type afterWiper interface {
 	AfterWipe(ctx context.Context, path, identity string) error
 }
 
+// reportCleanupFailed tells the observer of a failed cleanup of disk id.
+func (inv *Inventory) reportCleanupFailed(id string, err error) {
+	inv.mu.Lock()
+	defer inv.mu.Unlock()
+	if d := inv.rec.Disks[id]; d != nil {
+		inv.cfg.Observer.CleanupFailed(*d, err)
+	}
+}
+
 // errNotCleaning stops a wipe whose disk is no longer being cleaned.
 var errNotCleaning = errors.New("the disk is no longer being cleaned")
 
@@ -195,7 +205,10 @@ func (inv *Inventory) setStatus(id string, s state.Status, reason string) bool {
 	}
 	next := inv.rec.Clone()
 	nd := next.Disks[id]
-	nd.Status, nd.Reason, nd.UpdatedAt = s, reason, time.Now().UTC()
+	if nd.Status != s {
+		nd.UpdatedAt = time.Now().UTC()
+	}
+	nd.Status, nd.Reason = s, reason
 	if err := inv.commitLocked(next); err != nil {
 		klog.ErrorS(err, "Saving node state", "disk", id)
 	}

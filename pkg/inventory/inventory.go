@@ -52,7 +52,29 @@ type Config struct {
 	// volumes of the others are still served.
 	RequireDisks bool
 	NoDisksHint  string
+	// Observer, when set, hears of state saves, failed cleanups and
+	// changes (for metrics, the LocalDisk mirror and events).
+	Observer Observer
 }
+
+// Observer hears what happens to the node's disks. Its methods are called
+// with the inventory's lock held: they must return quickly and must not
+// call the inventory.
+type Observer interface {
+	// StateSaved reports a save of the state record and how long it took.
+	StateSaved(d time.Duration, err error)
+	// CleanupFailed reports a failed cleanup of disk d (retried later).
+	CleanupFailed(d state.Disk, err error)
+	// Changed says that the record or the devices changed: View differs.
+	Changed()
+}
+
+// nopObserver is the Observer of an inventory configured without one.
+type nopObserver struct{}
+
+func (nopObserver) StateSaved(time.Duration, error) {}
+func (nopObserver) CleanupFailed(state.Disk, error) {}
+func (nopObserver) Changed()                        {}
 
 // Filter selects disks by media and cloud category; empty fields match all.
 type Filter struct {
@@ -138,6 +160,9 @@ type Inventory struct {
 func New(cfg Config) *Inventory {
 	if cfg.RetryInterval == 0 {
 		cfg.RetryInterval = time.Minute
+	}
+	if cfg.Observer == nil {
+		cfg.Observer = nopObserver{}
 	}
 	if cfg.CleanupCheckpointEvery == 0 {
 		cfg.CleanupCheckpointEvery = 10 * time.Second
@@ -286,8 +311,8 @@ func (inv *Inventory) refresh(ctx context.Context) error {
 	next := inv.rec.Clone()
 	next.Problems = texts
 	devices, excluded := reconcile(next, found, inv.claimed)
-	if err := inv.cfg.Store.Save(next); err != nil {
-		return fmt.Errorf("saving node state: %w", err)
+	if err := inv.saveLocked(next); err != nil {
+		return err
 	}
 	inv.rec, inv.devices, inv.excluded = next, devices, excluded
 	for id, d := range devices {
@@ -576,10 +601,22 @@ func fsUUID(volumeID string) string {
 }
 
 func (inv *Inventory) commitLocked(next *state.Record) error {
-	if err := inv.cfg.Store.Save(next); err != nil {
-		return fmt.Errorf("saving node state: %w", err)
+	if err := inv.saveLocked(next); err != nil {
+		return err
 	}
 	inv.rec = next
+	return nil
+}
+
+// saveLocked persists next and tells the observer. inv.mu must be held.
+func (inv *Inventory) saveLocked(next *state.Record) error {
+	start := time.Now()
+	err := inv.cfg.Store.Save(next)
+	inv.cfg.Observer.StateSaved(time.Since(start), err)
+	if err != nil {
+		return fmt.Errorf("saving node state: %w", err)
+	}
+	inv.cfg.Observer.Changed()
 	return nil
 }
 

@@ -474,3 +474,71 @@ func TestCordon(t *testing.T) {
 		t.Fatalf("allocation after uncordon: %+v %v", v.Disk, err)
 	}
 }
+
+// recordingObserver counts what the inventory tells its observer.
+type recordingObserver struct {
+	mu             sync.Mutex
+	saves, changes int
+	failed         []string
+}
+
+func (o *recordingObserver) StateSaved(time.Duration, error) { o.mu.Lock(); o.saves++; o.mu.Unlock() }
+func (o *recordingObserver) Changed()                        { o.mu.Lock(); o.changes++; o.mu.Unlock() }
+func (o *recordingObserver) CleanupFailed(d state.Disk, err error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.failed = append(o.failed, d.ID+": "+err.Error())
+}
+
+// TestFailedCleanupKeepsItsFirstFailureTime: a cleanup failing again and
+// again is reported to the observer each time, and its disk's UpdatedAt
+// stays the time it first failed (the age operators alert on); saves and
+// changes are reported.
+func TestFailedCleanupKeepsItsFirstFailureTime(t *testing.T) {
+	ctx := context.Background()
+	m := mounter.NewFake()
+	src := disk.NewFakeSource(dsk(0, 100))
+	addDevices(src, m)
+	obs := &recordingObserver{}
+	inv := New(Config{Node: "n1", Source: src, Store: state.NewStore(t.TempDir()), Mounter: m, RetryInterval: 10 * time.Millisecond, Observer: obs})
+	if err := inv.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(inv.Stop)
+	v, err := inv.Allocate(ctx, Request{Name: "pvc-1", CleanupPolicy: "zero"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.SetError(mounter.OpWipe, errors.New("I/O error"))
+	if err := inv.Release(ctx, v.ID); err != nil {
+		t.Fatal(err)
+	}
+	var first time.Time
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		obs.mu.Lock()
+		n := len(obs.failed)
+		obs.mu.Unlock()
+		rec, _ := inv.Snapshot()
+		d := rec.Disks["serial-0"]
+		if n >= 1 && first.IsZero() {
+			first = d.UpdatedAt
+		}
+		if n >= 3 {
+			if d.Status != state.Failed || !d.UpdatedAt.Equal(first) {
+				t.Fatalf("after %d failures: %s since %v, first failure at %v", n, d.Status, d.UpdatedAt, first)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d failures reported in 10s", n)
+		}
+	}
+	obs.mu.Lock()
+	defer obs.mu.Unlock()
+	if !strings.Contains(obs.failed[0], "serial-0: ") || !strings.Contains(obs.failed[0], "I/O error") {
+		t.Fatalf("failure reported as %q", obs.failed[0])
+	}
+	if obs.saves < 3 || obs.changes < 3 {
+		t.Fatalf("%d saves and %d changes reported", obs.saves, obs.changes)
+	}
+}

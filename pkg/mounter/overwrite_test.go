@@ -15,7 +15,6 @@ import (
 	"github.com/ecs-localdisk/ecs-localdisk-csi/internal/testutil"
 )
 
-
 // filledLoop returns a loop device of size bytes holding fill everywhere.
 func filledLoop(t *testing.T, size int64, fill byte) testutil.Loop {
 	l := testutil.NewLoop(t, "", size)

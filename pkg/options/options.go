@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"math"
+	"net"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -49,6 +50,9 @@ type Options struct {
 	// records its progress.
 	CleanupMaxRate            string
 	CleanupCheckpointInterval time.Duration
+
+	// MetricsAddress is where /metrics is served (host:port); "" is off.
+	MetricsAddress string
 }
 
 // AddFlags registers the options on fs, with defaults from the environment
@@ -69,6 +73,7 @@ func (o *Options) AddFlags(fs *flag.FlagSet) {
 	fs.BoolVar(&o.AllowNoDisks, "allow-no-disks", false, "static: be ready even when a --devices entry matches no device at the node's first start (a node expected to have no local disks); without it the driver reports the entry and stays not ready")
 	fs.StringVar(&o.CleanupMaxRate, "cleanup-max-rate", "", "largest write rate of a zero or shred cleanup, per disk, in bytes per second with an optional Ki, Mi or Gi suffix, e.g. 200Mi (default: no cap)")
 	fs.DurationVar(&o.CleanupCheckpointInterval, "cleanup-checkpoint-interval", 10*time.Second, "how often a zero or shred cleanup records its progress in the node state; a restarted driver goes on from the last record")
+	fs.StringVar(&o.MetricsAddress, "metrics-address", "", "serve Prometheus metrics at http://<address>/metrics, e.g. :9809 or 127.0.0.1:9809 (default: off)")
 	fs.BoolVar(&o.Version, "version", false, "print the version and the commit, and exit")
 }
 
@@ -91,6 +96,11 @@ func (o *Options) Validate() error {
 	}
 	if _, err := o.CleanupBytesPerSecond(); err != nil {
 		errs = append(errs, err)
+	}
+	if o.MetricsAddress != "" {
+		if _, port, err := net.SplitHostPort(o.MetricsAddress); err != nil || port == "" {
+			errs = append(errs, fmt.Errorf("--metrics-address %q is not host:port, e.g. :9809", o.MetricsAddress))
+		}
 	}
 	if o.CleanupCheckpointInterval < time.Second {
 		errs = append(errs, fmt.Errorf("--cleanup-checkpoint-interval %v must be at least 1s", o.CleanupCheckpointInterval))
