@@ -3,12 +3,14 @@ package image
 import (
 	"bufio"
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strings"
+	"testing"
 	"time"
 )
 
@@ -195,20 +197,21 @@ func hostCABundle() string {
 // ones that are set.
 func hostGoEnv() (goroot, goversion string, env []string, err error) {
 	keys := []string{"GOROOT", "GOVERSION", "GOPROXY", "GOSUMDB", "GONOSUMDB", "GOPRIVATE", "GONOPROXY", "GOINSECURE", "GOFLAGS"}
-	out, err := exec.Command("go", append([]string{"env"}, keys...)...).Output()
+	// JSON: one line per key would lose the empty values at the end.
+	out, err := exec.Command("go", append([]string{"env", "-json"}, keys...)...).Output()
 	if err != nil {
 		return "", "", nil, fmt.Errorf("go env: %v", err)
 	}
-	vals := strings.Split(strings.TrimRight(string(out), "\n"), "\n")
-	if len(vals) != len(keys) {
-		return "", "", nil, fmt.Errorf("go env printed %d lines for %d keys", len(vals), len(keys))
+	vals := map[string]string{}
+	if err := json.Unmarshal(out, &vals); err != nil {
+		return "", "", nil, fmt.Errorf("go env -json: %v", err)
 	}
-	for i, k := range keys[2:] {
-		if v := vals[i+2]; v != "" {
+	for _, k := range keys[2:] {
+		if v := vals[k]; v != "" {
 			env = append(env, k+"="+v)
 		}
 	}
-	return vals[0], vals[1], env, nil
+	return vals["GOROOT"], vals["GOVERSION"], env, nil
 }
 
 // standInFor says which stand-in replaces each base image the Dockerfile
@@ -289,4 +292,22 @@ func rewriteFrom(dockerfile []byte) ([]byte, []string, error) {
 		return nil, nil, fmt.Errorf("Dockerfile has no FROM line")
 	}
 	return out.Bytes(), replaced, nil
+}
+
+// TestHostGoEnvKeepsEmptyValues: with the last keys unset (as on a fresh
+// machine), the host's Go settings are still read.
+func TestHostGoEnvKeepsEmptyValues(t *testing.T) {
+	for _, k := range []string{"GONOSUMDB", "GOPRIVATE", "GONOPROXY", "GOINSECURE", "GOFLAGS"} {
+		t.Setenv(k, "")
+	}
+	t.Setenv("GOENV", "off")
+	goroot, version, env, err := hostGoEnv()
+	if err != nil || goroot == "" || !strings.HasPrefix(version, "go") {
+		t.Fatalf("hostGoEnv: %q %q %v %v", goroot, version, env, err)
+	}
+	for _, kv := range env {
+		if strings.HasPrefix(kv, "GOFLAGS=") || strings.HasPrefix(kv, "GOINSECURE=") {
+			t.Fatalf("empty setting passed on: %q", kv)
+		}
+	}
 }
