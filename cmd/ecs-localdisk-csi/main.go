@@ -14,6 +14,7 @@ import (
 	"runtime"
 	"runtime/debug"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -24,6 +25,7 @@ import (
 	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/disk"
 	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/driver"
 	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/inventory"
+	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/kube"
 	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/metrics"
 	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/mounter"
 	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/options"
@@ -149,12 +151,25 @@ func printFlag(out io.Writer, f *flag.Flag, usage string) {
 }
 
 // newSource builds the disk source the options ask for.
-// observer is the inventory's observer: the metrics, when they are on.
-func observer(met *metrics.Metrics) inventory.Observer {
+// observers are the inventory's observers: the metrics, when they are on,
+// and the LocalDisk mirror, once it exists.
+func observers(met *metrics.Metrics, changes *mirrorChanges) inventory.Observer {
 	if met == nil {
-		return nil
+		return changes
 	}
-	return met
+	return inventory.Observers{met, changes}
+}
+
+// mirrorChanges tells the LocalDisk mirror of the inventory's changes, once
+// there is a mirror.
+type mirrorChanges struct{ mirror atomic.Pointer[kube.Mirror] }
+
+func (c *mirrorChanges) StateSaved(time.Duration, error) {}
+func (c *mirrorChanges) CleanupFailed(state.Disk, error) {}
+func (c *mirrorChanges) Changed() {
+	if m := c.mirror.Load(); m != nil {
+		m.Changed()
+	}
 }
 
 // interceptors are the gRPC interceptors around the driver's own.
@@ -203,6 +218,7 @@ func serve(o options.Options) error {
 	if err != nil {
 		return err
 	}
+	changes := &mirrorChanges{}
 	var met *metrics.Metrics
 	if o.MetricsAddress != "" {
 		met = metrics.New(o.NodeID)
@@ -215,7 +231,7 @@ func serve(o options.Options) error {
 	if c, ok := src.(interface{ Close() }); ok {
 		defer c.Close()
 	}
-	inv := inventory.New(inventory.Config{Node: o.NodeID, Source: src, Store: state.NewStore(o.StateDir), Mounter: met.Mounter(m), Observer: observer(met),
+	inv := inventory.New(inventory.Config{Node: o.NodeID, Source: src, Store: state.NewStore(o.StateDir), Mounter: met.Mounter(m), Observer: observers(met, changes),
 		RequireDisks:           o.DiskSource == "static" && !o.AllowNoDisks,
 		CleanupCheckpointEvery: o.CleanupCheckpointInterval, CleanupBytesPerSecond: rate,
 		NoDisksHint: "until the node has recorded its disks (its first start, or after its state was lost) --devices must name only present, " +
@@ -235,6 +251,24 @@ func serve(o options.Options) error {
 			return fmt.Errorf("--metrics-address %s: %w", o.MetricsAddress, err)
 		}
 	}
+	kcfg, err := kubeConfig(o)
+	if err != nil {
+		return fmt.Errorf("Kubernetes API: %w", err)
+	}
+	if kcfg != nil {
+		mirror, stopEvents, err := newMirror(ctx, kcfg, o.NodeID, inv)
+		if err != nil {
+			return fmt.Errorf("Kubernetes API: %w", err)
+		}
+		defer stopEvents()
+		changes.mirror.Store(mirror)
+		mirrorDone := make(chan struct{})
+		go func() { defer close(mirrorDone); mirror.Run(ctx) }()
+		defer func() { <-mirrorDone }() // ctx ends first: stop below
+		defer stop()
+	} else {
+		klog.InfoS("No Kubernetes API configured (--kubeconfig, or a pod's service account): LocalDisk objects and events are off")
+	}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(lis) }()
 	klog.InfoS("Serving", "endpoint", o.Endpoint, "driver", o.DriverName, "version", version, "node", o.NodeID)
@@ -244,6 +278,8 @@ func serve(o options.Options) error {
 			return
 		}
 		klog.InfoS("Ready", "node", o.NodeID, "managedDisks", inv.ManagedDisks())
+		changes.Changed()
+		rescan(ctx, inv, o.DiskRescanInterval)
 	}()
 	select {
 	case err := <-serveErr:

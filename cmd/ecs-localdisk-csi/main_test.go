@@ -66,8 +66,8 @@ func TestHelpListsDriverFlagsFirst(t *testing.T) {
 	for _, m := range names.FindAllStringSubmatch(driver, -1) {
 		own = append(own, m[1])
 	}
-	want := []string{"allow-no-disks", "cleanup-checkpoint-interval", "cleanup-max-rate", "credentials-file", "device-start-with", "devices", "disk-source", "driver-name",
-		"ecs-endpoint", "endpoint", "metadata-endpoint", "metrics-address", "node-id", "ram-role", "serialless-fallback", "state-dir", "version"}
+	want := []string{"allow-no-disks", "cleanup-checkpoint-interval", "cleanup-max-rate", "credentials-file", "device-start-with", "devices", "disk-rescan-interval", "disk-source", "driver-name",
+		"ecs-endpoint", "endpoint", "kube-api-burst", "kube-api-qps", "kubeconfig", "metadata-endpoint", "metrics-address", "node-id", "ram-role", "serialless-fallback", "state-dir", "version"}
 	if strings.Join(own, " ") != strings.Join(want, " ") {
 		t.Errorf("driver section lists %v; want %v", own, want)
 	}

@@ -69,6 +69,27 @@ type Observer interface {
 	Changed()
 }
 
+// Observers is an Observer that tells each of its members, in order.
+type Observers []Observer
+
+func (os Observers) StateSaved(d time.Duration, err error) {
+	for _, o := range os {
+		o.StateSaved(d, err)
+	}
+}
+
+func (os Observers) CleanupFailed(d state.Disk, err error) {
+	for _, o := range os {
+		o.CleanupFailed(d, err)
+	}
+}
+
+func (os Observers) Changed() {
+	for _, o := range os {
+		o.Changed()
+	}
+}
+
 // nopObserver is the Observer of an inventory configured without one.
 type nopObserver struct{}
 
@@ -182,6 +203,20 @@ func (inv *Inventory) Start(ctx context.Context) error {
 	inv.mu.Unlock()
 	inv.startOnce.Do(func() { close(inv.started) })
 	return err
+}
+
+// Refresh discovers the node's disks again and reconciles them with the
+// record, as Start does: a disk added since is managed (free once it is
+// shown blank), a free disk gone without a trace is forgotten, a managed
+// disk gone shows missing. ErrNotReady before Start succeeded.
+func (inv *Inventory) Refresh(ctx context.Context) error {
+	inv.mu.Lock()
+	ready := inv.ready
+	inv.mu.Unlock()
+	if !ready {
+		return ErrNotReady
+	}
+	return inv.refresh(ctx)
 }
 
 // WaitStarted returns when Start has returned, or when ctx ends.
@@ -759,6 +794,7 @@ func (inv *Inventory) rediscover(ctx context.Context, diskID string) (string, er
 			delete(inv.devices, id)
 		}
 	}
+	inv.cfg.Observer.Changed()
 	return inv.devices[diskID].Path, nil
 }
 

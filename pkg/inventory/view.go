@@ -7,12 +7,9 @@ import (
 	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/state"
 )
 
-// Statuses a DiskView reports: the record's (free, allocated, cleaning,
-// failed, excluded) and StatusMissing.
-const (
-	// StatusMissing is a managed disk whose device is not found now.
-	StatusMissing = "missing"
-)
+// StatusMissing is how operators see a managed disk whose device is not
+// found now (DiskView.Missing), whatever its record's status.
+const StatusMissing = "missing"
 
 // DiskView is one disk as the node knows it now, for operators: every
 // managed disk, and every device the source found and the driver refuses
@@ -25,8 +22,12 @@ type DiskView struct {
 	// SizeBytes, Media, Category and CloudID describe the disk.
 	SizeBytes                int64
 	Media, Category, CloudID string
-	// Status is free, allocated, cleaning, failed, excluded or missing.
+	// Status is the record's: free, allocated, cleaning, failed or
+	// excluded.
 	Status string
+	// Missing is set for a managed disk (not excluded) whose device is
+	// not found now.
+	Missing bool
 	// Managed is set for a disk in the state record (it can hold a
 	// volume); an unmanaged disk is excluded.
 	Managed bool
@@ -47,6 +48,15 @@ type DiskView struct {
 	UpdatedAt time.Time
 }
 
+// Shown is the status operators see: StatusMissing for a missing disk,
+// else the record's.
+func (v DiskView) Shown() string {
+	if v.Missing {
+		return StatusMissing
+	}
+	return v.Status
+}
+
 // View lists the node's disks as they are now, sorted by ID; nil before
 // the record has loaded.
 func (inv *Inventory) View() []DiskView {
@@ -63,7 +73,7 @@ func (inv *Inventory) View() []DiskView {
 		if dev, ok := inv.devices[id]; ok {
 			v.Device = dev.Path
 		} else if d.Status != state.Excluded {
-			v.Status = StatusMissing
+			v.Missing = true
 		}
 		if d.Volume != nil {
 			vol := *d.Volume

@@ -59,14 +59,14 @@ func (c *diskCollector) Collect(ch chan<- prometheus.Metric) {
 		if counts[k] == nil {
 			counts[k] = map[string]int{}
 		}
-		counts[k][d.Status]++
+		counts[k][d.Shown()]++
 		if d.Cordoned {
 			cordoned[k]++
 		}
 		if d.Managed && d.Status != string(state.Excluded) {
 			total[k] += d.SizeBytes
 		}
-		if d.Status == string(state.Free) && !d.Cordoned {
+		if d.Status == string(state.Free) && !d.Missing && !d.Cordoned {
 			free[k] += d.SizeBytes
 		}
 		if d.Status == string(state.Cleaning) || d.Status == string(state.Failed) {

@@ -40,7 +40,7 @@ func TestDiskMetrics(t *testing.T) {
 			Cleanup: &state.CleanupProgress{Pass: 1, Passes: 2, DoneBytes: 25 * gib, LengthBytes: 100 * gib}, UpdatedAt: now.Add(-90 * time.Second)},
 		{ID: "e", Media: "hdd", Category: "local_hdd_pro", SizeBytes: 1000 * gib, Status: "failed", Managed: true, CleanupPolicy: "zero",
 			UpdatedAt: now.Add(-time.Hour)},
-		{ID: "f", Media: "hdd", Category: "local_hdd_pro", SizeBytes: 1000 * gib, Status: "missing", Managed: true},
+		{ID: "f", Media: "hdd", Category: "local_hdd_pro", SizeBytes: 1000 * gib, Status: "allocated", Missing: true, Managed: true},
 		{ID: "g", Media: "hdd", Category: "local_hdd_pro", SizeBytes: 1000 * gib, Status: "excluded", Reason: "carries xfs"},
 		{ID: "h", Media: "hdd", Category: "local_hdd_pro", SizeBytes: 1000 * gib, Status: "cleaning", Managed: true, CleanupPolicy: "signatures",
 			UpdatedAt: now.Add(-10 * time.Second)},

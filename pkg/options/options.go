@@ -53,6 +53,14 @@ type Options struct {
 
 	// MetricsAddress is where /metrics is served (host:port); "" is off.
 	MetricsAddress string
+
+	// Kubeconfig, KubeAPIQPS and KubeAPIBurst reach the Kubernetes API for
+	// the LocalDisk mirror and events; DiskRescanInterval is how often the
+	// node's disks are discovered again.
+	Kubeconfig         string
+	KubeAPIQPS         float64
+	KubeAPIBurst       int
+	DiskRescanInterval time.Duration
 }
 
 // AddFlags registers the options on fs, with defaults from the environment
@@ -73,6 +81,10 @@ func (o *Options) AddFlags(fs *flag.FlagSet) {
 	fs.BoolVar(&o.AllowNoDisks, "allow-no-disks", false, "static: be ready even when a --devices entry matches no device at the node's first start (a node expected to have no local disks); without it the driver reports the entry and stays not ready")
 	fs.StringVar(&o.CleanupMaxRate, "cleanup-max-rate", "", "largest write rate of a zero or shred cleanup, per disk, in bytes per second with an optional Ki, Mi or Gi suffix, e.g. 200Mi (default: no cap)")
 	fs.DurationVar(&o.CleanupCheckpointInterval, "cleanup-checkpoint-interval", 10*time.Second, "how often a zero or shred cleanup records its progress in the node state; a restarted driver goes on from the last record")
+	fs.StringVar(&o.Kubeconfig, "kubeconfig", "", "kubeconfig of the Kubernetes API, for the LocalDisk objects and events (default: the pod's service account when run in a cluster; outside one, without this flag, neither is written)")
+	fs.Float64Var(&o.KubeAPIQPS, "kube-api-qps", 5, "queries per second to the Kubernetes API")
+	fs.IntVar(&o.KubeAPIBurst, "kube-api-burst", 10, "burst of queries to the Kubernetes API")
+	fs.DurationVar(&o.DiskRescanInterval, "disk-rescan-interval", 30*time.Second, "how often the node's disks are discovered again (disks added, gone or changed)")
 	fs.StringVar(&o.MetricsAddress, "metrics-address", "", "serve Prometheus metrics at http://<address>/metrics, e.g. :9809 or 127.0.0.1:9809 (default: off)")
 	fs.BoolVar(&o.Version, "version", false, "print the version and the commit, and exit")
 }
@@ -101,6 +113,12 @@ func (o *Options) Validate() error {
 		if _, port, err := net.SplitHostPort(o.MetricsAddress); err != nil || port == "" {
 			errs = append(errs, fmt.Errorf("--metrics-address %q is not host:port, e.g. :9809", o.MetricsAddress))
 		}
+	}
+	if o.KubeAPIQPS <= 0 || o.KubeAPIBurst < 1 {
+		errs = append(errs, fmt.Errorf("--kube-api-qps (%v) and --kube-api-burst (%d) must be positive", o.KubeAPIQPS, o.KubeAPIBurst))
+	}
+	if o.DiskRescanInterval < time.Second {
+		errs = append(errs, fmt.Errorf("--disk-rescan-interval %v must be at least 1s", o.DiskRescanInterval))
 	}
 	if o.CleanupCheckpointInterval < time.Second {
 		errs = append(errs, fmt.Errorf("--cleanup-checkpoint-interval %v must be at least 1s", o.CleanupCheckpointInterval))

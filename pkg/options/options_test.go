@@ -64,6 +64,9 @@ func TestValidateRejects(t *testing.T) {
 		"--cleanup-max-rate \"-1Mi\"":         {"--devices=/dev/vdb", "--cleanup-max-rate=-1Mi"},
 		"--cleanup-max-rate \"9999999999Gi\"": {"--devices=/dev/vdb", "--cleanup-max-rate=9999999999Gi"},
 		"--cleanup-checkpoint-interval":       {"--devices=/dev/vdb", "--cleanup-checkpoint-interval=10ms"},
+		"--metrics-address \"9809\"":          {"--devices=/dev/vdb", "--metrics-address=9809"},
+		"--kube-api-qps":                      {"--devices=/dev/vdb", "--kube-api-qps=0"},
+		"--disk-rescan-interval":              {"--devices=/dev/vdb", "--disk-rescan-interval=0s"},
 	}
 	for want, args := range cases {
 		o := parse(t, args...)

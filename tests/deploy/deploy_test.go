@@ -140,8 +140,9 @@ func checkDaemonSet(t *testing.T, ds *yaml.RNode, overlay string) {
 // grants are every permission the shipped roles give, as
 // "Kind/name: group/resource verb": an allowlist, so a rule that grows fails
 // here, and a rule that shrinks too far fails the end-to-end suite, which
-// runs csi-provisioner with these roles. Each is one csi-provisioner v6.4.0
-// uses (the chart's rbac.yaml says why).
+// runs csi-provisioner and the driver with these roles. Each is one that
+// csi-provisioner v6.4.0 or the driver's LocalDisk mirror uses (the chart's
+// rbac.yaml says why).
 var grants = []string{
 	"ClusterRole/ecs-localdisk-csi-provisioner: /persistentvolumes get list watch create delete patch",
 	"ClusterRole/ecs-localdisk-csi-provisioner: /persistentvolumeclaims get list watch update",
@@ -152,6 +153,12 @@ var grants = []string{
 	"Role/ecs-localdisk-csi-capacity: storage.k8s.io/csistoragecapacities get list watch create update patch delete",
 	"Role/ecs-localdisk-csi-capacity: /pods get",
 	"Role/ecs-localdisk-csi-capacity: apps/daemonsets get",
+	"ClusterRole/ecs-localdisk-csi-node-disks: localdisk.csi.alibabacloud.com/localdisks get list watch create delete",
+	"ClusterRole/ecs-localdisk-csi-node-disks: localdisk.csi.alibabacloud.com/localdisks/status update",
+	"ClusterRole/ecs-localdisk-csi-node-disks: /nodes get",
+	"ClusterRole/ecs-localdisk-csi-node-disks: /persistentvolumes get",
+	"ClusterRole/ecs-localdisk-csi-node-disks: /persistentvolumeclaims get",
+	"ClusterRole/ecs-localdisk-csi-node-disks: /events create patch",
 }
 
 // checkRBAC: the roles grant exactly grants, the Role lives in the

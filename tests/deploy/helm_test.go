@@ -471,7 +471,7 @@ func TestChartValuesLand(t *testing.T) {
 			t.Errorf("%s args lack --v=5:\n%s", name, args)
 		}
 	}
-	if args := field(t, drv, "args"); !strings.HasSuffix(args, "- --disk-source=ecs\n- --ecs-endpoint=ecs-vpc.cn-hangzhou.aliyuncs.com") {
+	if args := field(t, drv, "args"); !strings.HasSuffix(args, "- --disk-source=ecs\n- --metrics-address=:9810\n- --ecs-endpoint=ecs-vpc.cn-hangzhou.aliyuncs.com") {
 		t.Errorf("driver args do not end with the extra argument:\n%s", args)
 	}
 
@@ -497,7 +497,8 @@ func TestChartFollowsTheReleaseNamespace(t *testing.T) {
 	m := chartResMap(t, files)
 	for _, r := range m.Resources() {
 		switch r.GetKind() {
-		case "ClusterRole", "ClusterRoleBinding", "CSIDriver", "StorageClass":
+		case "ClusterRole", "ClusterRoleBinding", "CSIDriver", "StorageClass", "CustomResourceDefinition", "ValidatingAdmissionPolicy",
+			"ValidatingAdmissionPolicyBinding":
 		default:
 			if r.GetNamespace() != ns {
 				t.Errorf("%s %s in namespace %q", r.GetKind(), r.GetName(), r.GetNamespace())
@@ -514,6 +515,12 @@ func TestChartFollowsTheReleaseNamespace(t *testing.T) {
 				t.Errorf("%s %s: subject in namespace %q", kind, r.GetName(), got)
 			}
 		}
+	}
+	// The admission policy keeps the driver's own service account, in the
+	// release namespace, to its node.
+	policy := get(t, m, "ValidatingAdmissionPolicy", "ecs-localdisk-csi-node-own-disks")
+	if got := field(t, policy, "spec", "matchConditions", "[name=node-driver]", "expression"); !strings.Contains(got, "'system:serviceaccount:"+ns+":ecs-localdisk-csi-node'") {
+		t.Errorf("admission policy matches %s", got)
 	}
 	if got := field(t, get(t, chartResMap(t, renderChart(t, ns, "createNamespace=true")), "Namespace", ns), "metadata", "name"); got != ns {
 		t.Errorf("createNamespace=true renders namespace %q", got)
@@ -562,5 +569,35 @@ func TestChartLints(t *testing.T) {
 				t.Logf("helm lint: %v", msg)
 			}
 		}
+	}
+}
+
+// TestChartMetrics: metrics are on by default on the documented port (an
+// argument and a named container port); metrics.port=0 removes both; the
+// PodMonitor is rendered only when asked for and scrapes that port.
+func TestChartMetrics(t *testing.T) {
+	ds := get(t, chartResMap(t, renderChart(t, helmchart.Namespace)), "DaemonSet", "ecs-localdisk-csi-node")
+	drv := container(t, ds, "driver")
+	if args := field(t, drv, "args"); !slices.Contains(strings.Split(args, "\n"), "- --metrics-address=:9810") {
+		t.Errorf("driver args lack --metrics-address=:9810:\n%s", args)
+	}
+	if got := field(t, drv, "ports", "[name=metrics]", "containerPort"); got != "9810" {
+		t.Errorf("metrics container port %q", got)
+	}
+	files := renderChart(t, helmchart.Namespace, "metrics.port=0")
+	ds = get(t, chartResMap(t, files), "DaemonSet", "ecs-localdisk-csi-node")
+	drv = container(t, ds, "driver")
+	if args := field(t, drv, "args"); strings.Contains(args, "metrics") || lookup(drv, "ports", "[name=metrics]") != nil {
+		t.Errorf("metrics.port=0 still serves metrics:\n%s", args)
+	}
+	if _, ok := files["podmonitor.yaml"]; ok {
+		t.Errorf("a PodMonitor is rendered by default")
+	}
+	pm := get(t, chartResMap(t, renderChart(t, helmchart.Namespace, "metrics.podMonitor.enabled=true")), "PodMonitor", "ecs-localdisk-csi-node")
+	if got := field(t, pm, "spec", "podMetricsEndpoints", "[port=metrics]", "path"); got != "/metrics" {
+		t.Errorf("PodMonitor endpoint path %q", got)
+	}
+	if got := field(t, pm, "spec", "selector", "matchLabels", "app"); got != "ecs-localdisk-csi-node" {
+		t.Errorf("PodMonitor selects app=%q", got)
 	}
 }

@@ -1,0 +1,76 @@
+package main
+
+import (
+	"context"
+	"os"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/scheme"
+	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/client-go/tools/record"
+	"k8s.io/klog/v2"
+
+	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/inventory"
+	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/kube"
+	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/options"
+)
+
+// kubeConfig is the Kubernetes API's client configuration: --kubeconfig,
+// else the pod's service account; nil outside a cluster without the flag.
+func kubeConfig(o options.Options) (*rest.Config, error) {
+	var cfg *rest.Config
+	var err error
+	switch {
+	case o.Kubeconfig != "":
+		cfg, err = clientcmd.BuildConfigFromFlags("", o.Kubeconfig)
+	case os.Getenv("KUBERNETES_SERVICE_HOST") != "":
+		cfg, err = rest.InClusterConfig()
+	default:
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	cfg.QPS, cfg.Burst = float32(o.KubeAPIQPS), o.KubeAPIBurst
+	cfg.UserAgent = "ecs-localdisk-csi/" + version + " (node " + o.NodeID + ")"
+	return cfg, nil
+}
+
+// newMirror builds the LocalDisk mirror and its event recorder; the
+// returned stop flushes and ends the recorder.
+func newMirror(ctx context.Context, cfg *rest.Config, node string, inv *inventory.Inventory) (*kube.Mirror, func(), error) {
+	core, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	dyn, err := dynamic.NewForConfig(cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	broadcaster := record.NewBroadcaster(record.WithContext(ctx))
+	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: core.CoreV1().Events("")})
+	recorder := broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "ecs-localdisk-csi", Host: node})
+	m := kube.NewMirror(kube.MirrorConfig{Node: node, Dynamic: dyn, Core: core, Inventory: inv, Recorder: recorder})
+	return m, broadcaster.Shutdown, nil
+}
+
+// rescan discovers the node's disks again every interval until ctx ends.
+func rescan(ctx context.Context, inv *inventory.Inventory, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if err := inv.Refresh(ctx); err != nil && ctx.Err() == nil {
+				klog.ErrorS(err, "Rediscovering the node's disks failed; retrying at the next rescan", "retryIn", interval)
+			}
+		}
+	}
+}

@@ -1,0 +1,57 @@
+package kube
+
+import (
+	"fmt"
+
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	v1alpha1 "github.com/ecs-localdisk/ecs-localdisk-csi/pkg/apis/v1alpha1"
+	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/inventory"
+	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/state"
+)
+
+// phases maps the inventory's statuses to LocalDisk phases.
+var phases = map[string]string{
+	string(state.Free): v1alpha1.PhaseFree, string(state.Allocated): v1alpha1.PhaseAllocated,
+	string(state.Cleaning): v1alpha1.PhaseCleaning, string(state.Failed): v1alpha1.PhaseFailed,
+	string(state.Excluded): v1alpha1.PhaseExcluded, inventory.StatusMissing: v1alpha1.PhaseMissing,
+}
+
+// maxReason bounds the reason copied into an object or an event.
+const maxReason = 1024
+
+// statusOf is the LocalDisk status that mirrors v.
+func statusOf(v inventory.DiskView) v1alpha1.LocalDiskStatus {
+	s := v1alpha1.LocalDiskStatus{
+		Phase: phases[v.Shown()], Cordoned: v.Cordoned, Reason: bound(v.Reason), Identity: v.Identity, CloudDiskID: v.CloudID,
+		Device: v.Device, SizeBytes: v.SizeBytes, Media: v.Media, Category: v.Category, Residual: v.Residual,
+		LastTransitionTime: metav1.NewTime(v.UpdatedAt.UTC().Truncate(1e9)),
+	}
+	if v.SizeBytes > 0 {
+		s.Capacity = resource.NewQuantity(v.SizeBytes, resource.BinarySI).String()
+	}
+	if vol := v.Volume; vol != nil {
+		s.Volume = &v1alpha1.VolumeRef{ID: vol.ID, PersistentVolume: vol.PV, ClaimNamespace: vol.ClaimNamespace, ClaimName: vol.ClaimName,
+			Abnormal: bound(vol.Abnormal)}
+		if vol.ClaimName != "" {
+			s.Claim = vol.ClaimNamespace + "/" + vol.ClaimName
+		}
+	}
+	if v.Status == string(state.Cleaning) || v.Status == string(state.Failed) {
+		c := &v1alpha1.Cleanup{Policy: v.CleanupPolicy}
+		if p := v.Cleanup; p != nil && p.TotalBytes() > 0 {
+			c.DoneBytes, c.TotalBytes = p.DoneBytesAll(), p.TotalBytes()
+			c.Progress = fmt.Sprintf("%d%%", c.DoneBytes*100/c.TotalBytes)
+		}
+		s.Cleanup = c
+	}
+	return s
+}
+
+func bound(s string) string {
+	if len(s) > maxReason {
+		return s[:maxReason] + "..."
+	}
+	return s
+}
