@@ -160,8 +160,8 @@ func observers(met *metrics.Metrics, changes *mirrorChanges) inventory.Observer 
 	return inventory.Observers{met, changes}
 }
 
-// mirrorChanges tells the LocalDisk mirror of the inventory's changes, once
-// there is a mirror.
+// mirrorChanges tells the LocalDisk mirror of the inventory's changes and
+// of the driver's refusals, once there is a mirror.
 type mirrorChanges struct{ mirror atomic.Pointer[kube.Mirror] }
 
 func (c *mirrorChanges) StateSaved(time.Duration, error) {}
@@ -169,6 +169,12 @@ func (c *mirrorChanges) CleanupFailed(state.Disk, error) {}
 func (c *mirrorChanges) Changed() {
 	if m := c.mirror.Load(); m != nil {
 		m.Changed()
+	}
+}
+
+func (c *mirrorChanges) VolumeRefused(v inventory.Volume, reason string) {
+	if m := c.mirror.Load(); m != nil {
+		m.VolumeRefused(v, reason)
 	}
 }
 
@@ -238,7 +244,7 @@ func serve(o options.Options) error {
 			"usable local disks: correct it, or start with --allow-no-disks on a node that is expected to have no local disks"})
 	defer inv.Stop()
 	drv, err := driver.New(driver.Config{Name: o.DriverName, Version: version, NodeID: o.NodeID, Inventory: inv, Mounter: met.Mounter(m),
-		StartWait: 30 * time.Second, Interceptors: interceptors(met)})
+		StartWait: 30 * time.Second, Interceptors: interceptors(met), Refusals: changes})
 	if err != nil {
 		return err
 	}

@@ -41,6 +41,16 @@ type Config struct {
 	// Interceptors run around every call, outside the driver's own (for
 	// metrics).
 	Interceptors []grpc.UnaryServerInterceptor
+	// Refusals, when set, hears of the volumes the node refuses to stage
+	// or publish for safety (for events on their PV and claim). It must
+	// not block.
+	Refusals RefusalNotifier
+}
+
+// RefusalNotifier hears of a volume the node refuses to serve for safety,
+// and why.
+type RefusalNotifier interface {
+	VolumeRefused(v inventory.Volume, reason string)
 }
 
 // Driver implements the CSI services.

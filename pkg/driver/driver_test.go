@@ -35,6 +35,20 @@ type fixture struct {
 	inv   *inventory.Inventory
 	d     *Driver
 	disks []disk.Disk
+	// refused records what the driver reported to Config.Refusals.
+	refused *refusals
+}
+
+// refusals records the volumes reported refused.
+type refusals struct {
+	mu   sync.Mutex
+	list []string
+}
+
+func (r *refusals) VolumeRefused(v inventory.Volume, reason string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.list = append(r.list, v.ID+": "+reason)
 }
 
 func fakeDisk(i int, size int64, media disk.Media) disk.Disk {
@@ -44,7 +58,7 @@ func fakeDisk(i int, size int64, media disk.Media) disk.Disk {
 
 func newFixture(t testing.TB, disks ...disk.Disk) *fixture {
 	t.Helper()
-	f := &fixture{t: t, dir: t.TempDir(), src: disk.NewFakeSource(disks...), m: mounter.NewFake(), disks: disks}
+	f := &fixture{t: t, dir: t.TempDir(), src: disk.NewFakeSource(disks...), m: mounter.NewFake(), disks: disks, refused: &refusals{}}
 	for i, d := range disks {
 		f.m.AddDevice(d.Path, d.SizeBytes, 253, uint32(i))
 	}
@@ -62,7 +76,7 @@ func (f *fixture) restart() {
 	f.inv = inventory.New(inventory.Config{Node: testNode, Source: f.src, Store: state.NewStore(filepath.Join(f.dir, "state")),
 		Mounter: f.m, RetryInterval: 10 * time.Millisecond})
 	var err error
-	if f.d, err = New(Config{Name: "localdisk.csi.alibabacloud.com", Version: "t", NodeID: testNode, Inventory: f.inv, Mounter: f.m}); err != nil {
+	if f.d, err = New(Config{Name: "localdisk.csi.alibabacloud.com", Version: "t", NodeID: testNode, Inventory: f.inv, Mounter: f.m, Refusals: f.refused}); err != nil {
 		f.t.Fatal(err)
 	}
 	if err := f.inv.Start(context.Background()); err != nil {
@@ -529,6 +543,10 @@ func TestNodeStageRefusesForeignData(t *testing.T) {
 			t.Fatalf("touched the disk: %s", c)
 		}
 	}
+	// The refusal is reported, for the events on the PV and the claim.
+	if got := f.refused.list; len(got) != 1 || !strings.HasPrefix(got[0], v.VolumeId+": ") || !strings.Contains(got[0], "xfs") {
+		t.Fatalf("refusals reported: %q", got)
+	}
 }
 
 func TestNodeStageIdentityMismatch(t *testing.T) {
@@ -547,6 +565,9 @@ func TestNodeStageIdentityMismatch(t *testing.T) {
 	wantCode(t, err, codes.FailedPrecondition, "serial:D0")
 	if !strings.Contains(err.Error(), "serial:D1") {
 		t.Fatalf("message does not name the found identity: %v", err)
+	}
+	if got := f.refused.list; len(got) != 1 || !strings.Contains(got[0], "serial:D1") {
+		t.Fatalf("refusals reported: %q", got)
 	}
 	// The disk renamed: found again by identity.
 	renamed := d0

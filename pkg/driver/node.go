@@ -44,13 +44,13 @@ func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 	defer release()
 	if vc.GetBlock() != nil {
 		if _, _, err := d.cfg.Inventory.ExposeRaw(ctx, id); err != nil {
-			return nil, toStatus(err)
+			return nil, d.refusal(id, err)
 		}
 		return &csi.NodeStageVolumeResponse{}, nil
 	}
 	v, dev, err := d.cfg.Inventory.Acquire(ctx, id)
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, d.refusal(id, err)
 	}
 	stored := v.Parameters[ctxFSType]
 	if fsType != "" && stored != "" && fsType != stored {
@@ -58,7 +58,7 @@ func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 	}
 	fsType = orDefault(firstNonEmpty(fsType, stored))
 	if err := d.stageFilesystem(ctx, v, dev, staging, fsType, mountFlags(fsType, vc)); err != nil {
-		return nil, toStatus(err)
+		return nil, d.refusal(id, err)
 	}
 	return &csi.NodeStageVolumeResponse{}, nil
 }
@@ -146,9 +146,23 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 		}
 	}
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, d.refusal(id, err)
 	}
 	return &csi.NodePublishVolumeResponse{}, nil
+}
+
+// refusal maps err to its gRPC status, and first reports a volume the node
+// refuses to serve for safety (its disk is another disk, holds data that is
+// not the volume's, or lost the volume's data) to Config.Refusals, so that
+// users see it where they look.
+func (d *Driver) refusal(id string, err error) error {
+	if d.cfg.Refusals != nil && (errors.Is(err, inventory.ErrForeign) || errors.Is(err, inventory.ErrIdentityMismatch) ||
+		errors.Is(err, inventory.ErrDataGone)) {
+		if v, lerr := d.cfg.Inventory.Lookup(id); lerr == nil {
+			d.cfg.Refusals.VolumeRefused(v, err.Error())
+		}
+	}
+	return toStatus(err)
 }
 
 // publishBlock binds the device node onto target. A read-only publication

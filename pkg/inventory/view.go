@@ -57,6 +57,26 @@ func (v DiskView) Shown() string {
 	return v.Status
 }
 
+// CleanupBytes is the progress of an overwriting cleanup (zero, shred) of
+// a cleaning or failed disk, over all its passes: from its last
+// checkpoint, or none done yet of its passes over the disk. ok is false
+// for other policies, which have no progress to tell.
+func (v DiskView) CleanupBytes() (done, total int64, ok bool) {
+	if v.Status != string(state.Cleaning) && v.Status != string(state.Failed) {
+		return 0, 0, false
+	}
+	if c := v.Cleanup; c != nil && c.TotalBytes() > 0 {
+		return c.DoneBytesAll(), c.TotalBytes(), true
+	}
+	switch v.CleanupPolicy {
+	case "zero":
+		return 0, v.SizeBytes, true
+	case "shred":
+		return 0, 2 * v.SizeBytes, true
+	}
+	return 0, 0, false
+}
+
 // View lists the node's disks as they are now, sorted by ID; nil before
 // the record has loaded.
 func (inv *Inventory) View() []DiskView {

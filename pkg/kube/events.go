@@ -20,7 +20,25 @@ const (
 	ReasonDiskExcluded   = "DiskExcluded"
 	ReasonDiskMissing    = "DiskMissing"
 	ReasonVolumeAbnormal = "VolumeAbnormal"
+	ReasonVolumeRefused  = "VolumeRefused"
 )
+
+// VolumeRefused tells the PV and the claim of a volume the node refuses to
+// stage or publish for safety (driver.RefusalNotifier). It returns at once:
+// the API calls run in the background, bounded in time.
+func (m *Mirror) VolumeRefused(v inventory.Volume, reason string) {
+	if m.cfg.Recorder == nil || (v.PV == "" && v.ClaimName == "") {
+		return
+	}
+	ref := &v1alpha1.VolumeRef{ID: v.ID, PersistentVolume: v.PV, ClaimNamespace: v.ClaimNamespace, ClaimName: v.ClaimName}
+	msg := fmt.Sprintf("Node %s refuses to use local disk %s for volume %s, for safety: %s. Nothing on the disk was changed; "+
+		"kubectl get localdisk %s shows the disk.", m.cfg.Node, v.Disk.ID, v.ID, reason, v1alpha1.ObjectName(m.cfg.Node, v.Disk.ID))
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		m.tellVolume(ctx, ref, ReasonVolumeRefused, msg)
+	}()
+}
 
 // tell emits the events of a disk's change from before to after: on the
 // Node for a failed cleanup, an exclusion and a missing free disk; on the

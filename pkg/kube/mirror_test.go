@@ -393,3 +393,29 @@ func nameHash(node, id string) string {
 	n := v1alpha1.ObjectName(node, id)
 	return n[strings.LastIndex(n, "-")+1:]
 }
+
+// TestVolumeRefusedIsTold: a volume refused for safety is told on its PV
+// and its claim, once per window.
+func TestVolumeRefusedIsTold(t *testing.T) {
+	f := newFixture(t, fakeDisk(0, 100<<30))
+	v, err := f.inv.Allocate(f.ctx, inventory.Request{Name: "pvc-1", PV: "pvc-1", ClaimNamespace: "shop", ClaimName: "data-web-0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.sync()
+	for range 3 {
+		f.mirror.VolumeRefused(v, "the disk carries xfs with UUID 1234, not the volume's filesystem")
+	}
+	var ev []string
+	for deadline := time.Now().Add(5 * time.Second); len(ev) < 2 && time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		ev = append(ev, f.events()...)
+	}
+	time.Sleep(100 * time.Millisecond)
+	ev = append(ev, f.events()...)
+	got := strings.Join(ev, "\n")
+	if len(ev) != 2 || !strings.Contains(got, "Warning VolumeRefused Node node-a refuses to use local disk serial-D0") ||
+		!strings.Contains(got, "on PersistentVolume /pvc-1 pv-uid-1") || !strings.Contains(got, "on PersistentVolumeClaim shop/data-web-0 pvc-uid-1") ||
+		!strings.Contains(got, "carries xfs") {
+		t.Fatalf("events:\n%s", got)
+	}
+}

@@ -40,9 +40,9 @@ func statusOf(v inventory.DiskView) v1alpha1.LocalDiskStatus {
 	}
 	if v.Status == string(state.Cleaning) || v.Status == string(state.Failed) {
 		c := &v1alpha1.Cleanup{Policy: v.CleanupPolicy}
-		if p := v.Cleanup; p != nil && p.TotalBytes() > 0 {
-			c.DoneBytes, c.TotalBytes = p.DoneBytesAll(), p.TotalBytes()
-			c.Progress = fmt.Sprintf("%d%%", c.DoneBytes*100/c.TotalBytes)
+		if done, total, ok := v.CleanupBytes(); ok && total > 0 {
+			c.DoneBytes, c.TotalBytes = done, total
+			c.Progress = fmt.Sprintf("%d%%", done*100/total)
 		}
 		s.Cleanup = c
 	}

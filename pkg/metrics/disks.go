@@ -73,7 +73,7 @@ func (c *diskCollector) Collect(ch chan<- prometheus.Metric) {
 			if t, ok := oldest[d.Status]; !ok || d.UpdatedAt.Before(t) {
 				oldest[d.Status] = d.UpdatedAt
 			}
-			if done, all, ok := cleanupBytes(d); ok {
+			if done, all, ok := d.CleanupBytes(); ok {
 				ch <- prometheus.MustNewConstMetric(descCleanupDone, prometheus.GaugeValue, float64(done), d.ID, d.CleanupPolicy)
 				ch <- prometheus.MustNewConstMetric(descCleanupTotal, prometheus.GaugeValue, float64(all), d.ID, d.CleanupPolicy)
 			}
@@ -95,19 +95,4 @@ func (c *diskCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 		ch <- prometheus.MustNewConstMetric(descOldest, prometheus.GaugeValue, age, s)
 	}
-}
-
-// cleanupBytes is the progress of an overwriting cleanup: from its last
-// checkpoint, or nothing done yet of its passes over the disk.
-func cleanupBytes(d inventory.DiskView) (done, total int64, ok bool) {
-	if c := d.Cleanup; c != nil {
-		return c.DoneBytesAll(), c.TotalBytes(), true
-	}
-	switch d.CleanupPolicy {
-	case "zero":
-		return 0, d.SizeBytes, true
-	case "shred":
-		return 0, 2 * d.SizeBytes, true
-	}
-	return 0, 0, false
 }

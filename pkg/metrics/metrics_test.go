@@ -2,9 +2,12 @@ package metrics
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"net/http"
+	"os"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -255,5 +258,60 @@ func TestServe(t *testing.T) {
 	}
 	if _, err := m.Serve(context.Background(), addr.String()+"x"); err == nil {
 		t.Fatal("a bad address was served")
+	}
+}
+
+// TestDashboardUsesExportedMetrics: every metric the shipped Grafana
+// dashboard queries is one the driver exports.
+func TestDashboardUsesExportedMetrics(t *testing.T) {
+	m := New("n1")
+	m.CollectDisks(views{{ID: "a", Media: "ssd", SizeBytes: gib, Status: "cleaning", Managed: true, CleanupPolicy: "zero"}})
+	_, _ = m.UnaryInterceptor()(context.Background(), nil, &grpc.UnaryServerInfo{FullMethod: "/csi.v1.Node/NodeStageVolume"},
+		func(context.Context, any) (any, error) { return nil, nil })
+	m.DeviceOperation("mkfs", "ext4", time.Second, nil)
+	m.CleanupFailed(state.Disk{CleanupPolicy: "zero"}, errors.New("x"))
+	m.ECSRequest("DescribeDisks", "success")
+	m.StateSaved(time.Millisecond, nil)
+	mfs, err := m.Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	exported := map[string]bool{}
+	for _, mf := range mfs {
+		exported[mf.GetName()] = true
+	}
+	b, err := os.ReadFile("../../deploy/grafana/ecs-localdisk-csi.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dash struct {
+		Panels []struct {
+			Title   string `json:"title"`
+			Targets []struct {
+				Expr string `json:"expr"`
+			} `json:"targets"`
+		} `json:"panels"`
+	}
+	if err := json.Unmarshal(b, &dash); err != nil {
+		t.Fatal(err)
+	}
+	used := 0
+	name := regexp.MustCompile(`\blocaldisk_[a-z_]+`)
+	for _, p := range dash.Panels {
+		if len(p.Targets) == 0 {
+			t.Errorf("panel %q queries nothing", p.Title)
+		}
+		for _, tg := range p.Targets {
+			for _, n := range name.FindAllString(tg.Expr, -1) {
+				base := strings.TrimSuffix(strings.TrimSuffix(strings.TrimSuffix(n, "_bucket"), "_sum"), "_count")
+				if !exported[base] {
+					t.Errorf("panel %q queries %s, which the driver does not export", p.Title, n)
+				}
+				used++
+			}
+		}
+	}
+	if used < 10 {
+		t.Fatalf("the dashboard queries only %d metrics", used)
 	}
 }

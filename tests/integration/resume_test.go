@@ -174,7 +174,6 @@ func TestZeroCleanupResumeRefusesWritesSince(t *testing.T) {
 	}
 }
 
-
 // firstNonZero returns the offset of the first byte of [off, off+n) on dev
 // that is not zero, or -1.
 func firstNonZero(t *testing.T, dev string, off, n int64) int64 {

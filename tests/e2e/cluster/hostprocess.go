@@ -241,6 +241,24 @@ func (cp *ControlPlane) hostProcess(n *Node, container string, h hostSide) (args
 
 	switch container {
 	case "driver":
+		// Harness: a host process has no in-cluster configuration; its
+		// kubeconfig carries a TokenRequest token of the DaemonSet's
+		// ServiceAccount, bound to the node's DaemonSet pod (or, on a real
+		// node, to the Node): the API server knows the token's node.
+		args = setFlag(args, "kubeconfig", h.kubeconfig)
+		// Harness: many nodes' drivers share the machine's network, so
+		// each serves its metrics on a port of its own (the log says
+		// which; see Node.MetricsURL), on the node's address.
+		if slices.ContainsFunc(args, func(a string) bool { return strings.HasPrefix(a, "--metrics-address=") }) {
+			host := "127.0.0.1"
+			if n.real != nil && n.real.net != nil {
+				host = n.real.net.ip.String()
+			}
+			args = setFlag(args, "metrics-address", host+":0")
+		}
+		// Harness: the tests change disks under the driver and wait for
+		// the LocalDisks to follow; the shipped rescan is every 30 s.
+		args = setFlag(args, "disk-rescan-interval", "3s")
 		if h.metadataURL != "" {
 			// Harness: the instance metadata server and the ECS OpenAPI
 			// are the node's fake ECS on loopback.

@@ -261,6 +261,13 @@ func (cp *ControlPlane) daemonSetPod(ctx context.Context, node string) (name, ui
 	return name, uid, err
 }
 
+// ServiceAccountKubeconfig is the kubeconfig the node's driver and
+// csi-provisioner use: the DaemonSet's ServiceAccount, with a token bound
+// to the node's pod (or to the Node).
+func (n *Node) ServiceAccountKubeconfig() string {
+	return filepath.Join(n.dir, "serviceaccount.kubeconfig")
+}
+
 // serviceAccountKubeconfig writes a kubeconfig for the DaemonSet's
 // ServiceAccount with a token from the TokenRequest API, bound to the node's
 // DaemonSet pod (the kind of token the kubelet mounts into that pod) or,
@@ -278,6 +285,6 @@ func (cp *ControlPlane) serviceAccountKubeconfig(ctx context.Context, n *Node) (
 	if err != nil {
 		return "", err
 	}
-	return cp.kubeconfig(filepath.Join(n.dir, "serviceaccount.kubeconfig"), ds.Spec.Template.Spec.ServiceAccountName,
+	return cp.kubeconfig(n.ServiceAccountKubeconfig(), ds.Spec.Template.Spec.ServiceAccountName,
 		"token: "+strings.TrimSpace(token))
 }

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 )
@@ -44,7 +45,9 @@ type Node struct {
 	podUID string
 	dir    string
 	sock   string // the driver's CSI socket
-	disks  []DiskSpec
+	// driverLog is the log of the node's driver.
+	driverLog string
+	disks     []DiskSpec
 }
 
 // AddFakeNode creates the node's disks and registers the node with the
@@ -92,7 +95,11 @@ func (cp *ControlPlane) startDriver(ctx context.Context, n *Node) error {
 	if err != nil {
 		return err
 	}
-	args, env, err := cp.hostProcess(n, "driver", hostSide{metadataURL: metadata, ecsURL: api})
+	kubeconfig, err := cp.serviceAccountKubeconfig(ctx, n)
+	if err != nil {
+		return err
+	}
+	args, env, err := cp.hostProcess(n, "driver", hostSide{metadataURL: metadata, ecsURL: api, kubeconfig: kubeconfig})
 	if err != nil {
 		return err
 	}
@@ -120,7 +127,22 @@ func (cp *ControlPlane) startDriver(ctx context.Context, n *Node) error {
 	if err != nil {
 		return err
 	}
+	n.driverLog = drv.log
 	return waitFor(ctx, drv, n.Name+" driver socket", func() error { _, err := os.Stat(n.sock); return err })
+}
+
+// MetricsURL is the URL of the node driver's /metrics, from the address
+// its log says it serves.
+func (n *Node) MetricsURL() (string, error) {
+	b, err := os.ReadFile(n.driverLog)
+	if err != nil {
+		return "", err
+	}
+	m := regexp.MustCompile(`"Serving metrics" address="([^"]+)"`).FindAllSubmatch(b, -1)
+	if len(m) == 0 {
+		return "", fmt.Errorf("the driver of %s does not serve metrics (yet)", n.Name)
+	}
+	return "http://" + string(m[len(m)-1][1]) + "/metrics", nil
 }
 
 // fakeECS starts a fake ECS (the fakeecs command) for a node whose disks
