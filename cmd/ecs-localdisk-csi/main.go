@@ -178,6 +178,12 @@ func (c *mirrorChanges) VolumeRefused(v inventory.Volume, reason string) {
 	}
 }
 
+func (c *mirrorChanges) VolumeAbnormal(v inventory.Volume, reason string) {
+	if m := c.mirror.Load(); m != nil {
+		m.VolumeAbnormal(v, reason)
+	}
+}
+
 // interceptors are the gRPC interceptors around the driver's own.
 func interceptors(met *metrics.Metrics) []grpc.UnaryServerInterceptor {
 	if met == nil {

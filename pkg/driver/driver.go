@@ -42,15 +42,16 @@ type Config struct {
 	// metrics).
 	Interceptors []grpc.UnaryServerInterceptor
 	// Refusals, when set, hears of the volumes the node refuses to stage
-	// or publish for safety (for events on their PV and claim). It must
-	// not block.
-	Refusals RefusalNotifier
+	// or publish for safety, and of those whose filesystem turned
+	// read-only (for events on their PV and claim). It must not block.
+	Refusals VolumeNotifier
 }
 
-// RefusalNotifier hears of a volume the node refuses to serve for safety,
-// and why.
-type RefusalNotifier interface {
+// VolumeNotifier hears of a volume the node refuses to serve for safety,
+// or whose filesystem went wrong, and why.
+type VolumeNotifier interface {
 	VolumeRefused(v inventory.Volume, reason string)
+	VolumeAbnormal(v inventory.Volume, reason string)
 }
 
 // Driver implements the CSI services.

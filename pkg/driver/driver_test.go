@@ -51,6 +51,12 @@ func (r *refusals) VolumeRefused(v inventory.Volume, reason string) {
 	r.list = append(r.list, v.ID+": "+reason)
 }
 
+func (r *refusals) VolumeAbnormal(v inventory.Volume, reason string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.list = append(r.list, "abnormal "+v.ID+": "+reason)
+}
+
 func fakeDisk(i int, size int64, media disk.Media) disk.Disk {
 	return disk.Disk{ID: fmt.Sprintf("serial-D%d", i), Identity: fmt.Sprintf("serial:D%d", i),
 		Path: fmt.Sprintf("/dev/fake%d", i), Name: fmt.Sprintf("fake%d", i), SizeBytes: size, Media: media}
@@ -654,6 +660,10 @@ func TestVolumeStatsAndCondition(t *testing.T) {
 	r, _ = f.d.NodeGetVolumeStats(ctx, &csi.NodeGetVolumeStatsRequest{VolumeId: v.VolumeId, VolumePath: target})
 	if !r.VolumeCondition.Abnormal || !strings.Contains(r.VolumeCondition.Message, "read-only") {
 		t.Fatalf("condition %v", r.VolumeCondition)
+	}
+	// Told, for the events on the PV and the claim.
+	if got := f.refused.list; len(got) != 1 || got[0] != "abnormal "+v.VolumeId+": "+r.VolumeCondition.Message {
+		t.Fatalf("abnormal volumes reported: %q", got)
 	}
 	f.src.Set() // the disk vanished
 	r, err = f.d.NodeGetVolumeStats(ctx, &csi.NodeGetVolumeStatsRequest{VolumeId: v.VolumeId, VolumePath: target})

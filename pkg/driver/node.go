@@ -442,12 +442,16 @@ func (d *Driver) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVolumeS
 	if err != nil {
 		return nil, toStatus(err)
 	}
+	cond := fsCondition(m)
+	if cond.Abnormal && d.cfg.Refusals != nil {
+		d.cfg.Refusals.VolumeAbnormal(v, cond.Message)
+	}
 	return &csi.NodeGetVolumeStatsResponse{
 		Usage: []*csi.VolumeUsage{
 			{Unit: csi.VolumeUsage_BYTES, Total: st.TotalBytes, Used: st.UsedBytes, Available: st.AvailableBytes},
 			{Unit: csi.VolumeUsage_INODES, Total: st.TotalInodes, Used: st.UsedInodes, Available: st.FreeInodes},
 		},
-		VolumeCondition: fsCondition(m),
+		VolumeCondition: cond,
 	}, nil
 }
 

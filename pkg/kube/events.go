@@ -23,20 +23,32 @@ const (
 	ReasonVolumeRefused  = "VolumeRefused"
 )
 
+// VolumeAbnormal tells the PV and the claim of a volume whose filesystem
+// went wrong (turned read-only); it returns at once, like VolumeRefused.
+func (m *Mirror) VolumeAbnormal(v inventory.Volume, reason string) {
+	m.tellVolumeLater(v, ReasonVolumeAbnormal, fmt.Sprintf("Volume %s on local disk %s of node %s is abnormal: %s. Its pods may fail to write; "+
+		"move the data off the disk, then delete the claim.", v.ID, v.Disk.ID, m.cfg.Node, reason))
+}
+
 // VolumeRefused tells the PV and the claim of a volume the node refuses to
 // stage or publish for safety (driver.RefusalNotifier). It returns at once:
 // the API calls run in the background, bounded in time.
 func (m *Mirror) VolumeRefused(v inventory.Volume, reason string) {
+	m.tellVolumeLater(v, ReasonVolumeRefused, fmt.Sprintf("Node %s refuses to use local disk %s for volume %s, for safety: %s. Nothing on the disk "+
+		"was changed; kubectl get localdisk %s shows the disk.", m.cfg.Node, v.Disk.ID, v.ID, reason, v1alpha1.ObjectName(m.cfg.Node, v.Disk.ID)))
+}
+
+// tellVolumeLater emits the event on the volume's PV and claim in the
+// background, bounded in time: the caller is a CSI call.
+func (m *Mirror) tellVolumeLater(v inventory.Volume, reason, msg string) {
 	if m.cfg.Recorder == nil || (v.PV == "" && v.ClaimName == "") {
 		return
 	}
 	ref := &v1alpha1.VolumeRef{ID: v.ID, PersistentVolume: v.PV, ClaimNamespace: v.ClaimNamespace, ClaimName: v.ClaimName}
-	msg := fmt.Sprintf("Node %s refuses to use local disk %s for volume %s, for safety: %s. Nothing on the disk was changed; "+
-		"kubectl get localdisk %s shows the disk.", m.cfg.Node, v.Disk.ID, v.ID, reason, v1alpha1.ObjectName(m.cfg.Node, v.Disk.ID))
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		m.tellVolume(ctx, ref, ReasonVolumeRefused, msg)
+		m.tellVolume(ctx, ref, reason, msg)
 	}()
 }
 

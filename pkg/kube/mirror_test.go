@@ -419,3 +419,25 @@ func TestVolumeRefusedIsTold(t *testing.T) {
 		t.Fatalf("events:\n%s", got)
 	}
 }
+
+// TestVolumeAbnormalIsTold: a volume whose filesystem turned read-only is
+// told on its PV and claim, once per window however often the kubelet asks.
+func TestVolumeAbnormalIsTold(t *testing.T) {
+	f := newFixture(t, fakeDisk(0, 100<<30))
+	v, err := f.inv.Allocate(f.ctx, inventory.Request{Name: "pvc-1", PV: "pvc-1", ClaimNamespace: "shop", ClaimName: "data-web-0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 5 {
+		f.mirror.VolumeAbnormal(v, "filesystem on /dev/vdb turned read-only")
+	}
+	var ev []string
+	for deadline := time.Now().Add(5 * time.Second); len(ev) < 2 && time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		ev = append(ev, f.events()...)
+	}
+	time.Sleep(100 * time.Millisecond)
+	ev = append(ev, f.events()...)
+	if got := strings.Join(ev, "\n"); len(ev) != 2 || strings.Count(got, "Warning VolumeAbnormal Volume "+v.ID) != 2 || !strings.Contains(got, "turned read-only") {
+		t.Fatalf("events:\n%s", got)
+	}
+}
