@@ -122,7 +122,7 @@ func (inv *Inventory) zero(v Volume, path string) error {
 	}
 	start := time.Now()
 	klog.InfoS("Zeroing a disk that may hold an earlier volume's data before handing it out raw", "volumeID", v.ID, "disk", v.Disk.ID, "device", path)
-	if err := inv.wipeOwn(ctx, v.Disk.ID, path, &v.Volume, mounter.CleanupZero, mounter.WipeOptions{}); err != nil {
+	if err := inv.wipeOwn(ctx, v.Disk.ID, path, &v.Volume, mounter.CleanupZero, mounter.WipeOptions{BytesPerSecond: inv.cfg.CleanupBytesPerSecond}); err != nil {
 		return err
 	}
 	if err := inv.updateVolume(v.ID, func(d *state.Disk) { d.Residual = false }); err != nil {

@@ -41,8 +41,8 @@ type Config struct {
 	// shred) records its progress in the state, so that a restart goes on
 	// from there; 0 means every 10 seconds.
 	CleanupCheckpointEvery time.Duration
-	// CleanupBytesPerSecond caps the write rate of an overwriting cleanup,
-	// per disk; 0 is no cap.
+	// CleanupBytesPerSecond caps the write rate of an overwriting cleanup
+	// and of the zeroing before a raw hand-out, per disk; 0 is no cap.
 	CleanupBytesPerSecond int64
 	// RequireDisks fails the start of a node that has no disk record yet
 	// (its first start) when a device entry names no device or no disk

@@ -79,7 +79,7 @@ func (o *Options) AddFlags(fs *flag.FlagSet) {
 	fs.BoolVar(&o.SerialLessFallback, "serialless-fallback", false, "ecs: identify local disks that have no serial (instances created before mid-2020) by name from --device-start-with and the instance type's disk count, pinning each at first use; see the README for the risks")
 	fs.StringVar(&o.DeviceStartWith, "device-start-with", "", "ecs with --serialless-fallback: name of the first local disk (default vdb)")
 	fs.BoolVar(&o.AllowNoDisks, "allow-no-disks", false, "static: be ready even when a --devices entry matches no device at the node's first start (a node expected to have no local disks); without it the driver reports the entry and stays not ready")
-	fs.StringVar(&o.CleanupMaxRate, "cleanup-max-rate", "", "largest write rate of a zero or shred cleanup, per disk, in bytes per second with an optional Ki, Mi or Gi suffix, e.g. 200Mi (default: no cap)")
+	fs.StringVar(&o.CleanupMaxRate, "cleanup-max-rate", "", "largest write rate of a zero or shred cleanup, and of the zeroing before a raw hand-out, per disk, in bytes per second with an optional Ki, Mi or Gi suffix, e.g. 200Mi (default: no cap)")
 	fs.DurationVar(&o.CleanupCheckpointInterval, "cleanup-checkpoint-interval", 10*time.Second, "how often a zero or shred cleanup records its progress in the node state; a restarted driver goes on from the last record")
 	fs.StringVar(&o.Kubeconfig, "kubeconfig", "", "kubeconfig of the Kubernetes API, for the LocalDisk objects and events (default: the pod's service account when run in a cluster; outside one, without this flag, neither is written)")
 	fs.Float64Var(&o.KubeAPIQPS, "kube-api-qps", 5, "queries per second to the Kubernetes API")

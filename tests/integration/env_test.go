@@ -37,6 +37,8 @@ type env struct {
 	// mnt, when set, is the mounter of the inventory and the driver at each
 	// start instead of m (a wrapper that watches or slows calls).
 	mnt mounter.Interface
+	// cleanupRate is the inventory's CleanupBytesPerSecond (0: no cap).
+	cleanupRate int64
 }
 
 // newEnv attaches one loop device per size and starts a driver on them.
@@ -74,7 +76,8 @@ func (e *env) start() {
 	if m == nil {
 		m = e.m
 	}
-	e.inv = inventory.New(inventory.Config{Node: node, Source: src, Store: state.NewStore(filepath.Join(e.dir, "state")), Mounter: m, RetryInterval: 200 * time.Millisecond})
+	e.inv = inventory.New(inventory.Config{Node: node, Source: src, Store: state.NewStore(filepath.Join(e.dir, "state")), Mounter: m, RetryInterval: 200 * time.Millisecond,
+		CleanupBytesPerSecond: e.cleanupRate})
 	if err := e.inv.Start(context.Background()); err != nil {
 		e.t.Fatal(err)
 	}
