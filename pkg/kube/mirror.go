@@ -154,13 +154,13 @@ var errNotReady = errors.New("the node's inventory is not ready")
 // new disks, updates the status of changed ones, deletes those of disks the
 // node no longer knows, and emits the events of what changed.
 func (m *Mirror) Sync(ctx context.Context) error {
-	if m.nodeRef == nil {
-		n, err := m.cfg.Core.CoreV1().Nodes().Get(ctx, m.cfg.Node, metav1.GetOptions{})
-		if err != nil {
-			return fmt.Errorf("reading node %s: %w", m.cfg.Node, err)
-		}
-		m.nodeRef = &corev1.ObjectReference{Kind: "Node", APIVersion: "v1", Name: n.Name, UID: n.UID}
+	// The Node is read at every sync: one deleted and registered again
+	// has a new UID, which the objects made from now on must own.
+	n, err := m.cfg.Core.CoreV1().Nodes().Get(ctx, m.cfg.Node, metav1.GetOptions{})
+	if err != nil {
+		return fmt.Errorf("reading node %s: %w", m.cfg.Node, err)
 	}
+	m.nodeRef = &corev1.ObjectReference{Kind: "Node", APIVersion: "v1", Name: n.Name, UID: n.UID}
 	objs, err := m.objects()
 	if err != nil {
 		return err

@@ -441,3 +441,31 @@ func TestVolumeAbnormalIsTold(t *testing.T) {
 		t.Fatalf("events:\n%s", got)
 	}
 }
+
+// TestMirrorFollowsANewNode: a Node deleted and registered again (a new
+// UID) owns the objects made after it: the garbage collector, which
+// deletes the objects of the old Node, does not take the new ones.
+func TestMirrorFollowsANewNode(t *testing.T) {
+	f := newFixture(t, fakeDisk(0, 100<<30))
+	f.sync()
+	if err := f.core.CoreV1().Nodes().Delete(f.ctx, node, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.trySync(); err == nil || !strings.Contains(err.Error(), "reading node "+node) {
+		t.Fatalf("sync without its Node: %v", err)
+	}
+	if _, err := f.core.CoreV1().Nodes().Create(f.ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: node, UID: "node-uid-2"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	// The garbage collector deletes the old Node's object.
+	for name := range f.objects() {
+		if err := f.dyn.Resource(v1alpha1.GroupVersionResource).Delete(f.ctx, name, metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.sync()
+	o := byDisk(f.objects(), "serial-D0")
+	if o == nil || len(o.OwnerReferences) != 1 || o.OwnerReferences[0].UID != "node-uid-2" {
+		t.Fatalf("object after the Node came back: %+v", o)
+	}
+}
