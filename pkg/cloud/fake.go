@@ -40,6 +40,13 @@ type Fake struct {
 	Delay                        time.Duration
 	// Calls records each API call's parameters.
 	Calls []map[string]string
+	// Instances are the instances that exist, by ID, with their status
+	// (Running, Stopped, ...); one not here is released.
+	Instances map[string]string
+	// Events are the instances' system events; Accepted the IDs of those
+	// accepted, in order.
+	Events   []FakeEvent
+	Accepted []string
 }
 
 // FakeDisk is a disk as the fake API reports it.
@@ -50,7 +57,7 @@ type FakeDisk struct {
 
 // NewFake starts a fake ECS for one instance.
 func NewFake(in Instance) *Fake {
-	f := &Fake{Instance: in, Types: map[string]InstanceType{}}
+	f := &Fake{Instance: in, Types: map[string]InstanceType{}, Instances: map[string]string{in.ID: "Running"}}
 	f.Metadata = httptest.NewServer(http.HandlerFunc(f.serveMetadata))
 	f.API = httptest.NewServer(http.HandlerFunc(f.serveAPI))
 	return f
@@ -152,6 +159,12 @@ func (f *Fake) serveAPI(w http.ResponseWriter, r *http.Request) {
 		f.describeDisks(w, params)
 	case "DescribeInstanceTypes":
 		f.describeInstanceTypes(w, params)
+	case "DescribeInstances":
+		f.describeInstances(w, params)
+	case "DescribeInstanceHistoryEvents":
+		f.describeInstanceHistoryEvents(w, params)
+	case "AcceptInquiredSystemEvent":
+		f.acceptInquiredSystemEvent(w, params)
 	default:
 		apiError(http.StatusBadRequest, "InvalidAction.NotFound", "unknown action "+params["Action"])
 	}

@@ -1,0 +1,90 @@
+package cloud
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+)
+
+// TestInstances: DescribeInstances in batches of 100; a released instance
+// is absent from the answer.
+func TestInstances(t *testing.T) {
+	ctx := context.Background()
+	f := newFake(t)
+	var ids []string
+	for i := range 150 {
+		id := fmt.Sprintf("i-%03d", i)
+		ids = append(ids, id)
+		f.Update(func(f *Fake) { f.Instances[id] = "Running" })
+	}
+	f.Update(func(f *Fake) { f.Instances["i-007"] = "Stopped" })
+	f.Release("i-042")
+	got, err := newAPI(t, f, nil).Instances(ctx, append(ids, "i-never"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 149 || got["i-007"].Status != "Stopped" || got["i-000"].Status != "Running" {
+		t.Fatalf("%d instances: %+v", len(got), got["i-007"])
+	}
+	if _, ok := got["i-042"]; ok {
+		t.Fatal("a released instance is reported")
+	}
+	calls := 0
+	for _, c := range f.APICalls() {
+		if c["Action"] == "DescribeInstances" {
+			calls++
+		}
+	}
+	if calls != 2 {
+		t.Fatalf("%d DescribeInstances calls for 151 IDs, want 2 batches", calls)
+	}
+}
+
+// TestActiveEvents: the Inquiring and Executing events of the instances
+// asked about, of the types asked for, across pages; finished events and
+// other instances' are not reported. AcceptEvent consents to an Inquiring
+// event once; an unknown or finished one fails.
+func TestActiveEvents(t *testing.T) {
+	ctx := context.Background()
+	f := newFake(t)
+	api := newAPI(t, f, nil)
+	for i := range 25 {
+		f.InjectEvent(FakeEvent{ID: fmt.Sprintf("e-%02d", i), InstanceID: testInstance.ID, Type: "SystemMaintenance.IsolateErrorDisk",
+			Status: "Inquiring", DiskID: fmt.Sprintf("d-%02d", i), Device: "/dev/vdb", CanAccept: true})
+	}
+	f.InjectEvent(FakeEvent{ID: "e-done", InstanceID: testInstance.ID, Type: "SystemMaintenance.IsolateErrorDisk", Status: "Executed", DiskID: "d-x"})
+	f.InjectEvent(FakeEvent{ID: "e-other", InstanceID: "i-other", Type: "SystemMaintenance.IsolateErrorDisk", Status: "Inquiring", DiskID: "d-y"})
+	f.InjectEvent(FakeEvent{ID: "e-reboot", InstanceID: testInstance.ID, Type: "SystemMaintenance.Reboot", Status: "Inquiring"})
+	f.InjectEvent(FakeEvent{ID: "e-err", InstanceID: testInstance.ID, Type: "Disk:ErrorDetected", Status: "Executing", DiskID: "d-z"})
+
+	got, err := api.ActiveEvents(ctx, []string{testInstance.ID}, "SystemMaintenance.IsolateErrorDisk", "Disk:ErrorDetected")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for _, e := range got {
+		ids = append(ids, e.ID)
+	}
+	slices.Sort(ids)
+	if len(got) != 26 || !slices.Contains(ids, "e-err") || slices.Contains(ids, "e-done") || slices.Contains(ids, "e-other") || slices.Contains(ids, "e-reboot") {
+		t.Fatalf("events %v", ids)
+	}
+	e := got[0]
+	if e.InstanceID != testInstance.ID || e.DiskID == "" || e.Device != "/dev/vdb" || !e.CanAccept || e.Status != "Inquiring" || e.Type != "SystemMaintenance.IsolateErrorDisk" {
+		t.Fatalf("event %+v", e)
+	}
+	if err := api.AcceptEvent(ctx, "e-03"); err != nil {
+		t.Fatal(err)
+	}
+	if err := api.AcceptEvent(ctx, "e-03"); err == nil || !strings.Contains(err.Error(), "IncorrectEventStatus") {
+		t.Fatalf("accepting an event twice: %v", err)
+	}
+	if err := api.AcceptEvent(ctx, "e-none"); err == nil || !strings.Contains(err.Error(), "InvalidEventId.NotFound") {
+		t.Fatalf("accepting an unknown event: %v", err)
+	}
+	if got := f.AcceptedEvents(); len(got) != 1 || got[0] != "e-03" {
+		t.Fatalf("accepted %v", got)
+	}
+}

@@ -1,0 +1,140 @@
+package cloud
+
+import (
+	"encoding/json"
+	"net/http"
+	"strconv"
+	"strings"
+)
+
+// FakeEvent is a system event of the fake ECS.
+type FakeEvent struct {
+	ID, InstanceID, Type string
+	// Status is the cycle status: Inquiring, Executing, Executed, ...
+	Status         string
+	DiskID, Device string
+	CanAccept      bool
+	Reason         string
+}
+
+// InjectEvent adds a system event, as ECS does when it finds a damaged
+// local disk.
+func (f *Fake) InjectEvent(e FakeEvent) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.Events = append(f.Events, e)
+}
+
+// Release makes an instance and its disks disappear, as releasing it does.
+func (f *Fake) Release(instanceID string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.Instances, instanceID)
+	disks := f.Disks[:0]
+	for _, d := range f.Disks {
+		if d.InstanceID != instanceID {
+			disks = append(disks, d)
+		}
+	}
+	f.Disks = disks
+}
+
+// AcceptedEvents lists the events accepted so far, in order.
+func (f *Fake) AcceptedEvents() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]string(nil), f.Accepted...)
+}
+
+// repeated collects the values of a repeated query parameter (Name.1, Name.2, ...).
+func repeated(p map[string]string, name string) map[string]bool {
+	out := map[string]bool{}
+	for k, v := range p {
+		if n, ok := strings.CutPrefix(k, name+"."); ok {
+			if _, err := strconv.Atoi(n); err == nil {
+				out[v] = true
+			}
+		}
+	}
+	return out
+}
+
+// page cuts items at NextToken (an offset) and MaxResults (default 10).
+func page[T any](items []T, p map[string]string) ([]T, string) {
+	start, _ := strconv.Atoi(p["NextToken"])
+	size, _ := strconv.Atoi(p["MaxResults"])
+	if size <= 0 {
+		size = 10
+	}
+	end := min(start+size, len(items))
+	if start >= len(items) {
+		return []T{}, ""
+	}
+	next := ""
+	if end < len(items) {
+		next = strconv.Itoa(end)
+	}
+	return items[start:end], next
+}
+
+func (f *Fake) describeInstances(w http.ResponseWriter, p map[string]string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var ids []string
+	if err := json.Unmarshal([]byte(p["InstanceIds"]), &ids); err != nil || len(ids) > 100 {
+		w.WriteHeader(http.StatusBadRequest)
+		json.NewEncoder(w).Encode(map[string]string{"RequestId": "fake", "Code": "InvalidInstanceIds.Malformed", "Message": "InstanceIds: a JSON array of at most 100 IDs"})
+		return
+	}
+	var match []map[string]any
+	for _, id := range ids {
+		if st, ok := f.Instances[id]; ok {
+			match = append(match, map[string]any{"InstanceId": id, "Status": st, "RegionId": f.Instance.Region})
+		}
+	}
+	items, next := page(match, p)
+	json.NewEncoder(w).Encode(map[string]any{"RequestId": "fake", "TotalCount": len(match), "NextToken": next,
+		"Instances": map[string]any{"Instance": items}})
+}
+
+func (f *Fake) describeInstanceHistoryEvents(w http.ResponseWriter, p map[string]string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	resources, statuses, types := repeated(p, "ResourceId"), repeated(p, "InstanceEventCycleStatus"), repeated(p, "InstanceEventType")
+	var match []map[string]any
+	for _, e := range f.Events {
+		// Without a status filter the API answers finished events only.
+		finished := e.Status == "Executed" || e.Status == "Canceled" || e.Status == "Failed" || e.Status == "Avoided"
+		if (len(resources) > 0 && !resources[e.InstanceID]) || (len(types) > 0 && !types[e.Type]) ||
+			(len(statuses) > 0 && !statuses[e.Status]) || (len(statuses) == 0 && !finished) {
+			continue
+		}
+		match = append(match, map[string]any{"EventId": e.ID, "InstanceId": e.InstanceID, "Reason": e.Reason,
+			"EventType": map[string]any{"Name": e.Type}, "EventCycleStatus": map[string]any{"Name": e.Status},
+			"ExtendedAttribute": map[string]any{"DiskId": e.DiskID, "Device": e.Device, "CanAccept": strconv.FormatBool(e.CanAccept)}})
+	}
+	items, next := page(match, p)
+	json.NewEncoder(w).Encode(map[string]any{"RequestId": "fake", "TotalCount": len(match), "NextToken": next,
+		"InstanceSystemEventSet": map[string]any{"InstanceSystemEventType": items}})
+}
+
+func (f *Fake) acceptInquiredSystemEvent(w http.ResponseWriter, p map[string]string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for i, e := range f.Events {
+		if e.ID != p["EventId"] {
+			continue
+		}
+		if e.Status != "Inquiring" || !e.CanAccept {
+			w.WriteHeader(http.StatusBadRequest)
+			json.NewEncoder(w).Encode(map[string]string{"RequestId": "fake", "Code": "IncorrectEventStatus", "Message": "the event is " + e.Status})
+			return
+		}
+		f.Events[i].Status = "Executing"
+		f.Accepted = append(f.Accepted, e.ID)
+		json.NewEncoder(w).Encode(map[string]string{"RequestId": "fake"})
+		return
+	}
+	w.WriteHeader(http.StatusNotFound)
+	json.NewEncoder(w).Encode(map[string]string{"RequestId": "fake", "Code": "InvalidEventId.NotFound", "Message": "no event " + p["EventId"]})
+}
