@@ -12,6 +12,7 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/util/validation"
 )
 
 // Group, Version and the resource of LocalDisk.
@@ -109,22 +110,25 @@ type Cleanup struct {
 	Progress   string `json:"progress,omitempty"`
 }
 
-var invalidName = regexp.MustCompile(`[^a-z0-9.-]+`)
+var invalidName = regexp.MustCompile(`[^a-z0-9-]+`)
 
 // ObjectName is the name of the LocalDisk of disk diskID on node: "<node>-
-// <diskID>" in lower case. Where that is not a valid name as it stands
-// (upper case, other characters, too long), the invalid characters become
-// '-', it is cut short, and a hash of node and diskID makes it unique.
+// <diskID>" when that is a valid object name as it stands. Otherwise (upper
+// case, other characters, too long) the characters other than lower-case
+// letters, digits and '-' become '-', it is cut short, and a hash of node
+// and diskID makes it unique.
 func ObjectName(node, diskID string) string {
 	raw := node + "-" + diskID
-	name := invalidName.ReplaceAllString(strings.ToLower(raw), "-")
-	if name == raw && len(name) <= 253 && name[0] != '-' && name[0] != '.' && name[len(name)-1] != '-' && name[len(name)-1] != '.' {
-		return name
+	if len(validation.IsDNS1123Subdomain(raw)) == 0 {
+		return raw
 	}
 	sum := sha256.Sum256([]byte(node + "/" + diskID))
-	name = strings.Trim(name, "-.")
+	name := strings.Trim(invalidName.ReplaceAllString(strings.ToLower(raw), "-"), "-")
 	if len(name) > 236 {
-		name = strings.TrimRight(name[:236], "-.")
+		name = strings.TrimRight(name[:236], "-")
+	}
+	if name == "" {
+		return "disk-" + hex.EncodeToString(sum[:])[:16]
 	}
 	return name + "-" + hex.EncodeToString(sum[:])[:16]
 }
