@@ -4,6 +4,7 @@ import (
 	"sort"
 	"time"
 
+	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/mounter"
 	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/state"
 )
 
@@ -68,11 +69,9 @@ func (v DiskView) CleanupBytes() (done, total int64, ok bool) {
 	if c := v.Cleanup; c != nil && c.TotalBytes() > 0 {
 		return c.DoneBytesAll(), c.TotalBytes(), true
 	}
-	switch v.CleanupPolicy {
-	case "zero":
-		return 0, v.SizeBytes, true
-	case "shred":
-		return 0, 2 * v.SizeBytes, true
+	switch p := mounter.CleanupPolicy(v.CleanupPolicy); p {
+	case mounter.CleanupZero, mounter.CleanupShred:
+		return 0, int64(mounter.Passes(p)) * v.SizeBytes, true
 	}
 	return 0, 0, false
 }

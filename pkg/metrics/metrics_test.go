@@ -203,10 +203,9 @@ func histogramCounts(t *testing.T, m *Metrics, name string) map[string]uint64 {
 	return out
 }
 
-// TestNamesFollowConventions: promlint finds nothing wrong with any metric
-// the driver exports (names, units, help texts), with every kind of series
-// present.
-func TestNamesFollowConventions(t *testing.T) {
+// everySeries returns metrics with a series of every metric the driver
+// exports.
+func everySeries() *Metrics {
 	m := New("n1")
 	m.CollectDisks(views{{ID: "a", Media: "ssd", SizeBytes: gib, Status: "cleaning", Managed: true, CleanupPolicy: "zero"}})
 	_, _ = m.UnaryInterceptor()(context.Background(), nil, &grpc.UnaryServerInfo{FullMethod: "/csi.v1.Node/NodeStageVolume"},
@@ -215,6 +214,14 @@ func TestNamesFollowConventions(t *testing.T) {
 	m.CleanupFailed(state.Disk{CleanupPolicy: "zero"}, errors.New("x"))
 	m.ECSRequest("DescribeDisks", "success")
 	m.StateSaved(time.Millisecond, nil)
+	return m
+}
+
+// TestNamesFollowConventions: promlint finds nothing wrong with any metric
+// the driver exports (names, units, help texts), with every kind of series
+// present.
+func TestNamesFollowConventions(t *testing.T) {
+	m := everySeries()
 	problems, err := testutil.GatherAndLint(m.Registry())
 	if err != nil {
 		t.Fatal(err)
@@ -264,14 +271,7 @@ func TestServe(t *testing.T) {
 // TestDashboardUsesExportedMetrics: every metric the shipped Grafana
 // dashboard queries is one the driver exports.
 func TestDashboardUsesExportedMetrics(t *testing.T) {
-	m := New("n1")
-	m.CollectDisks(views{{ID: "a", Media: "ssd", SizeBytes: gib, Status: "cleaning", Managed: true, CleanupPolicy: "zero"}})
-	_, _ = m.UnaryInterceptor()(context.Background(), nil, &grpc.UnaryServerInfo{FullMethod: "/csi.v1.Node/NodeStageVolume"},
-		func(context.Context, any) (any, error) { return nil, nil })
-	m.DeviceOperation("mkfs", "ext4", time.Second, nil)
-	m.CleanupFailed(state.Disk{CleanupPolicy: "zero"}, errors.New("x"))
-	m.ECSRequest("DescribeDisks", "success")
-	m.StateSaved(time.Millisecond, nil)
+	m := everySeries()
 	mfs, err := m.Registry().Gather()
 	if err != nil {
 		t.Fatal(err)

@@ -486,7 +486,7 @@ func (f *Fake) wipe(ctx context.Context, device string, policy CleanupPolicy, o 
 	if policy != CleanupZero && policy != CleanupShred {
 		return nil, nil
 	}
-	p := WipeProgress{Passes: passes(policy), LengthBytes: d.Size - o.KeepTailBytes}
+	p := WipeProgress{Passes: Passes(policy), LengthBytes: d.Size - o.KeepTailBytes}
 	if q := o.Resume; q.Passes == p.Passes && q.LengthBytes == p.LengthBytes && q.Pass >= 0 && q.Pass < q.Passes {
 		p.Pass = q.Pass
 	}

@@ -69,7 +69,9 @@ const overwriteChunk = 64 << 20
 // resumeSamples is how many random blocks a resumed zeroing reads back.
 const resumeSamples = 64
 
-func passes(policy CleanupPolicy) int {
+// Passes is how many passes over the disk an overwriting cleanup writes:
+// two for CleanupShred (random data, then zeroes), else one.
+func Passes(policy CleanupPolicy) int {
 	if policy == CleanupShred {
 		return 2
 	}
@@ -92,7 +94,7 @@ func (r *Real) overwrite(ctx context.Context, device string, policy CleanupPolic
 	if o.KeepTailBytes < 0 || length <= 0 {
 		return fmt.Errorf("cannot keep the last %d bytes of %s (%d bytes)", o.KeepTailBytes, device, size)
 	}
-	p := WipeProgress{Passes: passes(policy), LengthBytes: length}
+	p := WipeProgress{Passes: Passes(policy), LengthBytes: length}
 	if q := o.Resume; q.Passes == p.Passes && q.LengthBytes == length && q.Pass >= 0 && q.Pass < q.Passes &&
 		q.DoneBytes >= 0 && q.DoneBytes <= length && q.DoneBytes%512 == 0 {
 		p = q

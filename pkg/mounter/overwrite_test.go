@@ -68,7 +68,7 @@ func TestWipeResumes(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			l := filledLoop(t, size, 0xaa)
-			if c.resume.Pass == c.resume.Passes-1 || c.resume.LengthBytes != length || c.resume.Passes != passes(c.policy) {
+			if c.resume.Pass == c.resume.Passes-1 || c.resume.LengthBytes != length || c.resume.Passes != Passes(c.policy) {
 				// What the interrupted zero pass had covered (or, for a
 				// checkpoint that does not fit, zeroes that prove nothing).
 				writeAt(t, l.Path, 0, make([]byte, c.resume.DoneBytes))
