@@ -264,7 +264,7 @@ func (s *Source) discover(ctx context.Context, pin bool) ([]disk.Disk, []error, 
 		switch {
 		case ok && cd.Local:
 			d.ID, d.Identity = disk.MakeID("serial", serial), "serial:"+serial
-			d.CloudID, d.Category = cd.ID, cd.Category
+			d.CloudID, d.Category, d.InstanceID = cd.ID, cd.Category, c.InstanceID
 			out = append(out, d)
 			matched[cd.ID] = true
 		case ok:
@@ -350,7 +350,7 @@ func (s *Source) fallback(c *confirmed, candidates []disk.Disk, want int, pin bo
 			}
 			taken[name] = true
 			d.ID, d.Identity = disk.MakeID("pin", p.ID), "pin:"+p.ID
-			d.Category, d.ReservedTailBytes = c.Category, PinReserve
+			d.Category, d.ReservedTailBytes, d.InstanceID = c.Category, PinReserve, c.InstanceID
 			pinned = append(pinned, d)
 		}
 	}

@@ -62,7 +62,7 @@ func TestSourceMatchesBySerialAndReportsMismatches(t *testing.T) {
 		t.Fatalf("disks %+v", disks)
 	}
 	a, b := disks[0], disks[1]
-	if a.ID != "serial-bp1aaa" || a.Identity != "serial:bp1aaa" || a.CloudID != "d-bp1aaa" || a.Category != "local_ssd_pro" || a.Path != "/dev/vdb" {
+	if a.ID != "serial-bp1aaa" || a.Identity != "serial:bp1aaa" || a.CloudID != "d-bp1aaa" || a.Category != "local_ssd_pro" || a.Path != "/dev/vdb" || a.InstanceID != testInstance.ID {
 		t.Errorf("virtio disk %+v", a)
 	}
 	if b.ID != "serial-bp1bbb" || b.CloudID != "d-bp1bbb" || b.Category != "local_hdd_pro" || b.Path != "/dev/nvme0n1" {

@@ -42,6 +42,9 @@ type Disk struct {
 	Category string `json:"category,omitempty"`
 	// CloudID is the cloud's disk ID (e.g. d-bp1...), "" when unknown.
 	CloudID string `json:"cloudID,omitempty"`
+	// InstanceID is the cloud instance the disk belongs to (an ECS
+	// instance ID), "" when unknown.
+	InstanceID string `json:"instanceID,omitempty"`
 	// ReservedTailBytes at the end of the device belong to the driver (the
 	// identity pin of a disk without a serial): filesystems stop short of
 	// them and the disk is never handed out raw.

@@ -83,6 +83,9 @@ func (d *Driver) csiVolume(v inventory.Volume) *csi.Volume {
 	if v.Disk.CloudID != "" {
 		vc[ctxCloudDiskID], vc[ctxCategory] = v.Disk.CloudID, v.Disk.Category
 	}
+	if v.Disk.InstanceID != "" {
+		vc[CtxInstanceID] = v.Disk.InstanceID
+	}
 	if fs := v.Parameters[ctxFSType]; fs != "" {
 		vc[ctxFSType] = fs
 	}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 
+	v1alpha1 "github.com/ecs-localdisk/ecs-localdisk-csi/pkg/apis/v1alpha1"
 	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/inventory"
 	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/mounter"
 	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/state"
@@ -23,6 +24,7 @@ const (
 	ParamMedia         = "media"
 	ParamDiskCategory  = "diskCategory"
 	ParamVolumeMode    = "volumeMode"
+	ParamOnDiskLoss    = v1alpha1.ParamOnDiskLoss
 
 	// reservedPrefix marks keys set by Kubernetes sidecars (for example
 	// --extra-create-metadata's pvc/name); they are accepted and not stored.
@@ -42,6 +44,9 @@ const (
 	ctxMedia       = "media"
 	ctxCategory    = "diskCategory"
 	ctxCloudDiskID = "ecsDiskId"
+	// CtxInstanceID is the ECS instance of the volume's disk: the cluster
+	// component asks ECS about it when the volume's node is gone.
+	CtxInstanceID = "ecsInstanceId"
 )
 
 const (
@@ -129,10 +134,16 @@ func ParseParams(in map[string]string) (Params, error) {
 			if p.VolumeMode, err = choice(k, v, "Block", "Filesystem"); err != nil {
 				return p, err
 			}
+		case k == ParamOnDiskLoss:
+			// Read by the cluster component from the class; checked here
+			// so that a typo fails the claim.
+			if v != v1alpha1.OnDiskLossReport && v != v1alpha1.OnDiskLossRecreate {
+				return p, invalid("parameter %s: %q is not one of %s, %s", k, v, v1alpha1.OnDiskLossReport, v1alpha1.OnDiskLossRecreate)
+			}
 		case strings.HasPrefix(k, reservedPrefix):
 			// Set by the provisioner (pvc/name, pv/name, ...): not ours to check.
 		default:
-			return p, invalid("unknown parameter %q (known: %s, %s, %s, %s, %s, %s)", k, ParamFSType, ParamMkfsOptions, ParamCleanupPolicy, ParamMedia, ParamDiskCategory, ParamVolumeMode)
+			return p, invalid("unknown parameter %q (known: %s, %s, %s, %s, %s, %s, %s)", k, ParamFSType, ParamMkfsOptions, ParamCleanupPolicy, ParamMedia, ParamDiskCategory, ParamVolumeMode, ParamOnDiskLoss)
 		}
 	}
 	fs := p.FSType

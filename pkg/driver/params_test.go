@@ -14,7 +14,7 @@ import (
 func TestParseParams(t *testing.T) {
 	p, err := ParseParams(map[string]string{
 		ParamFSType: "xfs", ParamMkfsOptions: "-L data  -K", ParamCleanupPolicy: "zero", ParamMedia: "hdd",
-		"csi.storage.k8s.io/pvc/name": "data-0", "csi.storage.k8s.io/pvc/namespace": "default",
+		"csi.storage.k8s.io/pvc/name": "data-0", "csi.storage.k8s.io/pvc/namespace": "default", ParamOnDiskLoss: "recreate",
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -23,6 +23,9 @@ func TestParseParams(t *testing.T) {
 		t.Fatalf("got %+v", p)
 	}
 	s := p.stored()
+	if _, ok := s[ParamOnDiskLoss]; ok {
+		t.Fatalf("stored form %v keeps %s: the class decides, not the volume", s, ParamOnDiskLoss)
+	}
 	if _, ok := s["csi.storage.k8s.io/pvc/name"]; ok || s[ctxFSType] != "xfs" || s[ParamMkfsOptions] != "-L data -K" {
 		t.Fatalf("stored form %v", s)
 	}
@@ -62,6 +65,8 @@ func TestParseParamsRejects(t *testing.T) {
 		{"bad policy", map[string]string{ParamCleanupPolicy: "none"}, ParamCleanupPolicy},
 		{"bad media", map[string]string{ParamMedia: "nvme"}, ParamMedia},
 		{"bad volume mode", map[string]string{ParamVolumeMode: "block"}, ParamVolumeMode},
+		{"bad onDiskLoss", map[string]string{ParamOnDiskLoss: "delete"}, ParamOnDiskLoss},
+		{"empty onDiskLoss", map[string]string{ParamOnDiskLoss: ""}, ParamOnDiskLoss},
 		{"force ext4", map[string]string{ParamMkfsOptions: "-F"}, "-F"},
 		{"force combined", map[string]string{ParamMkfsOptions: "-qF"}, "-F"},
 		{"uuid ext4", map[string]string{ParamMkfsOptions: "-U 1234"}, "-U"},

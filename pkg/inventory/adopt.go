@@ -99,7 +99,7 @@ func (inv *Inventory) adoptLocked(dev disk.Disk, volumeID string, p disk.Probe) 
 	size := dev.SizeBytes - dev.ReservedTailBytes
 	next.Disks[dev.ID] = &state.Disk{
 		ID: dev.ID, Identity: dev.Identity, SizeBytes: size, Media: string(dev.Media),
-		Category: dev.Category, CloudID: dev.CloudID, ReservedTailBytes: dev.ReservedTailBytes,
+		Category: dev.Category, CloudID: dev.CloudID, InstanceID: dev.InstanceID, ReservedTailBytes: dev.ReservedTailBytes,
 		DeviceNumber: dev.DevNum, DevicePath: dev.Path, Status: state.Allocated, UpdatedAt: now, Residual: true,
 		Volume: &state.Volume{ID: volumeID, CapacityBytes: size,
 			Parameters: map[string]string{state.ParamFSType: p.FSType}, FSUUID: p.UUID, CreatedAt: now, Format: state.FormatDone},

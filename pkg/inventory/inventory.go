@@ -410,6 +410,7 @@ func reconcile(rec *state.Record, found []disk.Disk, claimed func(path string) b
 			rec.Disks[d.ID] = r
 		}
 		r.Identity, r.SizeBytes, r.Media, r.Category, r.CloudID = d.Identity, d.SizeBytes-d.ReservedTailBytes, string(d.Media), d.Category, d.CloudID
+		r.InstanceID = d.InstanceID
 		r.ReservedTailBytes = d.ReservedTailBytes
 		r.DeviceNumber, r.DevicePath = d.DevNum, d.Path
 		devices[d.ID] = d

@@ -20,9 +20,9 @@ type DiskView struct {
 	ID, Identity string
 	// Device is the device path now, or where it was last seen.
 	Device string
-	// SizeBytes, Media, Category and CloudID describe the disk.
-	SizeBytes                int64
-	Media, Category, CloudID string
+	// SizeBytes, Media, Category, CloudID and InstanceID describe the disk.
+	SizeBytes                            int64
+	Media, Category, CloudID, InstanceID string
 	// Status is the record's: free, allocated, cleaning, failed or
 	// excluded.
 	Status string
@@ -87,7 +87,7 @@ func (inv *Inventory) View() []DiskView {
 	byID := map[string]DiskView{}
 	for id, d := range inv.rec.Disks {
 		v := DiskView{ID: id, Identity: d.Identity, Device: d.DevicePath, SizeBytes: d.SizeBytes, Media: d.Media, Category: d.Category,
-			CloudID: d.CloudID, Status: string(d.Status), Managed: true, Cordoned: inv.rec.Cordoned[id], Reason: d.Reason,
+			CloudID: d.CloudID, InstanceID: d.InstanceID, Status: string(d.Status), Managed: true, Cordoned: inv.rec.Cordoned[id], Reason: d.Reason,
 			CleanupPolicy: d.CleanupPolicy, Residual: d.Residual, UpdatedAt: d.UpdatedAt}
 		if dev, ok := inv.devices[id]; ok {
 			v.Device = dev.Path
@@ -109,7 +109,7 @@ func (inv *Inventory) View() []DiskView {
 			continue
 		}
 		byID[e.Disk.ID] = DiskView{ID: e.Disk.ID, Identity: e.Disk.Identity, Device: e.Disk.Path, SizeBytes: e.Disk.SizeBytes,
-			Media: string(e.Disk.Media), Category: e.Disk.Category, CloudID: e.Disk.CloudID, Status: string(state.Excluded),
+			Media: string(e.Disk.Media), Category: e.Disk.Category, CloudID: e.Disk.CloudID, InstanceID: e.Disk.InstanceID, Status: string(state.Excluded),
 			Cordoned: inv.rec.Cordoned[e.Disk.ID], Reason: e.Reason}
 	}
 	out := make([]DiskView, 0, len(byID))

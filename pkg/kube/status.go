@@ -24,7 +24,7 @@ const maxReason = 1024
 // statusOf is the LocalDisk status that mirrors v.
 func statusOf(v inventory.DiskView) v1alpha1.LocalDiskStatus {
 	s := v1alpha1.LocalDiskStatus{
-		Phase: phases[v.Shown()], Cordoned: v.Cordoned, Reason: bound(v.Reason), Identity: v.Identity, CloudDiskID: v.CloudID,
+		Phase: phases[v.Shown()], Cordoned: v.Cordoned, Reason: bound(v.Reason), Identity: v.Identity, CloudDiskID: v.CloudID, InstanceID: v.InstanceID,
 		Device: v.Device, SizeBytes: v.SizeBytes, Media: v.Media, Category: v.Category, Residual: v.Residual,
 		LastTransitionTime: metav1.NewTime(v.UpdatedAt.UTC().Truncate(1e9)),
 	}

@@ -103,6 +103,8 @@ type Disk struct {
 	Category  string `json:"category,omitempty"`
 	// CloudID is the cloud's ID of the disk (an ECS disk ID), when known.
 	CloudID string `json:"cloudID,omitempty"`
+	// InstanceID is the cloud instance the disk belongs to, when known.
+	InstanceID string `json:"instanceID,omitempty"`
 	// ReservedTailBytes at the device's end are the driver's (see
 	// disk.Disk); SizeBytes already leaves them out.
 	ReservedTailBytes int64 `json:"reservedTailBytes,omitempty"`

@@ -52,7 +52,8 @@ func TestECSSourceEndToEnd(t *testing.T) {
 	for cat, want := range map[string]testutil.Loop{"local_hdd_pro": hdd, "local_ssd_pro": ssd} {
 		vc := testutil.MountCap("ext4")
 		v := e.create("pvc-"+cat, vc, map[string]string{"diskCategory": cat})
-		if v.VolumeContext["ecsDiskId"] != map[string]string{"local_hdd_pro": "d-e2ehdd", "local_ssd_pro": "d-e2essd"}[cat] || v.VolumeContext["diskCategory"] != cat {
+		if v.VolumeContext["ecsDiskId"] != map[string]string{"local_hdd_pro": "d-e2ehdd", "local_ssd_pro": "d-e2essd"}[cat] || v.VolumeContext["diskCategory"] != cat ||
+			v.VolumeContext["ecsInstanceId"] != "i-e2e" {
 			t.Fatalf("volume context %v", v.VolumeContext)
 		}
 		staging, target := e.path("staging-"+cat), e.path("pod-"+cat)

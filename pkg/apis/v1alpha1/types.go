@@ -36,6 +36,17 @@ const (
 	PhaseMissing   = "Missing"
 )
 
+// The StorageClass parameter that says what the cluster component does when
+// a volume's disk is lost (its node's instance released, the disk damaged or
+// re-initialised): report it (events, conditions), or also delete the
+// claim, its PV and a Pending pod using it, so that a StatefulSet recreates
+// the claim on a node with a free disk. The data is gone either way.
+const (
+	ParamOnDiskLoss    = "onDiskLoss"
+	OnDiskLossReport   = "report"
+	OnDiskLossRecreate = "recreate"
+)
+
 // LocalDisk is one local disk of one node.
 type LocalDisk struct {
 	metav1.TypeMeta   `json:",inline"`
@@ -69,6 +80,8 @@ type LocalDiskStatus struct {
 	Identity string `json:"identity,omitempty"`
 	// CloudDiskID is the ECS disk ID (d-...), when known.
 	CloudDiskID string `json:"cloudDiskID,omitempty"`
+	// InstanceID is the ECS instance the disk belongs to, when known.
+	InstanceID string `json:"instanceID,omitempty"`
 	// Device is the device path now, or where it was last seen.
 	Device string `json:"device,omitempty"`
 	// SizeBytes is the usable size; Capacity the same for people.
