@@ -5,15 +5,15 @@ import (
 	"sync"
 
 	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/cloud"
-	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/options"
 )
 
-// lazyAPI builds the ECS API client on first use: the region and the RAM
-// role come from the metadata server, which may be unreachable at start.
+// lazyAPI builds the ECS API client on first use: the region (unless
+// given) and the RAM role come from the metadata server, which may be
+// unreachable at start.
 type lazyAPI struct {
-	opts      options.Options
-	md        *cloud.Metadata
-	onRequest func(action, outcome string)
+	credentialsFile, ramRole, endpoint, region string
+	md                                         *cloud.Metadata
+	onRequest                                  func(action, outcome string)
 
 	mu  sync.Mutex
 	api *cloud.API
@@ -25,15 +25,19 @@ func (l *lazyAPI) get(ctx context.Context) (*cloud.API, error) {
 	if l.api != nil {
 		return l.api, nil
 	}
-	in, err := l.md.Instance(ctx)
+	region := l.region
+	if region == "" {
+		in, err := l.md.Instance(ctx)
+		if err != nil {
+			return nil, err
+		}
+		region = in.Region
+	}
+	creds, err := cloud.NewCredentialProvider(cloud.CredentialConfig{File: l.credentialsFile, RAMRole: l.ramRole, Metadata: l.md})
 	if err != nil {
 		return nil, err
 	}
-	creds, err := cloud.NewCredentialProvider(cloud.CredentialConfig{File: l.opts.CredentialsFile, RAMRole: l.opts.RAMRole, Metadata: l.md})
-	if err != nil {
-		return nil, err
-	}
-	api, err := cloud.NewAPI(cloud.APIConfig{Region: in.Region, Endpoint: l.opts.ECSEndpoint, Credentials: creds, OnRequest: l.onRequest})
+	api, err := cloud.NewAPI(cloud.APIConfig{Region: region, Endpoint: l.endpoint, Credentials: creds, OnRequest: l.onRequest})
 	if err != nil {
 		return nil, err
 	}
@@ -55,4 +59,12 @@ func (l *lazyAPI) InstanceType(ctx context.Context, name string) (cloud.Instance
 		return cloud.InstanceType{}, err
 	}
 	return api.InstanceType(ctx, name)
+}
+
+func (l *lazyAPI) Instances(ctx context.Context, ids []string) (map[string]cloud.InstanceState, error) {
+	api, err := l.get(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return api.Instances(ctx, ids)
 }

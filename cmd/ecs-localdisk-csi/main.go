@@ -75,13 +75,16 @@ func main() {
 // run returns the exit code: 0 after a clean shutdown or after --help or
 // --version, 1 on a runtime failure, 2 on bad flags.
 func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 && args[0] == "controller" {
+		return runController(args[1:], stdout, stderr)
+	}
 	var o options.Options
 	fs := newFlagSet(&o)
 	fs.SetOutput(stderr)
 	err := fs.Parse(args)
 	switch {
 	case errors.Is(err, flag.ErrHelp):
-		printUsage(fs, stdout)
+		printUsage(fs, stdout, usageHeader)
 		return 0
 	case err != nil:
 		// flag printed the error.
@@ -118,10 +121,14 @@ func newFlagSet(o *options.Options) *flag.FlagSet {
 	return fs
 }
 
-// printUsage prints the driver's flags first, then klog's.
-func printUsage(fs *flag.FlagSet, out io.Writer) {
-	fmt.Fprint(out, "Usage: ecs-localdisk-csi --node-id=NODE --disk-source=static|ecs [flags]\n\n"+
-		"The CSI driver of ECS local disks: one volume, one whole disk. Runs once per node.\n\nDriver flags:\n")
+// usageHeader opens the driver's --help.
+const usageHeader = "Usage: ecs-localdisk-csi --node-id=NODE --disk-source=static|ecs [flags]\n" +
+	"       ecs-localdisk-csi controller [flags]   (the cluster component; --help for its flags)\n\n" +
+	"The CSI driver of ECS local disks: one volume, one whole disk. Runs once per node.\n\nDriver flags:\n"
+
+// printUsage prints the header, the command's own flags, then klog's.
+func printUsage(fs *flag.FlagSet, out io.Writer, header string) {
+	fmt.Fprint(out, header)
 	var logging []*flag.Flag
 	fs.VisitAll(func(f *flag.Flag) {
 		if strings.HasPrefix(f.Usage, "klog: ") {
@@ -205,7 +212,7 @@ func newSource(o options.Options, m *mounter.Real, met *metrics.Metrics) (disk.S
 		return nil, err
 	}
 	md := cloud.NewMetadata(o.MetadataEndpoint)
-	cfg := cloud.SourceConfig{Metadata: md, API: &lazyAPI{opts: o, md: md, onRequest: met.ECSRequestFunc()}, Devices: devices, CachePath: cloud.CachePathIn(o.StateDir)}
+	cfg := cloud.SourceConfig{Metadata: md, API: &lazyAPI{credentialsFile: o.CredentialsFile, ramRole: o.RAMRole, endpoint: o.ECSEndpoint, md: md, onRequest: met.ECSRequestFunc()}, Devices: devices, CachePath: cloud.CachePathIn(o.StateDir)}
 	if o.SerialLessFallback {
 		cfg.Fallback = &cloud.Fallback{StartWith: o.StartWith(), Pinner: cloud.DevicePinner{}}
 	}

@@ -34,6 +34,12 @@ func TestExitCodes(t *testing.T) {
 		{[]string{"--node-id=n1", "--devices=/dev/vdb", "stray"}, 2, "", `unexpected arguments: ["stray"]`},
 		{[]string{"--node-id=n1", "--devices=/dev/vdb", "stray", "-h"}, 2, "", `unexpected arguments: ["stray" "-h"]`},
 		{[]string{"--node-id=n1", "--devices=/dev/vdb", "--", "--help"}, 2, "", `unexpected arguments: ["--help"]`},
+		{[]string{"controller", "--help"}, 0, "Controller flags:", ""},
+		{[]string{"controller", "--cloud=aws"}, 2, "", `--cloud "aws" is not supported`},
+		{[]string{"controller", "--cloud=none", "--ram-role=r"}, 2, "", "--ram-role only applies to --cloud=ecs"},
+		{[]string{"controller", "--node-loss-grace-period=0s"}, 2, "", "--node-loss-grace-period 0s must be at least 1s"},
+		{[]string{"controller", "stray"}, 2, "", `unexpected arguments: ["stray"]`},
+		{[]string{"controller", "--node-id=n1"}, 2, "", "flag provided but not defined: -node-id\nRun ecs-localdisk-csi controller --help"},
 	}
 	for _, c := range cases {
 		var stdout, stderr bytes.Buffer
@@ -55,7 +61,7 @@ func TestHelpListsDriverFlagsFirst(t *testing.T) {
 	var o options.Options
 	fs := newFlagSet(&o)
 	var out bytes.Buffer
-	printUsage(fs, &out)
+	printUsage(fs, &out, usageHeader)
 	text := out.String()
 	driver, logging, found := strings.Cut(text, "Logging flags (klog):")
 	if !found || !strings.Contains(driver, "Driver flags:") {

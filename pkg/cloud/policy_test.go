@@ -11,8 +11,9 @@ import (
 )
 
 // TestRAMPolicyIsLeastPrivilege checks deploy/ram-policy.json against the
-// API actions a full discovery really calls: every action called is allowed,
-// nothing else is, and nothing is writable.
+// API actions a full discovery (the node driver) and the cluster
+// component's calls (Instances) really make: every action called is
+// allowed, nothing else is, and nothing is writable.
 func TestRAMPolicyIsLeastPrivilege(t *testing.T) {
 	b, err := os.ReadFile(filepath.Join("..", "..", "deploy", "ram-policy.json"))
 	if err != nil {
@@ -42,6 +43,10 @@ func TestRAMPolicyIsLeastPrivilege(t *testing.T) {
 	}
 	f, devices := ecsFixture(t)
 	if _, _, err := newSource(t, f, devices, filepath.Join(t.TempDir(), "c")).Discover(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	// The cluster component's calls.
+	if _, err := newAPI(t, f, nil).Instances(context.Background(), []string{testInstance.ID}); err != nil {
 		t.Fatal(err)
 	}
 	called := map[string]bool{}

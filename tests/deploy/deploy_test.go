@@ -67,6 +67,7 @@ func TestOverlays(t *testing.T) {
 			ds := get(t, m, "DaemonSet", "ecs-localdisk-csi-node")
 			checkDaemonSet(t, ds, o.Name())
 			checkRBAC(t, m)
+			checkController(t, get(t, m, "Deployment", "ecs-localdisk-csi-controller"), o.Name())
 		})
 	}
 }
@@ -141,8 +142,8 @@ func checkDaemonSet(t *testing.T, ds *yaml.RNode, overlay string) {
 // "Kind/name: group/resource verb": an allowlist, so a rule that grows fails
 // here, and a rule that shrinks too far fails the end-to-end suite, which
 // runs csi-provisioner and the driver with these roles. Each is one that
-// csi-provisioner v6.4.0 or the driver's LocalDisk mirror uses (the chart's
-// rbac.yaml says why).
+// csi-provisioner v6.4.0, the driver's LocalDisk mirror or the cluster
+// component uses (the chart's rbac.yaml and controller-rbac.yaml say why).
 var grants = []string{
 	"ClusterRole/ecs-localdisk-csi-provisioner: /persistentvolumes get list watch create delete patch",
 	"ClusterRole/ecs-localdisk-csi-provisioner: /persistentvolumeclaims get list watch update",
@@ -159,6 +160,16 @@ var grants = []string{
 	"ClusterRole/ecs-localdisk-csi-node-disks: /persistentvolumes get",
 	"ClusterRole/ecs-localdisk-csi-node-disks: /persistentvolumeclaims get",
 	"ClusterRole/ecs-localdisk-csi-node-disks: /events create patch",
+	"ClusterRole/ecs-localdisk-csi-controller: /persistentvolumes get list watch delete patch",
+	"ClusterRole/ecs-localdisk-csi-controller: /persistentvolumeclaims get delete",
+	"ClusterRole/ecs-localdisk-csi-controller: /pods list delete",
+	"ClusterRole/ecs-localdisk-csi-controller: /nodes get list watch",
+	"ClusterRole/ecs-localdisk-csi-controller: storage.k8s.io/storageclasses get list watch",
+	"ClusterRole/ecs-localdisk-csi-controller: localdisk.csi.alibabacloud.com/localdisks get list watch delete",
+	"ClusterRole/ecs-localdisk-csi-controller: /events create patch",
+	"Role/ecs-localdisk-csi-controller: storage.k8s.io/csistoragecapacities list delete",
+	"Role/ecs-localdisk-csi-controller: coordination.k8s.io/leases get create update",
+	"Role/ecs-localdisk-csi-controller: /events create patch",
 }
 
 // checkRBAC: the roles grant exactly grants, the Role lives in the
@@ -211,10 +222,49 @@ func checkRBAC(t *testing.T, m resmap.ResMap) {
 	if ns := field(t, get(t, m, "Role", "ecs-localdisk-csi-capacity"), "metadata", "namespace"); ns != "ecs-localdisk-csi" {
 		t.Errorf("capacity Role in namespace %q", ns)
 	}
-	for _, b := range []struct{ kind, name string }{{"ClusterRoleBinding", "ecs-localdisk-csi-provisioner"}, {"RoleBinding", "ecs-localdisk-csi-capacity"}} {
+	for _, b := range []struct{ kind, name, sa string }{{"ClusterRoleBinding", "ecs-localdisk-csi-provisioner", "node"}, {"RoleBinding", "ecs-localdisk-csi-capacity", "node"},
+		{"ClusterRoleBinding", "ecs-localdisk-csi-controller", "controller"}, {"RoleBinding", "ecs-localdisk-csi-controller", "controller"}} {
 		subjects := field(t, get(t, m, b.kind, b.name), "subjects")
-		if !strings.Contains(subjects, "name: ecs-localdisk-csi-node") || strings.Count(subjects, "- kind:") != 1 {
+		if !strings.Contains(subjects, "name: ecs-localdisk-csi-"+b.sa+"\n") || strings.Count(subjects, "- kind:") != 1 {
 			t.Errorf("%s/%s subjects:\n%s", b.kind, b.name, subjects)
 		}
+	}
+}
+
+// checkController: the cluster component runs the controller mode of the
+// driver's image, unprivileged, with no host access, its cloud following
+// the overlay (ecs confirms with ECS, static cannot), and its own
+// ServiceAccount.
+func checkController(t *testing.T, d *yaml.RNode, overlay string) {
+	t.Helper()
+	spec, err := d.Pipe(yaml.Lookup("spec", "template", "spec"))
+	if err != nil || spec == nil {
+		t.Fatal("controller: no pod spec")
+	}
+	if got := field(t, spec, "serviceAccountName"); got != "ecs-localdisk-csi-controller" {
+		t.Errorf("controller service account %q", got)
+	}
+	for _, f := range []string{"hostNetwork", "hostPID", "volumes"} {
+		if v, _ := spec.Pipe(yaml.Lookup(f)); v != nil {
+			t.Errorf("controller pod sets %s", f)
+		}
+	}
+	if got := field(t, spec, "securityContext", "runAsNonRoot"); got != "true" {
+		t.Errorf("controller runAsNonRoot %q", got)
+	}
+	c := container(t, d, "controller")
+	if got := field(t, c, "securityContext", "allowPrivilegeEscalation"); got != "false" {
+		t.Errorf("controller allowPrivilegeEscalation %q", got)
+	}
+	if got := field(t, c, "securityContext", "capabilities", "drop"); got != "- ALL" {
+		t.Errorf("controller capabilities drop %q", got)
+	}
+	cloud := map[string]string{"ecs": "ecs", "static": "none"}[overlay]
+	args := field(t, c, "args")
+	if !strings.HasPrefix(args, "- controller\n") || !strings.Contains(args, "- --cloud="+cloud+"\n") {
+		t.Errorf("controller args in the %s overlay lack controller, --cloud=%s:\n%s", overlay, cloud, args)
+	}
+	if v, _ := c.Pipe(yaml.Lookup("envFrom")); (v != nil) != (overlay == "ecs") {
+		t.Errorf("controller credentials in the %s overlay: envFrom %v", overlay, v != nil)
 	}
 }

@@ -511,7 +511,11 @@ func TestChartFollowsTheReleaseNamespace(t *testing.T) {
 				continue
 			}
 			n, _ := yaml.Parse(r.MustYaml())
-			if got := field(t, n, "subjects", "[name=ecs-localdisk-csi-node]", "namespace"); got != ns {
+			sa := "ecs-localdisk-csi-node"
+			if strings.HasSuffix(r.GetName(), "-controller") {
+				sa = "ecs-localdisk-csi-controller"
+			}
+			if got := field(t, n, "subjects", "[name="+sa+"]", "namespace"); got != ns {
 				t.Errorf("%s %s: subject in namespace %q", kind, r.GetName(), got)
 			}
 		}

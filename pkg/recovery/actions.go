@@ -1,0 +1,192 @@
+package recovery
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/klog/v2"
+
+	v1alpha1 "github.com/ecs-localdisk/ecs-localdisk-csi/pkg/apis/v1alpha1"
+)
+
+// provisionerFinalizer is csi-provisioner's finalizer on the PVs it
+// provisioned: it calls DeleteVolume before letting a PV go. On a lost
+// node nobody can, so the controller removes it from the PVs it deletes.
+const provisionerFinalizer = "external-provisioner.volume.kubernetes.io/finalizer"
+
+var getOpts = metav1.GetOptions{}
+
+// guarded deletes only the object version that was read: a claim or a pod
+// recreated or changed in between is never deleted.
+func guarded(uid types.UID, rv string) metav1.DeleteOptions {
+	return metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &uid, ResourceVersion: &rv}}
+}
+
+// recreate deletes the PV's claim (if it is still the PV's), the Pending
+// pods that use it, and the PV itself when its reclaim policy is Delete.
+// kept says the PV stays (Retain, or its claim is still going away).
+func (c *Controller) recreate(ctx context.Context, pv *corev1.PersistentVolume, node string) (kept bool, err error) {
+	claimGone := true
+	if r := pv.Spec.ClaimRef; r != nil {
+		pvcs := c.cfg.Core.CoreV1().PersistentVolumeClaims(r.Namespace)
+		pvc, err := pvcs.Get(ctx, r.Name, getOpts)
+		switch {
+		case apierrors.IsNotFound(err):
+			pvc = nil
+		case err != nil:
+			return true, err
+		case pvc.UID != r.UID:
+			// Recreated already: the new claim is not this volume's.
+		default:
+			claimGone = false
+			if pvc.DeletionTimestamp == nil {
+				if err := pvcs.Delete(ctx, pvc.Name, guarded(pvc.UID, pvc.ResourceVersion)); err != nil && !apierrors.IsNotFound(err) {
+					return true, fmt.Errorf("deleting claim %s/%s: %w", pvc.Namespace, pvc.Name, err)
+				}
+				c.tellOnce(pvc, corev1.EventTypeWarning, ReasonClaimDeleted, "Deleted: its volume %s on node %s is lost, and its class sets %s: %s. "+
+					"Its owner (a StatefulSet) recreates it on a node with a free disk.", pv.Name, node, v1alpha1.ParamOnDiskLoss, v1alpha1.OnDiskLossRecreate)
+			}
+		}
+		if pvc == nil || pvc.UID == r.UID {
+			if err := c.deletePods(ctx, pv, node); err != nil {
+				return true, err
+			}
+		}
+	}
+	if !claimGone {
+		// The PV is released once the claim is gone; the next pass deletes it.
+		return true, nil
+	}
+	if pv.Spec.PersistentVolumeReclaimPolicy != corev1.PersistentVolumeReclaimDelete {
+		c.tellOnce(pv, corev1.EventTypeNormal, ReasonVolumeKept, "Kept: its reclaim policy is %s. Its disk on node %s is lost; delete the PV when it is no longer needed.",
+			pv.Spec.PersistentVolumeReclaimPolicy, node)
+		return true, nil
+	}
+	return false, c.deletePV(ctx, pv, node)
+}
+
+// deletePods deletes the pods that use the PV's claim and cannot run: Pending
+// and not placed, or placed on the lost node (its kubelet is gone, so
+// they are deleted at once). The caller leaves the pods alone when the
+// claim was recreated: they use the new one.
+func (c *Controller) deletePods(ctx context.Context, pv *corev1.PersistentVolume, node string) error {
+	r := pv.Spec.ClaimRef
+	pods := c.cfg.Core.CoreV1().Pods(r.Namespace)
+	list, err := pods.List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return err
+	}
+	for i := range list.Items {
+		p := &list.Items[i]
+		uses := slices.ContainsFunc(p.Spec.Volumes, func(v corev1.Volume) bool {
+			return v.PersistentVolumeClaim != nil && v.PersistentVolumeClaim.ClaimName == r.Name
+		})
+		stuck := (p.Spec.NodeName == "" && p.Status.Phase == corev1.PodPending) || p.Spec.NodeName == node
+		if !uses || !stuck || p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
+			continue
+		}
+		if p.Spec.NodeName == "" && p.DeletionTimestamp != nil {
+			continue
+		}
+		opts := guarded(p.UID, p.ResourceVersion)
+		if p.Spec.NodeName == node {
+			// No kubelet will confirm the pod's end: delete it now.
+			zero := int64(0)
+			opts.GracePeriodSeconds = &zero
+		}
+		if err := pods.Delete(ctx, p.Name, opts); err != nil && !apierrors.IsNotFound(err) {
+			return fmt.Errorf("deleting pod %s/%s: %w", p.Namespace, p.Name, err)
+		}
+		c.tellOnce(p, corev1.EventTypeWarning, ReasonPodDeleted, "Deleted: it uses claim %s, whose volume %s on node %s is lost. Its owner recreates it, "+
+			"and the scheduler places it on a node with a free disk.", r.Name, pv.Name, node)
+	}
+	return nil
+}
+
+// deletePV deletes the PV and takes csi-provisioner's finalizer off it:
+// the provisioner of a lost node is gone, and the disk with it.
+func (c *Controller) deletePV(ctx context.Context, pv *corev1.PersistentVolume, node string) error {
+	pvs := c.cfg.Core.CoreV1().PersistentVolumes()
+	live, err := pvs.Get(ctx, pv.Name, getOpts)
+	if apierrors.IsNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if live.UID != pv.UID {
+		return nil
+	}
+	if live.DeletionTimestamp == nil {
+		if err := pvs.Delete(ctx, live.Name, guarded(live.UID, live.ResourceVersion)); err != nil && !apierrors.IsNotFound(err) {
+			return fmt.Errorf("deleting PV %s: %w", live.Name, err)
+		}
+		c.tellOnce(live, corev1.EventTypeWarning, ReasonVolumeDeleted, "Deleted: its local disk on node %s is lost.", node)
+		if live, err = pvs.Get(ctx, pv.Name, getOpts); apierrors.IsNotFound(err) {
+			return nil
+		} else if err != nil {
+			return err
+		}
+	}
+	i := slices.Index(live.Finalizers, provisionerFinalizer)
+	if i < 0 {
+		return nil
+	}
+	patch, _ := json.Marshal([]map[string]any{
+		{"op": "test", "path": "/metadata/uid", "value": live.UID},
+		{"op": "test", "path": fmt.Sprintf("/metadata/finalizers/%d", i), "value": provisionerFinalizer},
+		{"op": "remove", "path": fmt.Sprintf("/metadata/finalizers/%d", i)},
+	})
+	if _, err := pvs.Patch(ctx, live.Name, types.JSONPatchType, patch, metav1.PatchOptions{}); err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("removing %s from PV %s: %w", provisionerFinalizer, live.Name, err)
+	}
+	klog.InfoS("Removed the provisioner's finalizer of a lost volume", "pv", live.Name, "node", node)
+	return nil
+}
+
+// removeNodeObjects deletes the lost node's CSIStorageCapacity objects (in
+// the driver's namespace, for its topology) and its LocalDisks.
+func (c *Controller) removeNodeObjects(ctx context.Context, node string) error {
+	var errs []error
+	caps := c.cfg.Core.StorageV1().CSIStorageCapacities(c.cfg.Namespace)
+	list, err := caps.List(ctx, metav1.ListOptions{})
+	if err != nil {
+		errs = append(errs, err)
+	} else {
+		for _, o := range list.Items {
+			if o.NodeTopology == nil || len(o.NodeTopology.MatchExpressions) > 0 || len(o.NodeTopology.MatchLabels) != 1 ||
+				o.NodeTopology.MatchLabels[c.topologyKey()] != node {
+				continue
+			}
+			if err := caps.Delete(ctx, o.Name, guarded(o.UID, o.ResourceVersion)); err != nil && !apierrors.IsNotFound(err) {
+				errs = append(errs, err)
+				continue
+			}
+			klog.InfoS("Deleted the capacity of a lost node", "csiStorageCapacity", klog.KObj(&o), "node", node)
+		}
+	}
+	disks := c.cfg.Dynamic.Resource(v1alpha1.GroupVersionResource)
+	ds, err := disks.List(ctx, metav1.ListOptions{FieldSelector: "spec.node=" + node})
+	if err != nil {
+		return errors.Join(append(errs, err)...)
+	}
+	for _, d := range ds.Items {
+		if n, _, _ := unstructured.NestedString(d.Object, "spec", "node"); n != node {
+			continue
+		}
+		if err := disks.Delete(ctx, d.GetName(), guarded(d.GetUID(), d.GetResourceVersion())); err != nil && !apierrors.IsNotFound(err) {
+			errs = append(errs, err)
+			continue
+		}
+		klog.InfoS("Deleted the LocalDisk of a lost node", "localDisk", d.GetName(), "node", node)
+	}
+	return errors.Join(errs...)
+}
