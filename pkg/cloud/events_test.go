@@ -88,3 +88,27 @@ func TestActiveEvents(t *testing.T) {
 		t.Fatalf("accepted %v", got)
 	}
 }
+
+// TestAddInstance: one fake serves several instances, each its own
+// metadata, all through one API; a released one is gone from the API.
+func TestAddInstance(t *testing.T) {
+	ctx := context.Background()
+	f := newFake(t)
+	url := f.AddInstance(Instance{ID: "i-second", Type: "ecs.i4.large", Region: "cn-hangzhou", Zone: "cn-hangzhou-j"})
+	in, err := NewMetadata(url).Instance(ctx)
+	if err != nil || in.ID != "i-second" || in.Zone != "cn-hangzhou-j" {
+		t.Fatalf("second instance's metadata: %+v %v", in, err)
+	}
+	if first, err := NewMetadata(f.Metadata.URL).Instance(ctx); err != nil || first.ID != testInstance.ID {
+		t.Fatalf("first instance's metadata: %+v %v", first, err)
+	}
+	api := newAPI(t, f, nil)
+	got, err := api.Instances(ctx, []string{testInstance.ID, "i-second"})
+	if err != nil || len(got) != 2 {
+		t.Fatalf("instances %v %v", got, err)
+	}
+	f.Release("i-second")
+	if got, err := api.Instances(ctx, []string{testInstance.ID, "i-second"}); err != nil || len(got) != 1 {
+		t.Fatalf("after release: %v %v", got, err)
+	}
+}

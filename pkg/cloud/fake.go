@@ -47,6 +47,8 @@ type Fake struct {
 	// accepted, in order.
 	Events   []FakeEvent
 	Accepted []string
+	// others are the metadata servers of the instances AddInstance added.
+	others []*httptest.Server
 }
 
 // FakeDisk is a disk as the fake API reports it.
@@ -58,22 +60,46 @@ type FakeDisk struct {
 // NewFake starts a fake ECS for one instance.
 func NewFake(in Instance) *Fake {
 	f := &Fake{Instance: in, Types: map[string]InstanceType{}, Instances: map[string]string{in.ID: "Running"}}
-	f.Metadata = httptest.NewServer(http.HandlerFunc(f.serveMetadata))
+	f.Metadata = httptest.NewServer(f.metadataOf(func() Instance { return f.Instance }))
 	f.API = httptest.NewServer(http.HandlerFunc(f.serveAPI))
 	return f
+}
+
+// AddInstance makes the fake's API know another running instance and
+// serves that instance's metadata on a server of its own, whose URL it
+// returns: one fake ECS for a cluster of instances.
+func (f *Fake) AddInstance(in Instance) string {
+	srv := httptest.NewServer(f.metadataOf(func() Instance { return in }))
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.Instances[in.ID] = "Running"
+	f.others = append(f.others, srv)
+	return srv.URL
 }
 
 // Close stops the servers.
 func (f *Fake) Close() {
 	f.Metadata.Close()
 	f.API.Close()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, s := range f.others {
+		s.Close()
+	}
 }
 
 const fakeToken = "fake-metadata-token"
 
-func (f *Fake) serveMetadata(w http.ResponseWriter, r *http.Request) {
+// metadataOf serves the metadata of the instance that instance returns
+// (called with the fake locked).
+func (f *Fake) metadataOf(instance func() Instance) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) { f.serveMetadata(w, r, instance) }
+}
+
+func (f *Fake) serveMetadata(w http.ResponseWriter, r *http.Request, instance func() Instance) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	in := instance()
 	if r.URL.Path == "/latest/api/token" {
 		if r.Method != http.MethodPut || !f.TokenMode {
 			http.Error(w, "forbidden", http.StatusForbidden)
@@ -93,13 +119,13 @@ func (f *Fake) serveMetadata(w http.ResponseWriter, r *http.Request) {
 	p := strings.TrimPrefix(r.URL.Path, "/latest/meta-data/")
 	switch {
 	case p == "instance-id":
-		fmt.Fprint(w, f.Instance.ID)
+		fmt.Fprint(w, in.ID)
 	case p == "instance/instance-type":
-		fmt.Fprint(w, f.Instance.Type)
+		fmt.Fprint(w, in.Type)
 	case p == "region-id":
-		fmt.Fprint(w, f.Instance.Region)
+		fmt.Fprint(w, in.Region)
 	case p == "zone-id":
-		fmt.Fprint(w, f.Instance.Zone)
+		fmt.Fprint(w, in.Zone)
 	case p == "ram/security-credentials/" && f.Role != "":
 		fmt.Fprint(w, f.Role)
 	case f.Role != "" && p == "ram/security-credentials/"+f.Role:

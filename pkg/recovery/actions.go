@@ -6,11 +6,14 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	storagev1 "k8s.io/api/storage/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/klog/v2"
 
@@ -40,7 +43,6 @@ func (c *Controller) recreate(ctx context.Context, pv *corev1.PersistentVolume, 
 		pvc, err := pvcs.Get(ctx, r.Name, getOpts)
 		switch {
 		case apierrors.IsNotFound(err):
-			pvc = nil
 		case err != nil:
 			return true, err
 		case pvc.UID != r.UID:
@@ -53,11 +55,17 @@ func (c *Controller) recreate(ctx context.Context, pv *corev1.PersistentVolume, 
 				}
 				c.tellOnce(pvc, corev1.EventTypeWarning, ReasonClaimDeleted, "Deleted: its volume %s on node %s is lost, and its class sets %s: %s. "+
 					"Its owner (a StatefulSet) recreates it on a node with a free disk.", pv.Name, node, v1alpha1.ParamOnDiskLoss, v1alpha1.OnDiskLossRecreate)
+				if pvc, err = pvcs.Get(ctx, r.Name, getOpts); apierrors.IsNotFound(err) {
+					break
+				} else if err != nil {
+					return true, err
+				}
 			}
-		}
-		if pvc == nil || pvc.UID == r.UID {
-			if err := c.deletePods(ctx, pv, node); err != nil {
-				return true, err
+			if pvc.UID == r.UID && pvc.DeletionTimestamp != nil {
+				// The claim waits for the pods that use it.
+				if err := c.deletePods(ctx, pv, node, pvc.DeletionTimestamp.Time); err != nil {
+					return true, err
+				}
 			}
 		}
 	}
@@ -73,11 +81,12 @@ func (c *Controller) recreate(ctx context.Context, pv *corev1.PersistentVolume, 
 	return false, c.deletePV(ctx, pv, node)
 }
 
-// deletePods deletes the pods that use the PV's claim and cannot run: Pending
-// and not placed, or placed on the lost node (its kubelet is gone, so
-// they are deleted at once). The caller leaves the pods alone when the
-// claim was recreated: they use the new one.
-func (c *Controller) deletePods(ctx context.Context, pv *corev1.PersistentVolume, node string) error {
+// deletePods deletes the pods that use the PV's claim, were created before
+// the claim's deletion, and cannot run: Pending and not placed, or placed
+// on the lost node (its kubelet is gone, so they are deleted at once). A
+// pod created since (its owner's new one) is left alone: it will use the
+// new claim.
+func (c *Controller) deletePods(ctx context.Context, pv *corev1.PersistentVolume, node string, claimDeleted time.Time) error {
 	r := pv.Spec.ClaimRef
 	pods := c.cfg.Core.CoreV1().Pods(r.Namespace)
 	list, err := pods.List(ctx, metav1.ListOptions{})
@@ -90,7 +99,7 @@ func (c *Controller) deletePods(ctx context.Context, pv *corev1.PersistentVolume
 			return v.PersistentVolumeClaim != nil && v.PersistentVolumeClaim.ClaimName == r.Name
 		})
 		stuck := (p.Spec.NodeName == "" && p.Status.Phase == corev1.PodPending) || p.Spec.NodeName == node
-		if !uses || !stuck || p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
+		if !uses || !stuck || p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed || !p.CreationTimestamp.Time.Before(claimDeleted) {
 			continue
 		}
 		if p.Spec.NodeName == "" && p.DeletionTimestamp != nil {
@@ -152,26 +161,43 @@ func (c *Controller) deletePV(ctx context.Context, pv *corev1.PersistentVolume, 
 	return nil
 }
 
+// nodeOfCapacity is the node whose capacity a CSIStorageCapacity of the
+// driver's topology reports, "" for any other.
+func (c *Controller) nodeOfCapacity(o *storagev1.CSIStorageCapacity) string {
+	if o.NodeTopology == nil || len(o.NodeTopology.MatchExpressions) > 0 || len(o.NodeTopology.MatchLabels) != 1 {
+		return ""
+	}
+	return o.NodeTopology.MatchLabels[c.topologyKey()]
+}
+
+// removeCapacities deletes the CSIStorageCapacity objects of a node that is
+// gone: they are owned by the DaemonSet, so nothing else removes them.
+func (c *Controller) removeCapacities(ctx context.Context, node string) error {
+	all, err := c.capacities.List(labels.Everything())
+	if err != nil {
+		return err
+	}
+	var errs []error
+	caps := c.cfg.Core.StorageV1().CSIStorageCapacities(c.cfg.Namespace)
+	for _, o := range all {
+		if c.nodeOfCapacity(o) != node {
+			continue
+		}
+		if err := caps.Delete(ctx, o.Name, guarded(o.UID, o.ResourceVersion)); err != nil && !apierrors.IsNotFound(err) {
+			errs = append(errs, err)
+			continue
+		}
+		klog.InfoS("Deleted the capacity of a lost node", "csiStorageCapacity", klog.KObj(o), "node", node)
+	}
+	return errors.Join(errs...)
+}
+
 // removeNodeObjects deletes the lost node's CSIStorageCapacity objects (in
 // the driver's namespace, for its topology) and its LocalDisks.
 func (c *Controller) removeNodeObjects(ctx context.Context, node string) error {
 	var errs []error
-	caps := c.cfg.Core.StorageV1().CSIStorageCapacities(c.cfg.Namespace)
-	list, err := caps.List(ctx, metav1.ListOptions{})
-	if err != nil {
+	if err := c.removeCapacities(ctx, node); err != nil {
 		errs = append(errs, err)
-	} else {
-		for _, o := range list.Items {
-			if o.NodeTopology == nil || len(o.NodeTopology.MatchExpressions) > 0 || len(o.NodeTopology.MatchLabels) != 1 ||
-				o.NodeTopology.MatchLabels[c.topologyKey()] != node {
-				continue
-			}
-			if err := caps.Delete(ctx, o.Name, guarded(o.UID, o.ResourceVersion)); err != nil && !apierrors.IsNotFound(err) {
-				errs = append(errs, err)
-				continue
-			}
-			klog.InfoS("Deleted the capacity of a lost node", "csiStorageCapacity", klog.KObj(&o), "node", node)
-		}
 	}
 	disks := c.cfg.Dynamic.Resource(v1alpha1.GroupVersionResource)
 	ds, err := disks.List(ctx, metav1.ListOptions{FieldSelector: "spec.node=" + node})

@@ -63,15 +63,18 @@ type Config struct {
 
 // Controller watches the driver's PVs and the nodes they are on.
 type Controller struct {
-	cfg      Config
-	nodes    corelisters.NodeLister
-	pvs      corelisters.PersistentVolumeLister
-	classes  storagelisters.StorageClassLister
-	disks    cache.GenericLister
-	synced   []cache.InformerSynced
-	trigger  chan struct{}
-	factory  informers.SharedInformerFactory
-	dfactory dynamicinformer.DynamicSharedInformerFactory
+	cfg     Config
+	nodes   corelisters.NodeLister
+	pvs     corelisters.PersistentVolumeLister
+	classes storagelisters.StorageClassLister
+	// capacities are the CSIStorageCapacity objects in the driver's namespace.
+	capacities storagelisters.CSIStorageCapacityLister
+	disks      cache.GenericLister
+	synced     []cache.InformerSynced
+	trigger    chan struct{}
+	factory    informers.SharedInformerFactory
+	nsf        informers.SharedInformerFactory
+	dfactory   dynamicinformer.DynamicSharedInformerFactory
 
 	mu sync.Mutex
 	// suspect is when a node was first seen deleted or its instance
@@ -82,6 +85,10 @@ type Controller struct {
 	instances map[string]string
 	// told is the events already emitted: "uid/reason".
 	told map[string]bool
+	// verdicts is the last verdict logged per node.
+	verdicts map[string]string
+	// releasedIDs are the instances ECS confirmed released.
+	releasedIDs map[string]bool
 }
 
 // New builds the controller; Run starts it.
@@ -96,18 +103,21 @@ func New(cfg Config) *Controller {
 		cfg.Clock = clock.RealClock{}
 	}
 	c := &Controller{cfg: cfg, trigger: make(chan struct{}, 1),
-		suspect: map[string]time.Time{}, instances: map[string]string{}, told: map[string]bool{}}
+		suspect: map[string]time.Time{}, instances: map[string]string{}, told: map[string]bool{}, verdicts: map[string]string{}, releasedIDs: map[string]bool{}}
 	c.factory = informers.NewSharedInformerFactory(cfg.Core, 0)
 	nodes, pvs, classes := c.factory.Core().V1().Nodes(), c.factory.Core().V1().PersistentVolumes(), c.factory.Storage().V1().StorageClasses()
 	c.nodes, c.pvs = nodes.Lister(), pvs.Lister()
 	c.classes = classes.Lister()
+	c.nsf = informers.NewSharedInformerFactoryWithOptions(cfg.Core, 0, informers.WithNamespace(cfg.Namespace))
+	caps := c.nsf.Storage().V1().CSIStorageCapacities()
+	c.capacities = caps.Lister()
 	c.dfactory = dynamicinformer.NewDynamicSharedInformerFactory(cfg.Dynamic, 0)
 	disks := c.dfactory.ForResource(v1alpha1.GroupVersionResource)
 	c.disks = disks.Lister()
 	poke := cache.ResourceEventHandlerFuncs{
 		AddFunc: func(any) { c.poke() }, UpdateFunc: func(any, any) { c.poke() }, DeleteFunc: func(any) { c.poke() },
 	}
-	for _, inf := range []cache.SharedIndexInformer{nodes.Informer(), pvs.Informer(), classes.Informer(), disks.Informer()} {
+	for _, inf := range []cache.SharedIndexInformer{nodes.Informer(), pvs.Informer(), classes.Informer(), disks.Informer(), caps.Informer()} {
 		inf.AddEventHandler(poke)
 		c.synced = append(c.synced, inf.HasSynced)
 	}
@@ -125,6 +135,7 @@ func (c *Controller) poke() {
 // ctx ends.
 func (c *Controller) Start(ctx context.Context) error {
 	c.factory.Start(ctx.Done())
+	c.nsf.Start(ctx.Done())
 	c.dfactory.Start(ctx.Done())
 	if !cache.WaitForCacheSync(ctx.Done(), c.synced...) {
 		return errors.New("the informers did not sync")
@@ -135,6 +146,7 @@ func (c *Controller) Start(ctx context.Context) error {
 // Run watches until ctx ends; it checks on every change and every Interval.
 func (c *Controller) Run(ctx context.Context) error {
 	defer c.factory.Shutdown()
+	defer c.nsf.Shutdown()
 	defer c.dfactory.Shutdown()
 	if err := c.Start(ctx); err != nil {
 		return err

@@ -214,30 +214,54 @@ func (c *Controller) syncNodes(ctx context.Context) error {
 		}
 		cands = append(cands, candidate{node: node, exists: exists, instance: inst, vols: vols})
 	}
+	var errs []error
+	// The capacity objects of a node deleted past the grace period go,
+	// whatever its instance: they advertise disks on a node the scheduler
+	// cannot use, and its provisioner writes them again if it registers.
+	caps, err := c.capacities.List(labels.Everything())
+	if err != nil {
+		return err
+	}
+	for _, o := range caps {
+		node := c.nodeOfCapacity(o)
+		if node == "" || seen[node] {
+			continue
+		}
+		seen[node] = true
+		if _, err := c.nodes.Get(node); err == nil {
+			continue
+		}
+		if since := c.markSuspect(node, now); now.Sub(since) >= c.cfg.GracePeriod {
+			errs = append(errs, c.removeCapacities(ctx, node))
+		}
+	}
 	c.mu.Lock()
 	for node := range c.suspect {
 		if !seen[node] {
 			delete(c.suspect, node)
 		}
 	}
+	for node := range c.verdicts {
+		if !slices.ContainsFunc(cands, func(cd candidate) bool { return cd.node == node }) {
+			delete(c.verdicts, node)
+		}
+	}
 	c.mu.Unlock()
 	if len(cands) == 0 {
-		return nil
+		return errors.Join(errs...)
 	}
 
 	released, asked, cloudErr := c.askCloud(ctx, cands, witnesses)
-	var errs []error
 	if cloudErr != nil {
 		errs = append(errs, cloudErr)
 	}
 	for _, cd := range cands {
 		verdict, gone := c.judge(cd, now, released, asked)
 		if !gone {
-			if verdict != "" {
-				klog.V(2).InfoS("Node holds volumes and is not gone", "node", cd.node, "why", verdict)
-			}
+			c.note(cd.node, verdict)
 			continue
 		}
+		c.note(cd.node, "gone: "+verdict)
 		if err := c.lose(ctx, cd, verdict); err != nil {
 			errs = append(errs, err)
 		}
@@ -279,11 +303,18 @@ func (c *Controller) askCloud(ctx context.Context, cands []candidate, witnesses 
 		return released, asked, nil
 	}
 	var ids []string
+	c.mu.Lock()
 	for _, cd := range cands {
-		if cd.instance != "" && !slices.Contains(ids, cd.instance) {
+		switch {
+		case cd.instance == "" || slices.Contains(ids, cd.instance):
+		case c.releasedIDs[cd.instance]:
+			// A released instance never comes back: no need to ask again.
+			asked[cd.instance], released[cd.instance] = true, true
+		default:
 			ids = append(ids, cd.instance)
 		}
 	}
+	c.mu.Unlock()
 	if len(ids) == 0 {
 		return released, asked, nil
 	}
@@ -307,6 +338,9 @@ func (c *Controller) askCloud(ctx context.Context, cands []candidate, witnesses 
 			asked[id] = true
 		case witnessed:
 			asked[id], released[id] = true, true
+			c.mu.Lock()
+			c.releasedIDs[id] = true
+			c.mu.Unlock()
 		}
 	}
 	if !witnessed {
@@ -322,22 +356,25 @@ func (c *Controller) judge(cd candidate, now time.Time, released, asked map[stri
 		// Not Ready, with a known instance and a cloud to ask.
 		if !released[cd.instance] {
 			c.clearSuspect(cd.node)
-			return "", false
+			if asked[cd.instance] {
+				return fmt.Sprintf("the node is not Ready, and ECS lists its instance %s", cd.instance), false
+			}
+			return fmt.Sprintf("the node is not Ready, and ECS has not answered for its instance %s", cd.instance), false
 		}
 		since := c.markSuspect(cd.node, now)
 		if now.Sub(since) < c.cfg.GracePeriod {
-			return fmt.Sprintf("ECS instance %s is released; waiting out the grace period", cd.instance), false
+			return fmt.Sprintf("ECS instance %s is released; waiting out the grace period, until %s", cd.instance, since.Add(c.cfg.GracePeriod).UTC().Format(time.RFC3339)), false
 		}
-		return fmt.Sprintf("ECS instance %s of node %s is released (not listed by ECS for %s)", cd.instance, cd.node, now.Sub(since).Round(time.Second)), true
+		return fmt.Sprintf("ECS instance %s of node %s is released (not listed by ECS since %s)", cd.instance, cd.node, since.UTC().Format(time.RFC3339)), true
 	}
 	since, _ := c.suspectSince(cd.node)
 	deleted := now.Sub(since).Round(time.Second)
 	if deleted < c.cfg.GracePeriod {
-		return fmt.Sprintf("Node deleted %s ago; waiting out the grace period", deleted), false
+		return fmt.Sprintf("Node deleted; waiting out the grace period, until %s", since.Add(c.cfg.GracePeriod).UTC().Format(time.RFC3339)), false
 	}
 	switch {
 	case c.cfg.Cloud == nil:
-		return fmt.Sprintf("Node %s has been deleted for %s", cd.node, deleted), true
+		return fmt.Sprintf("Node %s was deleted (seen at %s) more than %s ago", cd.node, since.UTC().Format(time.RFC3339), c.cfg.GracePeriod), true
 	case cd.instance == "":
 		c.tellAll(cd.vols, corev1.EventTypeWarning, ReasonLossUnconfirmed, "Node %s has been deleted for %s, and its ECS instance is not known (no %s in the PV, no providerID seen): "+
 			"the controller cannot confirm that the disk is gone, and deletes nothing.", cd.node, deleted, volumeContextInstanceID)
@@ -351,7 +388,7 @@ func (c *Controller) judge(cd candidate, now time.Time, released, asked map[stri
 			"and it serves again once the node registers again.", cd.node, cd.instance)
 		return "instance exists", false
 	}
-	return fmt.Sprintf("Node %s has been deleted for %s and ECS instance %s is released", cd.node, deleted, cd.instance), true
+	return fmt.Sprintf("Node %s was deleted (seen at %s) and ECS instance %s is released", cd.node, since.UTC().Format(time.RFC3339), cd.instance), true
 }
 
 func (c *Controller) tellAll(vols []*corev1.PersistentVolume, kind, reason, format string, a ...any) {
@@ -415,4 +452,15 @@ func (c *Controller) tellClaim(ctx context.Context, pv *corev1.PersistentVolume,
 		return
 	}
 	c.tellOnce(pvc, corev1.EventTypeWarning, reason, format, a...)
+}
+
+// note logs the verdict on a node when it changes.
+func (c *Controller) note(node, verdict string) {
+	c.mu.Lock()
+	changed := c.verdicts[node] != verdict
+	c.verdicts[node] = verdict
+	c.mu.Unlock()
+	if changed {
+		klog.InfoS("Node holding volumes is deleted or not Ready", "node", node, "verdict", verdict)
+	}
 }

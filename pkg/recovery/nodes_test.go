@@ -96,7 +96,8 @@ func class(name, onLoss string) *storagev1.StorageClass {
 
 // volume is a bound PV on node, its claim and the StatefulSet's pod using it.
 func volume(name, nodeName, instance, sc string, policy corev1.PersistentVolumeReclaimPolicy) (*corev1.PersistentVolume, *corev1.PersistentVolumeClaim) {
-	pvc := &corev1.PersistentVolumeClaim{ObjectMeta: metav1.ObjectMeta{Name: "data-" + name, Namespace: "shop", UID: types.UID("pvc-uid-" + name), ResourceVersion: "7"},
+	pvc := &corev1.PersistentVolumeClaim{ObjectMeta: metav1.ObjectMeta{Name: "data-" + name, Namespace: "shop", UID: types.UID("pvc-uid-" + name), ResourceVersion: "7",
+		Finalizers: []string{pvcProtection}},
 		Spec: corev1.PersistentVolumeClaimSpec{VolumeName: "pv-" + name, StorageClassName: &sc}}
 	attrs := map[string]string{}
 	if instance != "" {
@@ -104,7 +105,7 @@ func volume(name, nodeName, instance, sc string, policy corev1.PersistentVolumeR
 	}
 	pv := &corev1.PersistentVolume{
 		ObjectMeta: metav1.ObjectMeta{Name: "pv-" + name, UID: types.UID("pv-uid-" + name), ResourceVersion: "5",
-			Finalizers: []string{"kubernetes.io/pv-protection", provisionerFinalizer}},
+			Finalizers: []string{pvProtection, provisionerFinalizer}},
 		Spec: corev1.PersistentVolumeSpec{
 			StorageClassName: sc, PersistentVolumeReclaimPolicy: policy,
 			ClaimRef:               &corev1.ObjectReference{Namespace: "shop", Name: pvc.Name, UID: pvc.UID},
@@ -138,24 +139,96 @@ func localDisk(nodeName, diskID, instance string) *unstructured.Unstructured {
 	return u
 }
 
-// enforcePreconditions makes the fake API server refuse a delete whose
-// preconditions do not match the stored object, as the real one does.
-func enforcePreconditions(tracker clienttesting.ObjectTracker) clienttesting.ReactionFunc {
+const (
+	pvcProtection = "kubernetes.io/pvc-protection"
+	pvProtection  = "kubernetes.io/pv-protection"
+)
+
+// deletes makes the fake API server delete as the real one does: a delete
+// whose preconditions do not match the stored object is refused, and an
+// object with finalizers only gets its deletionTimestamp.
+func deletes(tracker clienttesting.ObjectTracker, now func() time.Time) clienttesting.ReactionFunc {
 	return func(a clienttesting.Action) (bool, runtime.Object, error) {
 		d := a.(clienttesting.DeleteActionImpl)
-		p := d.DeleteOptions.Preconditions
-		if p == nil {
-			return false, nil, nil
-		}
 		obj, err := tracker.Get(d.Resource, d.Namespace, d.Name)
 		if err != nil {
 			return false, nil, nil
 		}
 		m, _ := meta.Accessor(obj)
-		if (p.UID != nil && *p.UID != m.GetUID()) || (p.ResourceVersion != nil && *p.ResourceVersion != m.GetResourceVersion()) {
+		if p := d.DeleteOptions.Preconditions; p != nil && ((p.UID != nil && *p.UID != m.GetUID()) || (p.ResourceVersion != nil && *p.ResourceVersion != m.GetResourceVersion())) {
 			return true, nil, apierrors.NewConflict(d.Resource.GroupResource(), d.Name, fmt.Errorf("precondition failed: UID or resourceVersion changed"))
 		}
-		return false, nil, nil
+		if len(m.GetFinalizers()) == 0 {
+			return false, nil, nil
+		}
+		if m.GetDeletionTimestamp() == nil {
+			at := metav1.NewTime(now())
+			m.SetDeletionTimestamp(&at)
+			bump(m)
+			return true, nil, tracker.Update(d.Resource, obj, d.Namespace)
+		}
+		return true, nil, nil
+	}
+}
+
+func bump(m metav1.Object) {
+	rv, _ := strconv.Atoi(m.GetResourceVersion())
+	m.SetResourceVersion(strconv.Itoa(rv + 1))
+}
+
+// protect does what Kubernetes' pvc-protection and pv-protection
+// controllers and its garbage collector do: a claim no scheduled pod uses
+// and a PV no claim holds lose their finalizers once being deleted, and a
+// deleted object without finalizers goes.
+func (f *fixture) protect() {
+	f.t.Helper()
+	tr := f.core.Tracker()
+	pvcRes, pvRes := corev1.SchemeGroupVersion.WithResource("persistentvolumeclaims"), corev1.SchemeGroupVersion.WithResource("persistentvolumes")
+	pods, _ := f.core.CoreV1().Pods("").List(f.ctx, metav1.ListOptions{})
+	claims, _ := f.core.CoreV1().PersistentVolumeClaims("").List(f.ctx, metav1.ListOptions{})
+	for _, c := range claims.Items {
+		if c.DeletionTimestamp == nil {
+			continue
+		}
+		used := slices.ContainsFunc(pods.Items, func(p corev1.Pod) bool {
+			return p.Namespace == c.Namespace && p.Spec.NodeName != "" && slices.ContainsFunc(p.Spec.Volumes, func(v corev1.Volume) bool {
+				return v.PersistentVolumeClaim != nil && v.PersistentVolumeClaim.ClaimName == c.Name
+			})
+		})
+		if used {
+			continue
+		}
+		c.Finalizers = slices.DeleteFunc(c.Finalizers, func(s string) bool { return s == pvcProtection })
+		bump(&c)
+		if err := tr.Update(pvcRes, &c, c.Namespace); err != nil {
+			f.t.Fatal(err)
+		}
+	}
+	pvs, _ := f.core.CoreV1().PersistentVolumes().List(f.ctx, metav1.ListOptions{})
+	for _, pv := range pvs.Items {
+		if pv.DeletionTimestamp == nil || pv.Spec.ClaimRef == nil {
+			continue
+		}
+		if c, err := f.core.CoreV1().PersistentVolumeClaims(pv.Spec.ClaimRef.Namespace).Get(f.ctx, pv.Spec.ClaimRef.Name, metav1.GetOptions{}); err == nil && c.UID == pv.Spec.ClaimRef.UID {
+			continue
+		}
+		pv.Finalizers = slices.DeleteFunc(pv.Finalizers, func(s string) bool { return s == pvProtection })
+		bump(&pv)
+		if err := tr.Update(pvRes, &pv, ""); err != nil {
+			f.t.Fatal(err)
+		}
+	}
+	claims, _ = f.core.CoreV1().PersistentVolumeClaims("").List(f.ctx, metav1.ListOptions{})
+	for _, c := range claims.Items {
+		if c.DeletionTimestamp != nil && len(c.Finalizers) == 0 {
+			tr.Delete(pvcRes, c.Namespace, c.Name)
+		}
+	}
+	pvs, _ = f.core.CoreV1().PersistentVolumes().List(f.ctx, metav1.ListOptions{})
+	for _, pv := range pvs.Items {
+		if pv.DeletionTimestamp != nil && len(pv.Finalizers) == 0 {
+			tr.Delete(pvRes, "", pv.Name)
+		}
 	}
 }
 
@@ -173,7 +246,7 @@ func newFixture(t *testing.T, withCloud bool, objs ...runtime.Object) *fixture {
 	}
 	f := &fixture{t: t, ctx: ctx, core: kubefake.NewClientset(typed...), rec: &recorder{},
 		clock: clocktesting.NewFakeClock(time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC))}
-	f.core.PrependReactor("delete", "*", enforcePreconditions(f.core.Tracker()))
+	f.core.PrependReactor("delete", "*", deletes(f.core.Tracker(), f.clock.Now))
 	f.dyn = dynamicfake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(), map[schema.GroupVersionResource]string{v1alpha1.GroupVersionResource: "LocalDiskList"}, disks...)
 	cfg := Config{DriverName: driverName, Namespace: namespace, Core: f.core, Dynamic: f.dyn, Recorder: f.rec, GracePeriod: grace, Clock: f.clock}
 	if withCloud {
@@ -213,7 +286,9 @@ func (f *fixture) sync() {
 		nodes, _ := f.core.CoreV1().Nodes().List(f.ctx, metav1.ListOptions{})
 		cpv, _ := f.c.pvs.List(labels.Everything())
 		cn, _ := f.c.nodes.List(labels.Everything())
-		if len(pvs.Items) == len(cpv) && len(nodes.Items) == len(cn) {
+		caps, _ := f.core.StorageV1().CSIStorageCapacities(namespace).List(f.ctx, metav1.ListOptions{})
+		ccaps, _ := f.c.capacities.List(labels.Everything())
+		if len(pvs.Items) == len(cpv) && len(nodes.Items) == len(cn) && len(caps.Items) == len(ccaps) {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -224,6 +299,7 @@ func (f *fixture) sync() {
 	if err := f.c.Sync(f.ctx); err != nil {
 		f.t.Fatal(err)
 	}
+	f.protect()
 }
 
 func (f *fixture) exists(kind, ns, name string) bool {
@@ -530,5 +606,78 @@ func TestInstanceOfProviderID(t *testing.T) {
 		if got := InstanceOfProviderID(in); got != want {
 			t.Errorf("%q: %q, want %q", in, got, want)
 		}
+	}
+}
+
+// The pod its StatefulSet makes once the lost one is deleted (same name,
+// Pending) is left alone while the old claim is still going away: it will
+// use the new claim.
+func TestReplacementPodIsNotDeleted(t *testing.T) {
+	objs := world("ssd", v1alpha1.OnDiskLossRecreate, corev1.PersistentVolumeReclaimDelete)
+	pvc := objs[4].(*corev1.PersistentVolumeClaim)
+	pvc.Finalizers = append(pvc.Finalizers, "example.com/hold") // keeps the old claim terminating
+	f := newFixture(t, false, objs...)
+	f.deleteNode("a")
+	f.sync()
+	f.clock.Step(grace)
+	f.sync()
+	if f.exists("pod", "shop", "web-0") {
+		t.Fatal("the lost pod kept")
+	}
+	f.clock.Step(time.Second)
+	repl := pod("web-0", pvc.Name, "", corev1.PodPending)
+	repl.UID, repl.CreationTimestamp = "pod-uid-replacement", metav1.NewTime(f.clock.Now())
+	if _, err := f.core.CoreV1().Pods("shop").Create(f.ctx, repl, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	f.sync()
+	f.sync()
+	p, err := f.core.CoreV1().Pods("shop").Get(f.ctx, "web-0", metav1.GetOptions{})
+	if err != nil || p.UID != "pod-uid-replacement" {
+		t.Fatalf("the replacement pod was deleted: %v %v", p.UID, err)
+	}
+}
+
+// The capacity objects of a deleted node without volumes go after the grace
+// period, and those of a node that exists stay.
+func TestCapacityOfDeletedNode(t *testing.T) {
+	objs := append(world("ssd", "", corev1.PersistentVolumeReclaimDelete), node("c", "i-c", true), capacity("cap-c", "c"))
+	f := newFixture(t, true, objs...)
+	f.deleteNode("c")
+	f.sync()
+	f.clock.Step(grace - time.Second)
+	f.sync()
+	if !f.exists("capacity", namespace, "cap-c") {
+		t.Fatal("capacity deleted within the grace period")
+	}
+	f.clock.Step(time.Second)
+	f.sync()
+	if f.exists("capacity", namespace, "cap-c") {
+		t.Fatal("the deleted node's capacity kept")
+	}
+	if !f.exists("capacity", namespace, "cap-a") || !f.exists("capacity", namespace, "cap-b") {
+		t.Fatal("a live node's capacity deleted")
+	}
+}
+
+// A released instance is asked about once: its volumes of a class without
+// opt-in stay, and the checks that follow do not spend ECS's quota on it.
+func TestReleasedInstanceIsAskedOnce(t *testing.T) {
+	f := newFixture(t, true, world("ssd", "", corev1.PersistentVolumeReclaimDelete)...)
+	f.ecs.Release("i-a")
+	f.deleteNode("a")
+	f.sync()
+	f.clock.Step(grace)
+	for range 5 {
+		f.sync()
+	}
+	calls := 0
+	for _, c := range f.ecs.APICalls() {
+		if c["Action"] == "DescribeInstances" {
+			calls++
+		}
+	}
+	if calls != 1 || !f.rec.has(ReasonDiskLost, "/pv-web-0") {
+		t.Fatalf("%d DescribeInstances calls, events %q", calls, f.rec.events)
 	}
 }

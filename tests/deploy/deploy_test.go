@@ -167,7 +167,7 @@ var grants = []string{
 	"ClusterRole/ecs-localdisk-csi-controller: storage.k8s.io/storageclasses get list watch",
 	"ClusterRole/ecs-localdisk-csi-controller: localdisk.csi.alibabacloud.com/localdisks get list watch delete",
 	"ClusterRole/ecs-localdisk-csi-controller: /events create patch",
-	"Role/ecs-localdisk-csi-controller: storage.k8s.io/csistoragecapacities list delete",
+	"Role/ecs-localdisk-csi-controller: storage.k8s.io/csistoragecapacities list watch delete",
 	"Role/ecs-localdisk-csi-controller: coordination.k8s.io/leases get create update",
 	"Role/ecs-localdisk-csi-controller: /events create patch",
 }

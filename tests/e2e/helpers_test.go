@@ -277,6 +277,7 @@ type object struct {
 	Reason         string `json:"reason"`
 	InvolvedObject struct {
 		Name string `json:"name"`
+		UID  string `json:"uid"`
 	} `json:"involvedObject"`
 	// CSIStorageCapacity.
 	Capacity         string `json:"capacity"`

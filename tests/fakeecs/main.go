@@ -1,15 +1,26 @@
 // Command fakeecs serves the driver's fake ECS (pkg/cloud.Fake), a metadata
-// server and an OpenAPI endpoint on loopback, for one instance described by
-// a JSON file, until it is stopped. The end-to-end suite runs one per node
-// whose disks the driver finds through the ECS source.
+// server and an OpenAPI endpoint on loopback, until it is stopped: for one
+// instance described by a JSON file, or (without --spec) for a cluster of
+// instances that its control endpoint adds. The end-to-end suite runs one
+// per cluster: each node whose disks the driver finds through the ECS
+// source adds its instance, and the tests release instances through it.
 //
-//	fakeecs --spec instance.json --urls urls.json
+//	fakeecs [--spec instance.json] --urls urls.json
+//
+// The control endpoint (loopback, the "control" URL in urls.json):
+//
+//	POST /instances         a Spec as JSON: adds the instance, its type and
+//	                        disks; answers {"metadata": URL}
+//	POST /release?instance=ID   releases the instance and its disks
 package main
 
 import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/signal"
 	"syscall"
@@ -25,8 +36,8 @@ type Spec struct {
 }
 
 func main() {
-	specPath := flag.String("spec", "", "JSON file with the instance, its type and its disks")
-	urlsPath := flag.String("urls", "", "file to write {\"metadata\":..., \"api\":...} to once serving")
+	specPath := flag.String("spec", "", "JSON file with the instance, its type and its disks (default: a cluster; instances come through the control endpoint)")
+	urlsPath := flag.String("urls", "", "file to write {\"metadata\":..., \"api\":..., \"control\":...} to once serving")
 	flag.Parse()
 	if err := run(*specPath, *urlsPath); err != nil {
 		fmt.Fprintln(os.Stderr, "fakeecs:", err)
@@ -35,16 +46,18 @@ func main() {
 }
 
 func run(specPath, urlsPath string) error {
-	if specPath == "" || urlsPath == "" {
-		return fmt.Errorf("--spec and --urls are required")
+	if urlsPath == "" {
+		return fmt.Errorf("--urls is required")
 	}
-	b, err := os.ReadFile(specPath)
-	if err != nil {
-		return err
-	}
-	var spec Spec
-	if err := json.Unmarshal(b, &spec); err != nil {
-		return fmt.Errorf("%s: %w", specPath, err)
+	spec := Spec{Instance: cloud.Instance{ID: "i-fakeecs", Type: "ecs.e2e", Region: "cn-hangzhou", Zone: "cn-hangzhou-k"}}
+	if specPath != "" {
+		b, err := os.ReadFile(specPath)
+		if err != nil {
+			return err
+		}
+		if err := json.Unmarshal(b, &spec); err != nil {
+			return fmt.Errorf("%s: %w", specPath, err)
+		}
 	}
 	f := cloud.NewFake(spec.Instance)
 	defer f.Close()
@@ -53,7 +66,9 @@ func run(specPath, urlsPath string) error {
 		f.Types[spec.Instance.Type] = spec.Type
 		f.Disks = spec.Disks
 	})
-	urls, _ := json.Marshal(map[string]string{"metadata": f.Metadata.URL, "api": f.API.URL})
+	control := httptest.NewServer(controlHandler(f))
+	defer control.Close()
+	urls, _ := json.Marshal(map[string]string{"metadata": f.Metadata.URL, "api": f.API.URL, "control": control.URL})
 	if err := os.WriteFile(urlsPath+".tmp", urls, 0o600); err != nil {
 		return err
 	}
@@ -64,4 +79,31 @@ func run(specPath, urlsPath string) error {
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
 	<-sig
 	return nil
+}
+
+// controlHandler serves the control endpoint.
+func controlHandler(f *cloud.Fake) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /instances", func(w http.ResponseWriter, r *http.Request) {
+		var s Spec
+		if err := json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(&s); err != nil || s.Instance.ID == "" {
+			http.Error(w, fmt.Sprintf("a Spec with an instance ID: %v", err), http.StatusBadRequest)
+			return
+		}
+		url := f.AddInstance(s.Instance)
+		f.Update(func(f *cloud.Fake) {
+			f.Types[s.Instance.Type] = s.Type
+			f.Disks = append(f.Disks, s.Disks...)
+		})
+		json.NewEncoder(w).Encode(map[string]string{"metadata": url})
+	})
+	mux.HandleFunc("POST /release", func(w http.ResponseWriter, r *http.Request) {
+		id := r.URL.Query().Get("instance")
+		if id == "" {
+			http.Error(w, "instance= is required", http.StatusBadRequest)
+			return
+		}
+		f.Release(id)
+	})
+	return mux
 }

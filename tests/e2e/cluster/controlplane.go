@@ -63,6 +63,10 @@ type ControlPlane struct {
 	// madeKubeletDir: the machine had no /var/lib/kubelet, the suite made
 	// it as the nodes' mount point (see nodens.go).
 	madeKubeletDir bool
+	// ecs is the cluster's fake ECS, once a node or the controller needs it.
+	ecs *ecsURLs
+	// controllerLog is the log of the controller (StartController).
+	controllerLog string
 }
 
 // Start brings the control plane up and waits until the apiserver is ready.

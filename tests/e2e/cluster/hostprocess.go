@@ -9,7 +9,6 @@ import (
 	"strings"
 	"time"
 
-	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/kubernetes/third_party/forked/golang/expansion"
 )
@@ -99,7 +98,7 @@ func mapPaths(spec *corev1.PodSpec, c *corev1.Container, n *Node, args []string)
 // and Secret references read from the data given (name -> key -> value),
 // $(VAR) references expanded. It returns the variables and the same as
 // NAME=value lines in their order.
-func podEnv(ds *appsv1.DaemonSet, c *corev1.Container, n *Node, configMaps, secrets map[string]map[string]string) (map[string]string, []string, error) {
+func podEnv(c *corev1.Container, fields map[string]string, configMaps, secrets map[string]map[string]string) (map[string]string, []string, error) {
 	vars := map[string]string{}
 	var order []string
 	set := func(k, v string) {
@@ -132,16 +131,11 @@ func podEnv(ds *appsv1.DaemonSet, c *corev1.Container, n *Node, configMaps, secr
 		case e.ValueFrom == nil:
 			set(e.Name, expansion.Expand(e.Value, expansion.MappingFuncFor(vars)))
 		case e.ValueFrom.FieldRef != nil:
-			switch e.ValueFrom.FieldRef.FieldPath {
-			case "spec.nodeName":
-				set(e.Name, n.Name)
-			case "metadata.namespace":
-				set(e.Name, ds.Namespace)
-			case "metadata.name":
-				set(e.Name, n.Pod)
-			default:
+			v, ok := fields[e.ValueFrom.FieldRef.FieldPath]
+			if !ok {
 				return nil, nil, fmt.Errorf("container %s: env %s: field %s not resolved by the suite", c.Name, e.Name, e.ValueFrom.FieldRef.FieldPath)
 			}
+			set(e.Name, v)
 		case e.ValueFrom.ConfigMapKeyRef != nil:
 			ref := e.ValueFrom.ConfigMapKeyRef
 			v, ok := configMaps[ref.Name][ref.Key]
@@ -219,13 +213,9 @@ func (cp *ControlPlane) hostProcess(n *Node, container string, h hostSide) (args
 	// Harness: every Secret the container reads holds keys the fake ECS
 	// takes. The ecs overlay reads its credentials from an optional Secret
 	// and otherwise from the instance's RAM role, which no machine here has.
-	secrets := map[string]map[string]string{}
-	for _, from := range c.EnvFrom {
-		if from.SecretRef != nil {
-			secrets[from.SecretRef.Name] = map[string]string{"ALIBABA_CLOUD_ACCESS_KEY_ID": "LTAIe2e", "ALIBABA_CLOUD_ACCESS_KEY_SECRET": "e2e-secret"}
-		}
-	}
-	vars, env, err := podEnv(ds, c, n, configMaps, secrets)
+	secrets := fakeECSSecrets(c)
+	fields := map[string]string{"spec.nodeName": n.Name, "metadata.namespace": ds.Namespace, "metadata.name": n.Pod}
+	vars, env, err := podEnv(c, fields, configMaps, secrets)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -296,4 +286,16 @@ func (cp *ControlPlane) hostProcess(n *Node, container string, h hostSide) (args
 		}
 	}
 	return args, env, nil
+}
+
+// fakeECSSecrets gives every Secret the container reads keys the fake ECS
+// takes.
+func fakeECSSecrets(c *corev1.Container) map[string]map[string]string {
+	secrets := map[string]map[string]string{}
+	for _, from := range c.EnvFrom {
+		if from.SecretRef != nil {
+			secrets[from.SecretRef.Name] = map[string]string{"ALIBABA_CLOUD_ACCESS_KEY_ID": "LTAIe2e", "ALIBABA_CLOUD_ACCESS_KEY_SECRET": "e2e-secret"}
+		}
+	}
+	return secrets
 }

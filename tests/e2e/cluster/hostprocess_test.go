@@ -42,7 +42,7 @@ func TestHostProcessArgs(t *testing.T) {
 	ds := testDaemonSet()
 	c := &ds.Spec.Template.Spec.Containers[0]
 	n := &Node{Name: "fake-1", dir: "/tmp/c/nodes/fake-1", Pod: "ds-abcde"}
-	vars, env, err := podEnv(ds, c, n, map[string]map[string]string{"cm": {"devices": "/dev/loop7,/dev/loop8"}}, nil)
+	vars, env, err := podEnv(c, map[string]string{"spec.nodeName": n.Name, "metadata.namespace": ds.Namespace, "metadata.name": n.Pod}, map[string]map[string]string{"cm": {"devices": "/dev/loop7,/dev/loop8"}}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -61,7 +61,7 @@ func TestHostProcessArgs(t *testing.T) {
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("args\n%q\nwant\n%q", got, want)
 	}
-	if _, _, err := podEnv(ds, c, n, nil, nil); err == nil {
+	if _, _, err := podEnv(c, map[string]string{"spec.nodeName": n.Name, "metadata.namespace": ds.Namespace, "metadata.name": n.Pod}, nil, nil); err == nil {
 		t.Error("a missing ConfigMap key went unnoticed")
 	}
 }

@@ -188,6 +188,8 @@ func (r *Rendered) list() ([]byte, error) {
 type deployment struct {
 	static, ecs *appsv1.DaemonSet
 	configMaps  map[string]map[string]string
+	// controller is the ecs overlay's cluster component (StartController).
+	controller *appsv1.Deployment
 }
 
 // Deploy applies the deployment as shipped: every object of the static
@@ -222,6 +224,16 @@ func (cp *ControlPlane) Deploy(ctx context.Context, dir, drop string) error {
 		return fmt.Errorf("the overlays' DaemonSets differ: %s/%s and %s/%s", d.static.Namespace, d.static.Name, d.ecs.Namespace, d.ecs.Name)
 	}
 	if d.configMaps, err = static.configMaps(); err != nil {
+		return err
+	}
+	if d.controller, err = ecs.deploymentOf(controllerDeployment); err != nil {
+		return err
+	}
+	// Harness: no pod of the controller's Deployment runs, so that a real
+	// node's kubelet does not try to pull the driver's image; a test that
+	// needs the controller runs its container as a host process
+	// (StartController).
+	if err := static.scaleToZero(controllerDeployment); err != nil {
 		return err
 	}
 	list, err := static.list()

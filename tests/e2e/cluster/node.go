@@ -2,7 +2,6 @@ package cluster
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"maps"
 	"os"
@@ -48,6 +47,8 @@ type Node struct {
 	// driverLog is the log of the node's driver.
 	driverLog string
 	disks     []DiskSpec
+	// procs are the node's DaemonSet containers run as host processes.
+	procs []*proc
 }
 
 // AddFakeNode creates the node's disks and registers the node with the
@@ -71,6 +72,17 @@ func (cp *ControlPlane) AddFakeNode(ctx context.Context, name string, disks []Di
 		return nil, err
 	}
 	return n, cp.startProvisioner(ctx, n)
+}
+
+// RegisterNode registers a kubelet-less node again after a test deleted
+// its Node object, as a kubelet does when it starts: the same name, labels
+// and CSINode. Its driver and provisioner keep running.
+func (cp *ControlPlane) RegisterNode(ctx context.Context, n *Node) error {
+	if n.real != nil {
+		return fmt.Errorf("%s is a real node: its kubelet registers it", n.Name)
+	}
+	_, err := cp.Kubectl(ctx, fakeNodeYAML(n.Name, len(n.disks), cp.deployed.static.Spec.Template.Spec.NodeSelector), "apply", "-f", "-")
+	return err
 }
 
 func (cp *ControlPlane) newNode(name string, disks []DiskSpec) (*Node, error) {
@@ -128,6 +140,7 @@ func (cp *ControlPlane) startDriver(ctx context.Context, n *Node) error {
 		return err
 	}
 	n.driverLog = drv.log
+	n.procs = append(n.procs, drv)
 	return waitFor(ctx, drv, n.Name+" driver socket", func() error { _, err := os.Stat(n.sock); return err })
 }
 
@@ -145,8 +158,10 @@ func (n *Node) MetricsURL() (string, error) {
 	return "http://" + string(m[len(m)-1][1]) + "/metrics", nil
 }
 
-// fakeECS starts a fake ECS (the fakeecs command) for a node whose disks
-// have categories and returns its metadata and OpenAPI URLs, or "", "".
+// fakeECS adds the instance of a node whose disks have categories to the
+// cluster's fake ECS (the fakeecs command), which lists each disk with its
+// category, and returns the instance's metadata URL and the OpenAPI URL,
+// or "", "" for a node without categories.
 func (cp *ControlPlane) fakeECS(ctx context.Context, n *Node) (metadata, api string, err error) {
 	categorized := false
 	for _, d := range n.disks {
@@ -155,16 +170,19 @@ func (cp *ControlPlane) fakeECS(ctx context.Context, n *Node) (metadata, api str
 	if !categorized {
 		return "", "", nil
 	}
-	if cp.cfg.FakeECS == "" {
-		return "", "", fmt.Errorf("%s has disks with categories but Config.FakeECS is not set", n.Name)
+	urls, err := cp.clusterECS(ctx)
+	if err != nil {
+		return "", "", fmt.Errorf("%s has disks with categories: %w", n.Name, err)
 	}
 	type disk struct {
 		ID, Category, InstanceID, Serial string
 		SizeGiB                          int
 	}
-	id := "i-" + n.Name
+	id := n.InstanceID()
 	spec := map[string]any{
-		"Instance": map[string]string{"ID": id, "Type": "ecs.e2e", "Region": "cn-hangzhou", "Zone": "cn-hangzhou-k"},
+		// One instance type per node: the type says how many local disks
+		// the instance has, and nodes have different counts.
+		"Instance": map[string]string{"ID": id, "Type": "ecs.e2e." + n.Name, "Region": "cn-hangzhou", "Zone": "cn-hangzhou-k"},
 		"Type":     map[string]any{"LocalStorageAmount": len(n.Loops), "LocalStorageGiB": 1, "LocalStorageCategory": "local_ssd_pro"},
 	}
 	var ds []disk
@@ -174,24 +192,8 @@ func (cp *ControlPlane) fakeECS(ctx context.Context, n *Node) (metadata, api str
 			InstanceID: id, Serial: strings.TrimSpace(string(backing)), SizeGiB: int(n.disks[i].SizeBytes >> 30)})
 	}
 	spec["Disks"] = ds
-	b, _ := json.Marshal(spec)
-	specPath, urlsPath := filepath.Join(n.dir, "ecs-spec.json"), filepath.Join(n.dir, "ecs-urls.json")
-	if err := os.WriteFile(specPath, b, 0o600); err != nil {
-		return "", "", err
-	}
-	p, err := cp.procs.start(n.dir, "fakeecs", cp.cfg.FakeECS, "--spec="+specPath, "--urls="+urlsPath)
-	if err != nil {
-		return "", "", err
-	}
-	var urls struct{ Metadata, API string }
-	err = waitFor(ctx, p, n.Name+" fake ECS", func() error {
-		b, err := os.ReadFile(urlsPath)
-		if err != nil {
-			return err
-		}
-		return json.Unmarshal(b, &urls)
-	})
-	return urls.Metadata, urls.API, err
+	metadata, err = cp.addInstance(ctx, spec)
+	return metadata, urls.API, err
 }
 
 // startProvisioner runs the node's csi-provisioner in distributed mode, as
@@ -210,6 +212,7 @@ func (cp *ControlPlane) startProvisioner(ctx context.Context, n *Node) error {
 	if err != nil {
 		return err
 	}
+	n.procs = append(n.procs, prov)
 	// Ready once it has probed the driver and runs its capacity controller
 	// (the CSIStorageCapacity objects follow per StorageClass).
 	return waitFor(ctx, prov, n.Name+" csi-provisioner", func() error {

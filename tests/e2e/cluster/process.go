@@ -88,6 +88,15 @@ func (p *proc) stop(grace time.Duration) {
 	}
 }
 
+// kill ends the process at once, as a machine that goes away does.
+func (p *proc) kill() {
+	if p.exited() {
+		return
+	}
+	_ = p.cmd.Process.Kill()
+	<-p.done
+}
+
 // stopAll stops every process, last started first.
 func (ps *procs) stopAll() {
 	ps.mu.Lock()
