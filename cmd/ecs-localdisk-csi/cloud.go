@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"sync"
+	"time"
 
 	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/cloud"
 )
@@ -67,4 +68,28 @@ func (l *lazyAPI) Instances(ctx context.Context, ids []string) (map[string]cloud
 		return nil, err
 	}
 	return api.Instances(ctx, ids)
+}
+
+func (l *lazyAPI) ActiveEvents(ctx context.Context, ids []string, types ...string) ([]cloud.SystemEvent, error) {
+	api, err := l.get(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return api.ActiveEvents(ctx, ids, types...)
+}
+
+func (l *lazyAPI) DiskErrors(ctx context.Context, ids []string, now time.Time) ([]cloud.SystemEvent, error) {
+	api, err := l.get(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return api.DiskErrors(ctx, ids, now)
+}
+
+func (l *lazyAPI) AcceptEvent(ctx context.Context, id string) error {
+	api, err := l.get(ctx)
+	if err != nil {
+		return err
+	}
+	return api.AcceptEvent(ctx, id)
 }

@@ -105,7 +105,7 @@ func control(o options.Controller) error {
 	defer broadcaster.Shutdown()
 	cfg := recovery.Config{DriverName: o.DriverName, Namespace: o.Namespace, Core: core, Dynamic: dyn,
 		Recorder:    broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "ecs-localdisk-csi-controller"}),
-		GracePeriod: o.NodeLossGracePeriod, Interval: o.Interval}
+		GracePeriod: o.NodeLossGracePeriod, Interval: o.Interval, EventInterval: o.CloudEventInterval, AcceptDiskEvents: o.AcceptDiskEvents}
 	if o.Cloud == "ecs" {
 		md := cloud.NewMetadata(o.MetadataEndpoint)
 		cfg.Cloud = &lazyAPI{credentialsFile: o.CredentialsFile, ramRole: o.RAMRole, endpoint: o.ECSEndpoint, region: o.Region, md: md}

@@ -59,7 +59,15 @@ func newMirror(ctx context.Context, cfg *rest.Config, node string, inv *inventor
 	return m, broadcaster.Shutdown, nil
 }
 
-// rescan discovers the node's disks again every interval until ctx ends.
+// checkLost looks for volumes whose data is gone (CheckLost).
+func checkLost(ctx context.Context, inv *inventory.Inventory) {
+	if _, err := inv.CheckLost(ctx); err != nil && ctx.Err() == nil {
+		klog.ErrorS(err, "Looking for volumes whose disk reads blank failed")
+	}
+}
+
+// rescan discovers the node's disks again every interval until ctx ends,
+// and then looks for volumes whose data is gone.
 func rescan(ctx context.Context, inv *inventory.Inventory, interval time.Duration) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
@@ -71,6 +79,7 @@ func rescan(ctx context.Context, inv *inventory.Inventory, interval time.Duratio
 			if err := inv.Refresh(ctx); err != nil && ctx.Err() == nil {
 				klog.ErrorS(err, "Rediscovering the node's disks failed; retrying at the next rescan", "retryIn", interval)
 			}
+			checkLost(ctx, inv)
 		}
 	}
 }

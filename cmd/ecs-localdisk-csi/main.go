@@ -297,6 +297,7 @@ func serve(o options.Options) error {
 			return
 		}
 		klog.InfoS("Ready", "node", o.NodeID, "managedDisks", inv.ManagedDisks())
+		checkLost(ctx, inv)
 		changes.Changed()
 		rescan(ctx, inv, o.DiskRescanInterval)
 	}()

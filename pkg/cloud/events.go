@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"time"
 
 	"github.com/aliyun/alibaba-cloud-sdk-go/sdk/requests"
 	"github.com/aliyun/alibaba-cloud-sdk-go/services/ecs"
@@ -123,4 +124,57 @@ func (a *API) AcceptEvent(ctx context.Context, eventID string) error {
 		_, err := c.AcceptInquiredSystemEvent(req)
 		return err
 	})
+}
+
+// DiskErrorEvent is the type DiskErrors gives the events it returns.
+const DiskErrorEvent = "Disk:ErrorDetected"
+
+// DiskErrors lists the ErrorDetected events of the disks of ids that are
+// still in effect (DescribeDisksFullStatus, EventType ErrorDetected: "the
+// local disk is damaged"), as system events of type Disk:ErrorDetected,
+// in calls of at most 100 disks. An event whose end time has passed is
+// over; one without an end time is in effect.
+func (a *API) DiskErrors(ctx context.Context, ids []string, now time.Time) ([]SystemEvent, error) {
+	var out []SystemEvent
+	for start := 0; start < len(ids); start += batch {
+		chunk := ids[start:min(start+batch, len(ids))]
+		for page := 1; ; page++ {
+			if page > maxPages {
+				return nil, fmt.Errorf("ECS DescribeDisksFullStatus: more than %d pages", maxPages)
+			}
+			req := ecs.CreateDescribeDisksFullStatusRequest()
+			req.RegionId, req.DiskId, req.EventType = a.cfg.Region, &chunk, "ErrorDetected"
+			req.PageNumber, req.PageSize = requests.NewInteger(page), requests.NewInteger(batch)
+			var resp *ecs.DescribeDisksFullStatusResponse
+			if err := a.call(ctx, "DescribeDisksFullStatus", func(c *ecs.Client) (err error) {
+				resp, err = c.DescribeDisksFullStatus(req)
+				return err
+			}); err != nil {
+				return nil, err
+			}
+			items := resp.DiskFullStatusSet.DiskFullStatusType
+			for _, d := range items {
+				for _, e := range d.DiskEventSet.DiskEventType {
+					if e.EventType.Name != "ErrorDetected" || ended(e.EventEndTime, now) {
+						continue
+					}
+					out = append(out, SystemEvent{ID: e.EventId, InstanceID: d.InstanceId, Type: DiskErrorEvent, Status: "Executing",
+						DiskID: d.DiskId, Device: d.Device, NotBefore: e.EventTime})
+				}
+			}
+			if len(items) < batch || page*batch >= resp.TotalCount {
+				break
+			}
+		}
+	}
+	return out, nil
+}
+
+// ended says whether an event's end time (RFC 3339, "" for none) has passed.
+func ended(end string, now time.Time) bool {
+	if end == "" {
+		return false
+	}
+	t, err := time.Parse(time.RFC3339, end)
+	return err == nil && !t.After(now)
 }

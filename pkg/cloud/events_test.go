@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestInstances: DescribeInstances in batches of 100; a released instance
@@ -68,7 +69,8 @@ func TestActiveEvents(t *testing.T) {
 		ids = append(ids, e.ID)
 	}
 	slices.Sort(ids)
-	if len(got) != 26 || !slices.Contains(ids, "e-err") || slices.Contains(ids, "e-done") || slices.Contains(ids, "e-other") || slices.Contains(ids, "e-reboot") {
+	// Disk:ErrorDetected is a disk's event: DiskErrors reads it.
+	if len(got) != 25 || slices.Contains(ids, "e-err") || slices.Contains(ids, "e-done") || slices.Contains(ids, "e-other") || slices.Contains(ids, "e-reboot") {
 		t.Fatalf("events %v", ids)
 	}
 	e := got[0]
@@ -110,5 +112,38 @@ func TestAddInstance(t *testing.T) {
 	f.Release("i-second")
 	if got, err := api.Instances(ctx, []string{testInstance.ID, "i-second"}); err != nil || len(got) != 1 {
 		t.Fatalf("after release: %v %v", got, err)
+	}
+}
+
+// TestDiskErrors: ErrorDetected events of the disks asked about, in calls
+// of at most 100 disks; an ended one is over.
+func TestDiskErrors(t *testing.T) {
+	ctx := context.Background()
+	f := newFake(t)
+	var disks []string
+	for i := range 130 {
+		disks = append(disks, fmt.Sprintf("d-%03d", i))
+	}
+	f.InjectEvent(FakeEvent{ID: "e-1", InstanceID: testInstance.ID, Type: DiskErrorEvent, Status: "Executing", DiskID: "d-007", Device: "/dev/vdc"})
+	f.InjectEvent(FakeEvent{ID: "e-2", InstanceID: testInstance.ID, Type: DiskErrorEvent, Status: "Executing", DiskID: "d-120"})
+	f.InjectEvent(FakeEvent{ID: "e-3", InstanceID: testInstance.ID, Type: DiskErrorEvent, Status: "Executed", DiskID: "d-008"})
+	f.InjectEvent(FakeEvent{ID: "e-4", InstanceID: testInstance.ID, Type: DiskErrorEvent, Status: "Executing", DiskID: "d-unasked"})
+	f.InjectEvent(FakeEvent{ID: "e-5", InstanceID: testInstance.ID, Type: "SystemMaintenance.IsolateErrorDisk", Status: "Inquiring", DiskID: "d-009"})
+	got, err := newAPI(t, f, nil).DiskErrors(ctx, disks, time.Date(2026, 12, 2, 0, 0, 0, 0, time.UTC))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 2 || got[0].ID != "e-1" || got[0].DiskID != "d-007" || got[0].Device != "/dev/vdc" || got[0].InstanceID != testInstance.ID ||
+		got[0].Type != DiskErrorEvent || got[1].DiskID != "d-120" {
+		t.Fatalf("disk errors %+v", got)
+	}
+	calls := 0
+	for _, c := range f.APICalls() {
+		if c["Action"] == "DescribeDisksFullStatus" {
+			calls++
+		}
+	}
+	if calls != 2 {
+		t.Fatalf("%d calls for 130 disks, want 2", calls)
 	}
 }

@@ -187,6 +187,8 @@ func (f *Fake) serveAPI(w http.ResponseWriter, r *http.Request) {
 		f.describeInstanceTypes(w, params)
 	case "DescribeInstances":
 		f.describeInstances(w, params)
+	case "DescribeDisksFullStatus":
+		f.describeDisksFullStatus(w, params)
 	case "DescribeInstanceHistoryEvents":
 		f.describeInstanceHistoryEvents(w, params)
 	case "AcceptInquiredSystemEvent":

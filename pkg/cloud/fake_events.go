@@ -103,6 +103,9 @@ func (f *Fake) describeInstanceHistoryEvents(w http.ResponseWriter, p map[string
 	resources, statuses, types := repeated(p, "ResourceId"), repeated(p, "InstanceEventCycleStatus"), repeated(p, "InstanceEventType")
 	var match []map[string]any
 	for _, e := range f.Events {
+		if isDiskEvent(e) {
+			continue // DescribeDisksFullStatus serves these
+		}
 		// Without a status filter the API answers finished events only.
 		finished := e.Status == "Executed" || e.Status == "Canceled" || e.Status == "Failed" || e.Status == "Avoided"
 		if (len(resources) > 0 && !resources[e.InstanceID]) || (len(types) > 0 && !types[e.Type]) ||
@@ -137,4 +140,61 @@ func (f *Fake) acceptInquiredSystemEvent(w http.ResponseWriter, p map[string]str
 	}
 	w.WriteHeader(http.StatusNotFound)
 	json.NewEncoder(w).Encode(map[string]string{"RequestId": "fake", "Code": "InvalidEventId.NotFound", "Message": "no event " + p["EventId"]})
+}
+
+// isDiskEvent says whether the event is a disk's (Disk:ErrorDetected), which
+// ECS lists through DescribeDisksFullStatus, not with the instance events.
+func isDiskEvent(e FakeEvent) bool { return strings.HasPrefix(e.Type, "Disk:") }
+
+func (f *Fake) describeDisksFullStatus(w http.ResponseWriter, p map[string]string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	disks := repeated(p, "DiskId")
+	want := strings.TrimPrefix(p["EventType"], "Disk:")
+	byDisk := map[string][]map[string]any{}
+	instanceOf, deviceOf := map[string]string{}, map[string]string{}
+	var order []string
+	for _, e := range f.Events {
+		name := strings.TrimPrefix(e.Type, "Disk:")
+		if !isDiskEvent(e) || (len(disks) > 0 && !disks[e.DiskID]) || (want != "" && name != want) {
+			continue
+		}
+		ev := map[string]any{"EventId": e.ID, "EventType": map[string]any{"Name": name}, "EventTime": "2026-12-01T00:00:00Z"}
+		if e.Status == "Executed" {
+			ev["EventEndTime"] = "2026-12-01T00:01:00Z"
+		}
+		if _, ok := byDisk[e.DiskID]; !ok {
+			order = append(order, e.DiskID)
+		}
+		byDisk[e.DiskID] = append(byDisk[e.DiskID], ev)
+		instanceOf[e.DiskID], deviceOf[e.DiskID] = e.InstanceID, e.Device
+	}
+	var all []map[string]any
+	for _, d := range order {
+		all = append(all, map[string]any{"DiskId": d, "InstanceId": instanceOf[d], "Device": deviceOf[d],
+			"DiskEventSet": map[string]any{"DiskEventType": byDisk[d]}})
+	}
+	size, _ := strconv.Atoi(p["PageSize"])
+	if size <= 0 {
+		size = 10
+	}
+	pageNo, _ := strconv.Atoi(p["PageNumber"])
+	if pageNo <= 0 {
+		pageNo = 1
+	}
+	start, end := min((pageNo-1)*size, len(all)), min(pageNo*size, len(all))
+	json.NewEncoder(w).Encode(map[string]any{"RequestId": "fake", "TotalCount": len(all), "PageNumber": pageNo, "PageSize": size,
+		"DiskFullStatusSet": map[string]any{"DiskFullStatusType": all[start:end]}})
+}
+
+// FinishEvent ends an event (Executed), as ECS does once it has carried
+// it out.
+func (f *Fake) FinishEvent(id string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for i := range f.Events {
+		if f.Events[i].ID == id {
+			f.Events[i].Status = "Executed"
+		}
+	}
 }

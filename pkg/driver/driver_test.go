@@ -665,6 +665,17 @@ func TestVolumeStatsAndCondition(t *testing.T) {
 	if got := f.refused.list; len(got) != 1 || got[0] != "abnormal "+v.VolumeId+": "+r.VolumeCondition.Message {
 		t.Fatalf("abnormal volumes reported: %q", got)
 	}
+	// ECS reports the disk damaged.
+	if _, err := f.inv.SetDamaged("serial-D0", "ECS event e-7: Disk:ErrorDetected"); err != nil {
+		t.Fatal(err)
+	}
+	r, err = f.d.NodeGetVolumeStats(ctx, &csi.NodeGetVolumeStatsRequest{VolumeId: v.VolumeId, VolumePath: target})
+	if err != nil || !r.VolumeCondition.Abnormal || !strings.Contains(r.VolumeCondition.Message, "damaged: ECS event e-7") {
+		t.Fatalf("damaged disk: %v %v", r, err)
+	}
+	if _, err := f.inv.SetDamaged("serial-D0", ""); err != nil {
+		t.Fatal(err)
+	}
 	f.src.Set() // the disk vanished
 	r, err = f.d.NodeGetVolumeStats(ctx, &csi.NodeGetVolumeStatsRequest{VolumeId: v.VolumeId, VolumePath: target})
 	if err != nil || !r.VolumeCondition.Abnormal || !strings.Contains(r.VolumeCondition.Message, "not present") {

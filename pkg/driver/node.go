@@ -410,6 +410,13 @@ func (d *Driver) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVolumeS
 	if v.Abnormal != "" {
 		return &csi.NodeGetVolumeStatsResponse{VolumeCondition: &csi.VolumeCondition{Abnormal: true, Message: v.Abnormal}}, nil
 	}
+	if v.Damaged != "" {
+		msg := "the local disk " + v.Disk.ID + " is damaged: " + v.Damaged
+		if d.cfg.Refusals != nil {
+			d.cfg.Refusals.VolumeAbnormal(v, msg)
+		}
+		return &csi.NodeGetVolumeStatsResponse{VolumeCondition: &csi.VolumeCondition{Abnormal: true, Message: msg}}, nil
+	}
 	m, err := d.mountAt(path)
 	if err != nil {
 		return nil, toStatus(err)

@@ -158,10 +158,14 @@ func (inv *Inventory) PrepareFilesystem(ctx context.Context, v Volume, path, fsT
 		// filesystem of the driver's, made again from scratch.
 		klog.InfoS("Formatting of this volume was interrupted, formatting again", "volumeID", v.ID, "device", path, "signatures", p.Signatures)
 		return inv.format(ctx, v, path, fsType, mkfsArgs, true)
+	case len(p.Signatures) == 0 && v.Format == state.FormatDone && v.Lost != "":
+		return fmt.Errorf("%w: volume %s is lost: %s; the driver never formats it again: restore the data from a backup into a new volume", ErrDataGone, v.ID, v.Lost)
 	case len(p.Signatures) == 0 && v.Format == state.FormatDone:
-		err := fmt.Errorf("%w: volume %s was formatted by the driver and %s now carries no filesystem (zeroed or wiped by someone else); "+
-			"the driver never formats it again: restore the data from a backup into a new volume", ErrDataGone, v.ID, path)
-		inv.markAbnormal(v.ID, err.Error())
+		err := fmt.Errorf("%w: volume %s was formatted by the driver and %s now carries no filesystem (zeroed or wiped by someone else, "+
+			"a redeployed instance or a re-initialised disk); the driver never formats it again: restore the data from a backup into a new volume", ErrDataGone, v.ID, path)
+		if lerr := inv.markLost(v.ID, err.Error()); lerr != nil {
+			klog.ErrorS(lerr, "Recording the volume as lost", "volumeID", v.ID)
+		}
 		return err
 	case len(p.Signatures) == 0:
 		return inv.format(ctx, v, path, fsType, mkfsArgs, false)
@@ -213,15 +217,6 @@ func (inv *Inventory) format(ctx context.Context, v Volume, path, fsType string,
 		return err
 	}
 	return inv.SetFormat(v.ID, state.FormatDone)
-}
-
-// markAbnormal records why a volume cannot be served, for its volume
-// condition; failing to save it is logged only (the call fails anyway).
-func (inv *Inventory) markAbnormal(volumeID, why string) {
-	err := inv.updateVolume(volumeID, func(d *state.Disk) { d.Volume.Abnormal = why })
-	if err != nil {
-		klog.ErrorS(err, "Recording the volume as abnormal", "volumeID", volumeID)
-	}
 }
 
 // updateVolume changes the allocated volume's record and saves it.

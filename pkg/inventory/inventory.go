@@ -134,6 +134,8 @@ type Volume struct {
 	Disk state.Disk
 	// Device is the disk as discovered now; empty Path when the disk is missing.
 	Device disk.Disk
+	// Damaged says why the cloud reports the disk damaged, "" when it does not.
+	Damaged string
 }
 
 // Excluded is a discovered device the driver will not use, and why.
@@ -553,7 +555,8 @@ func (inv *Inventory) pickLocked(req Request, skip map[string]bool) (string, err
 	case best != nil:
 		return best.ID, nil
 	case fits:
-		return "", fmt.Errorf("%w: %d free (%d of them cordoned) of %d managed disks on node %s", ErrExhausted, inv.countLocked(state.Free), inv.cordonedFreeLocked(), len(inv.rec.Disks), inv.cfg.Node)
+		cordoned, damaged := inv.withdrawnFreeLocked()
+		return "", fmt.Errorf("%w: %d free (%d of them cordoned, %d damaged) of %d managed disks on node %s", ErrExhausted, inv.countLocked(state.Free), cordoned, damaged, len(inv.rec.Disks), inv.cfg.Node)
 	}
 	return "", fmt.Errorf("%w: %s", ErrOutOfRange, inv.sizesLocked(req.Filter))
 }
@@ -666,14 +669,20 @@ func (inv *Inventory) countLocked(s state.Status) int {
 	return n
 }
 
-func (inv *Inventory) cordonedFreeLocked() int {
-	n := 0
+// withdrawnFreeLocked counts the free disks cordoned and those damaged.
+func (inv *Inventory) withdrawnFreeLocked() (cordoned, damaged int) {
 	for id, d := range inv.rec.Disks {
-		if d.Status == state.Free && inv.rec.Cordoned[id] {
-			n++
+		if d.Status != state.Free {
+			continue
+		}
+		if inv.rec.Cordoned[id] {
+			cordoned++
+		}
+		if inv.rec.Damaged[id] != "" {
+			damaged++
 		}
 	}
-	return n
+	return cordoned, damaged
 }
 
 func (inv *Inventory) sizesLocked(f Filter) string {
@@ -700,7 +709,7 @@ func (inv *Inventory) byNameLocked(name string) (Volume, bool) {
 }
 
 func (inv *Inventory) volumeLocked(d *state.Disk) Volume {
-	return Volume{Volume: *d.Volume, Disk: *d, Device: inv.devices[d.ID]}
+	return Volume{Volume: *d.Volume, Disk: *d, Device: inv.devices[d.ID], Damaged: inv.rec.Damaged[d.ID]}
 }
 
 // Lookup returns the allocated volume with this ID. It only reads.
@@ -945,10 +954,45 @@ func (inv *Inventory) Capacity(ctx context.Context, f Filter) (available, maximu
 	return available, maximum, nil
 }
 
-// allocatableLocked says whether disk d may be handed out: free and not
-// cordoned. inv.mu must be held.
+// allocatableLocked says whether disk d may be handed out: free, not
+// cordoned and not damaged. inv.mu must be held.
 func (inv *Inventory) allocatableLocked(d *state.Disk) bool {
-	return d.Status == state.Free && !inv.rec.Cordoned[d.ID]
+	return d.Status == state.Free && !inv.rec.Cordoned[d.ID] && inv.rec.Damaged[d.ID] == ""
+}
+
+// maxDamage bounds the reason a damaged disk is recorded with.
+const maxDamage = 1024
+
+// SetDamaged records that the cloud reports disk id damaged, and why, or
+// (reason "") that it no longer does. A damaged disk leaves allocation and
+// capacity, and the volume on it, if any, is reported abnormal; nothing
+// on the disk is touched. It reports whether that changed anything.
+func (inv *Inventory) SetDamaged(id, reason string) (bool, error) {
+	if len(reason) > maxDamage {
+		reason = reason[:maxDamage]
+	}
+	inv.mu.Lock()
+	defer inv.mu.Unlock()
+	if !inv.ready {
+		return false, ErrNotReady
+	}
+	if inv.rec.Damaged[id] == reason {
+		return false, nil
+	}
+	next := inv.rec.Clone()
+	if reason != "" {
+		if next.Damaged == nil {
+			next.Damaged = map[string]string{}
+		}
+		next.Damaged[id] = reason
+	} else {
+		delete(next.Damaged, id)
+	}
+	if err := inv.commitLocked(next); err != nil {
+		return false, err
+	}
+	klog.InfoS("Disk damage changed", "disk", id, "damaged", reason != "", "reason", reason)
+	return true, nil
 }
 
 // SetCordoned withdraws disk id from allocation and capacity (cordoned) or

@@ -475,6 +475,63 @@ func TestCordon(t *testing.T) {
 	}
 }
 
+// TestDamaged: a disk the cloud reports damaged leaves capacity and
+// allocation, the volume on one says why, its cleanup still runs, and the
+// mark holds across a restart until it is lifted.
+func TestDamaged(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	m := mounter.NewFake()
+	src := disk.NewFakeSource(dsk(0, 100), dsk(1, 200))
+	inv := start(t, dir, src, m)
+	v, err := inv.Allocate(ctx, Request{Name: "pvc-1", RequiredBytes: 150})
+	if err != nil || v.Disk.ID != "serial-1" {
+		t.Fatalf("allocation: %+v %v", v.Disk, err)
+	}
+	const why = "ECS event e-1: SystemMaintenance.IsolateErrorDisk (Inquiring)"
+	for _, id := range []string{"serial-0", "serial-1"} {
+		if changed, err := inv.SetDamaged(id, why); err != nil || !changed {
+			t.Fatalf("damage %s: %v %v", id, changed, err)
+		}
+	}
+	if changed, err := inv.SetDamaged("serial-0", why); err != nil || changed {
+		t.Fatalf("damage again: %v %v", changed, err)
+	}
+	if a, _, err := inv.Capacity(ctx, Filter{}); err != nil || a != 0 {
+		t.Fatalf("capacity with the free disk damaged: %d %v", a, err)
+	}
+	if _, err := inv.Allocate(ctx, Request{Name: "pvc-2"}); !errors.Is(err, ErrExhausted) || !strings.Contains(err.Error(), "1 damaged") {
+		t.Fatalf("allocation with only a damaged disk free: %v", err)
+	}
+	if got, err := inv.Lookup(v.ID); err != nil || got.Damaged != why {
+		t.Fatalf("volume on a damaged disk: %+v %v", got.Damaged, err)
+	}
+	views := map[string]DiskView{}
+	for _, dv := range inv.View() {
+		views[dv.ID] = dv
+	}
+	if views["serial-0"].Shown() != StatusDamaged || views["serial-1"].Shown() != StatusDamaged || views["serial-1"].Damaged != why {
+		t.Fatalf("views %+v", views)
+	}
+	if err := inv.Release(ctx, v.ID); err != nil {
+		t.Fatal(err)
+	}
+	if err := inv.WaitIdle(ctx); err != nil {
+		t.Fatal(err)
+	}
+	inv.Stop()
+	inv = start(t, dir, src, m)
+	if a, _, _ := inv.Capacity(ctx, Filter{}); a != 0 {
+		t.Fatalf("capacity after a restart, both damaged: %d", a)
+	}
+	if _, err := inv.SetDamaged("serial-1", ""); err != nil {
+		t.Fatal(err)
+	}
+	if a, _, _ := inv.Capacity(ctx, Filter{}); a != 200 {
+		t.Fatalf("capacity once serial-1 is no longer damaged: %d", a)
+	}
+}
+
 // recordingObserver counts what the inventory tells its observer.
 type recordingObserver struct {
 	mu             sync.Mutex

@@ -12,6 +12,9 @@ import (
 // found now (DiskView.Missing), whatever its record's status.
 const StatusMissing = "missing"
 
+// StatusDamaged is how operators see a disk the cloud reports damaged.
+const StatusDamaged = "damaged"
+
 // DiskView is one disk as the node knows it now, for operators: every
 // managed disk, and every device the source found and the driver refuses
 // to use. It is a copy; changing it changes nothing.
@@ -34,6 +37,8 @@ type DiskView struct {
 	Managed bool
 	// Cordoned is set while an operator withdrew the disk.
 	Cordoned bool
+	// Damaged says why the cloud reports the disk damaged.
+	Damaged string
 	// Reason explains failed and excluded.
 	Reason string
 	// Volume is the volume on the disk (allocated, cleaning, failed, and
@@ -50,10 +55,13 @@ type DiskView struct {
 }
 
 // Shown is the status operators see: StatusMissing for a missing disk,
-// else the record's.
+// StatusDamaged for one the cloud reports damaged, else the record's.
 func (v DiskView) Shown() string {
 	if v.Missing {
 		return StatusMissing
+	}
+	if v.Damaged != "" {
+		return StatusDamaged
 	}
 	return v.Status
 }
@@ -87,7 +95,7 @@ func (inv *Inventory) View() []DiskView {
 	byID := map[string]DiskView{}
 	for id, d := range inv.rec.Disks {
 		v := DiskView{ID: id, Identity: d.Identity, Device: d.DevicePath, SizeBytes: d.SizeBytes, Media: d.Media, Category: d.Category,
-			CloudID: d.CloudID, InstanceID: d.InstanceID, Status: string(d.Status), Managed: true, Cordoned: inv.rec.Cordoned[id], Reason: d.Reason,
+			CloudID: d.CloudID, InstanceID: d.InstanceID, Status: string(d.Status), Managed: true, Cordoned: inv.rec.Cordoned[id], Damaged: inv.rec.Damaged[id], Reason: d.Reason,
 			CleanupPolicy: d.CleanupPolicy, Residual: d.Residual, UpdatedAt: d.UpdatedAt}
 		if dev, ok := inv.devices[id]; ok {
 			v.Device = dev.Path
@@ -110,7 +118,7 @@ func (inv *Inventory) View() []DiskView {
 		}
 		byID[e.Disk.ID] = DiskView{ID: e.Disk.ID, Identity: e.Disk.Identity, Device: e.Disk.Path, SizeBytes: e.Disk.SizeBytes,
 			Media: string(e.Disk.Media), Category: e.Disk.Category, CloudID: e.Disk.CloudID, InstanceID: e.Disk.InstanceID, Status: string(state.Excluded),
-			Cordoned: inv.rec.Cordoned[e.Disk.ID], Reason: e.Reason}
+			Cordoned: inv.rec.Cordoned[e.Disk.ID], Damaged: inv.rec.Damaged[e.Disk.ID], Reason: e.Reason}
 	}
 	out := make([]DiskView, 0, len(byID))
 	for _, v := range byID {

@@ -37,6 +37,7 @@ import (
 type Inventory interface {
 	View() []inventory.DiskView
 	SetCordoned(id string, cordoned bool) (bool, error)
+	SetDamaged(id, reason string) (bool, error)
 }
 
 // MirrorConfig wires a Mirror.
@@ -171,6 +172,9 @@ func (m *Mirror) Sync(ctx context.Context) error {
 		} else if err != nil {
 			return fmt.Errorf("applying the cordon of LocalDisk %s: %w", o.Name, err)
 		}
+		if _, err := m.cfg.Inventory.SetDamaged(o.Spec.DiskID, o.Spec.Damaged); err != nil {
+			return fmt.Errorf("applying the damage of LocalDisk %s: %w", o.Name, err)
+		}
 	}
 	views := m.cfg.Inventory.View()
 	if views == nil {
@@ -234,7 +238,7 @@ func (m *Mirror) create(ctx context.Context, v inventory.DiskView) (*v1alpha1.Lo
 		TypeMeta: metav1.TypeMeta{APIVersion: v1alpha1.Group + "/" + v1alpha1.Version, Kind: v1alpha1.Kind},
 		ObjectMeta: metav1.ObjectMeta{Name: v1alpha1.ObjectName(m.cfg.Node, v.ID), OwnerReferences: []metav1.OwnerReference{{
 			APIVersion: "v1", Kind: "Node", Name: m.nodeRef.Name, UID: m.nodeRef.UID}}},
-		Spec: v1alpha1.LocalDiskSpec{Node: m.cfg.Node, DiskID: v.ID, Cordoned: v.Cordoned},
+		Spec: v1alpha1.LocalDiskSpec{Node: m.cfg.Node, DiskID: v.ID, Cordoned: v.Cordoned, Damaged: v.Damaged},
 	}
 	u, err := toUnstructured(o)
 	if err != nil {

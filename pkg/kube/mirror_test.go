@@ -246,6 +246,30 @@ func TestMirrorAppliesCordons(t *testing.T) {
 	}
 }
 
+// TestMirrorAppliesDamage: spec.damaged, set by the cluster component,
+// takes the disk out of capacity and shows as the Damaged phase with the
+// reason; lifted, the disk is free again.
+func TestMirrorAppliesDamage(t *testing.T) {
+	f := newFixture(t, fakeDisk(0, 100<<30))
+	f.sync()
+	o := byDisk(f.objects(), "serial-D0")
+	setSpec(t, f, o.Name, map[string]any{"damaged": "ECS event e-1: Disk:ErrorDetected"})
+	f.sync()
+	if a, _, err := f.inv.Capacity(f.ctx, inventory.Filter{}); err != nil || a != 0 {
+		t.Fatalf("capacity with the only disk damaged: %d %v", a, err)
+	}
+	f.sync()
+	if o := byDisk(f.objects(), "serial-D0"); o.Status.Phase != v1alpha1.PhaseDamaged || !strings.Contains(o.Status.Reason, "e-1") {
+		t.Fatalf("status %+v", o.Status)
+	}
+	setSpec(t, f, o.Name, map[string]any{"damaged": nil})
+	f.sync()
+	f.sync()
+	if o := byDisk(f.objects(), "serial-D0"); o.Status.Phase != v1alpha1.PhaseFree {
+		t.Fatalf("status once lifted %+v", o.Status)
+	}
+}
+
 // TestMirrorLeavesOtherNodesAlone: a LocalDisk of another node, even one
 // naming a disk ID this node has, is neither changed nor deleted, and its
 // cordon does not apply here.
@@ -359,13 +383,24 @@ func TestMirrorSurvivesAPIErrors(t *testing.T) {
 
 func setCordoned(t *testing.T, f *fixture, name string, cordoned bool) {
 	t.Helper()
+	setSpec(t, f, name, map[string]any{"cordoned": cordoned})
+}
+
+// setSpec sets (or, for nil, removes) spec fields of a LocalDisk, as an
+// operator or the cluster component does.
+func setSpec(t *testing.T, f *fixture, name string, fields map[string]any) {
+	t.Helper()
 	res := f.dyn.Resource(v1alpha1.GroupVersionResource)
 	u, err := res.Get(f.ctx, name, metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := unstructured.SetNestedField(u.Object, cordoned, "spec", "cordoned"); err != nil {
-		t.Fatal(err)
+	for k, v := range fields {
+		if v == nil {
+			unstructured.RemoveNestedField(u.Object, "spec", k)
+		} else if err := unstructured.SetNestedField(u.Object, v, "spec", k); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if _, err := res.Update(f.ctx, u, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)

@@ -1,6 +1,7 @@
 package kube
 
 import (
+	"cmp"
 	"fmt"
 
 	"k8s.io/apimachinery/pkg/api/resource"
@@ -16,6 +17,7 @@ var phases = map[string]string{
 	string(state.Free): v1alpha1.PhaseFree, string(state.Allocated): v1alpha1.PhaseAllocated,
 	string(state.Cleaning): v1alpha1.PhaseCleaning, string(state.Failed): v1alpha1.PhaseFailed,
 	string(state.Excluded): v1alpha1.PhaseExcluded, inventory.StatusMissing: v1alpha1.PhaseMissing,
+	inventory.StatusDamaged: v1alpha1.PhaseDamaged,
 }
 
 // maxReason bounds the reason copied into an object or an event.
@@ -24,7 +26,7 @@ const maxReason = 1024
 // statusOf is the LocalDisk status that mirrors v.
 func statusOf(v inventory.DiskView) v1alpha1.LocalDiskStatus {
 	s := v1alpha1.LocalDiskStatus{
-		Phase: phases[v.Shown()], Cordoned: v.Cordoned, Reason: bound(v.Reason), Identity: v.Identity, CloudDiskID: v.CloudID, InstanceID: v.InstanceID,
+		Phase: phases[v.Shown()], Cordoned: v.Cordoned, Reason: bound(cmp.Or(v.Damaged, v.Reason)), Identity: v.Identity, CloudDiskID: v.CloudID, InstanceID: v.InstanceID,
 		Device: v.Device, SizeBytes: v.SizeBytes, Media: v.Media, Category: v.Category, Residual: v.Residual,
 		LastTransitionTime: metav1.NewTime(v.UpdatedAt.UTC().Truncate(1e9)),
 	}
@@ -33,7 +35,7 @@ func statusOf(v inventory.DiskView) v1alpha1.LocalDiskStatus {
 	}
 	if vol := v.Volume; vol != nil {
 		s.Volume = &v1alpha1.VolumeRef{ID: vol.ID, PersistentVolume: vol.PV, ClaimNamespace: vol.ClaimNamespace, ClaimName: vol.ClaimName,
-			Abnormal: bound(vol.Abnormal)}
+			Abnormal: bound(vol.Abnormal), Lost: bound(vol.Lost)}
 		if vol.ClaimName != "" {
 			s.Claim = vol.ClaimNamespace + "/" + vol.ClaimName
 		}

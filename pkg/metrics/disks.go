@@ -17,7 +17,7 @@ type Snapshotter interface {
 // Statuses are the values of the status label of localdisk_disks; every
 // one is exported (0 when no disk has it), so that alerts on a status see
 // a series.
-var Statuses = []string{string(state.Free), string(state.Allocated), string(state.Cleaning), string(state.Failed), string(state.Excluded), inventory.StatusMissing}
+var Statuses = []string{string(state.Free), string(state.Allocated), string(state.Cleaning), string(state.Failed), string(state.Excluded), inventory.StatusMissing, inventory.StatusDamaged}
 
 var (
 	descDisks = prometheus.NewDesc(Namespace+"_disks", "Disks the node driver knows, by status, media and ECS category.",
@@ -66,7 +66,7 @@ func (c *diskCollector) Collect(ch chan<- prometheus.Metric) {
 		if d.Managed && d.Status != string(state.Excluded) {
 			total[k] += d.SizeBytes
 		}
-		if d.Status == string(state.Free) && !d.Missing && !d.Cordoned {
+		if d.Status == string(state.Free) && !d.Missing && !d.Cordoned && d.Damaged == "" {
 			free[k] += d.SizeBytes
 		}
 		if d.Status == string(state.Cleaning) || d.Status == string(state.Failed) {

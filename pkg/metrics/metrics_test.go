@@ -47,6 +47,7 @@ func TestDiskMetrics(t *testing.T) {
 		{ID: "g", Media: "hdd", Category: "local_hdd_pro", SizeBytes: 1000 * gib, Status: "excluded", Reason: "carries xfs"},
 		{ID: "h", Media: "hdd", Category: "local_hdd_pro", SizeBytes: 1000 * gib, Status: "cleaning", Managed: true, CleanupPolicy: "signatures",
 			UpdatedAt: now.Add(-10 * time.Second)},
+		{ID: "i", Media: "ssd", Category: "local_ssd_pro", SizeBytes: 100 * gib, Status: "free", Managed: true, Damaged: "ECS event e-1"},
 	}
 	m := New("n1")
 	m.node.MustRegister(&diskCollector{snap: v, now: func() time.Time { return now }})
@@ -67,12 +68,14 @@ localdisk_cordoned_disks{category="local_ssd_pro",media="ssd",node="n1"} 1
 # TYPE localdisk_disks gauge
 localdisk_disks{category="local_hdd_pro",media="hdd",node="n1",status="allocated"} 0
 localdisk_disks{category="local_hdd_pro",media="hdd",node="n1",status="cleaning"} 1
+localdisk_disks{category="local_hdd_pro",media="hdd",node="n1",status="damaged"} 0
 localdisk_disks{category="local_hdd_pro",media="hdd",node="n1",status="excluded"} 1
 localdisk_disks{category="local_hdd_pro",media="hdd",node="n1",status="failed"} 1
 localdisk_disks{category="local_hdd_pro",media="hdd",node="n1",status="free"} 0
 localdisk_disks{category="local_hdd_pro",media="hdd",node="n1",status="missing"} 1
 localdisk_disks{category="local_ssd_pro",media="ssd",node="n1",status="allocated"} 1
 localdisk_disks{category="local_ssd_pro",media="ssd",node="n1",status="cleaning"} 1
+localdisk_disks{category="local_ssd_pro",media="ssd",node="n1",status="damaged"} 1
 localdisk_disks{category="local_ssd_pro",media="ssd",node="n1",status="excluded"} 0
 localdisk_disks{category="local_ssd_pro",media="ssd",node="n1",status="failed"} 0
 localdisk_disks{category="local_ssd_pro",media="ssd",node="n1",status="free"} 2
@@ -88,7 +91,7 @@ localdisk_oldest_disk_in_status_seconds{node="n1",status="failed"} 3600
 # HELP localdisk_total_bytes Bytes of the disks the driver manages (all but excluded ones), by media and category.
 # TYPE localdisk_total_bytes gauge
 localdisk_total_bytes{category="local_hdd_pro",media="hdd",node="n1"} 3.221225472e+12
-localdisk_total_bytes{category="local_ssd_pro",media="ssd",node="n1"} 4.294967296e+11
+localdisk_total_bytes{category="local_ssd_pro",media="ssd",node="n1"} 5.36870912e+11
 `
 	names := []string{"localdisk_cleanup_done_bytes", "localdisk_cleanup_total_bytes", "localdisk_cordoned_disks", "localdisk_disks",
 		"localdisk_free_bytes", "localdisk_oldest_disk_in_status_seconds", "localdisk_total_bytes"}

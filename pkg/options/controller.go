@@ -36,6 +36,10 @@ type Controller struct {
 
 	NodeLossGracePeriod time.Duration
 	Interval            time.Duration
+	// CloudEventInterval is how often ECS is asked for damaged disks;
+	// AcceptDiskEvents consents to their repair once no volume uses them.
+	CloudEventInterval time.Duration
+	AcceptDiskEvents   bool
 	// HTTPEndpoint serves /healthz (host:port); "" is off.
 	HTTPEndpoint string
 }
@@ -61,6 +65,8 @@ func (o *Controller) AddFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.RAMRole, "ram-role", "", "ecs: RAM role to take from instance metadata (default: the one attached to the instance)")
 	fs.DurationVar(&o.NodeLossGracePeriod, "node-loss-grace-period", 2*time.Minute, "how long a node must stay deleted, or its instance released, before its volumes count as lost")
 	fs.DurationVar(&o.Interval, "resync-interval", 10*time.Second, "how often the controller checks again besides on every change")
+	fs.DurationVar(&o.CloudEventInterval, "cloud-event-interval", time.Minute, "ecs: how often ECS is asked which local disks are damaged (DescribeInstanceHistoryEvents, DescribeDisksFullStatus)")
+	fs.BoolVar(&o.AcceptDiskEvents, "accept-disk-events", false, "ecs: accept the Inquiring event of a damaged local disk once no volume uses it (AcceptInquiredSystemEvent), so that ECS isolates and repairs it; needs deploy/ram-policy-accept-events.json")
 	fs.StringVar(&o.HTTPEndpoint, "http-endpoint", "", "serve /healthz at this host:port, e.g. :9811 (default: off)")
 }
 
@@ -82,6 +88,9 @@ func (o *Controller) Validate() error {
 	if o.Interval < time.Second {
 		errs = append(errs, fmt.Errorf("--resync-interval %v must be at least 1s", o.Interval))
 	}
+	if o.CloudEventInterval < time.Second {
+		errs = append(errs, fmt.Errorf("--cloud-event-interval %v must be at least 1s", o.CloudEventInterval))
+	}
 	if o.HTTPEndpoint != "" {
 		if _, port, err := net.SplitHostPort(o.HTTPEndpoint); err != nil || port == "" {
 			errs = append(errs, fmt.Errorf("--http-endpoint %q is not host:port, e.g. :9811", o.HTTPEndpoint))
@@ -98,6 +107,9 @@ func (o *Controller) Validate() error {
 			if v != "" {
 				errs = append(errs, fmt.Errorf("%s only applies to --cloud=ecs", name))
 			}
+		}
+		if o.AcceptDiskEvents {
+			errs = append(errs, errors.New("--accept-disk-events only applies to --cloud=ecs"))
 		}
 	default:
 		errs = append(errs, fmt.Errorf("--cloud %q is not supported (ecs, none)", o.Cloud))

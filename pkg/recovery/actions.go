@@ -95,9 +95,7 @@ func (c *Controller) deletePods(ctx context.Context, pv *corev1.PersistentVolume
 	}
 	for i := range list.Items {
 		p := &list.Items[i]
-		uses := slices.ContainsFunc(p.Spec.Volumes, func(v corev1.Volume) bool {
-			return v.PersistentVolumeClaim != nil && v.PersistentVolumeClaim.ClaimName == r.Name
-		})
+		uses := usesClaim(p, r.Name)
 		stuck := (p.Spec.NodeName == "" && p.Status.Phase == corev1.PodPending) || p.Spec.NodeName == node
 		if !uses || !stuck || p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed || !p.CreationTimestamp.Time.Before(claimDeleted) {
 			continue

@@ -36,6 +36,13 @@ type Cloud interface {
 	// Instances describes the instances of ids that exist; an ID missing
 	// from the answer is an instance that does not exist.
 	Instances(ctx context.Context, ids []string) (map[string]cloud.InstanceState, error)
+	// ActiveEvents lists the Inquiring and Executing system events of the
+	// instances, of the types given.
+	ActiveEvents(ctx context.Context, ids []string, types ...string) ([]cloud.SystemEvent, error)
+	// DiskErrors lists the disks' ErrorDetected events in effect.
+	DiskErrors(ctx context.Context, ids []string, now time.Time) ([]cloud.SystemEvent, error)
+	// AcceptEvent gives the owner's consent to an Inquiring event.
+	AcceptEvent(ctx context.Context, id string) error
 }
 
 // Config configures the controller.
@@ -58,7 +65,12 @@ type Config struct {
 	GracePeriod time.Duration
 	// Interval is how often the controller checks again; default 10s.
 	Interval time.Duration
-	Clock    clock.WithTicker
+	// EventInterval is how often ECS is asked for damaged disks; default 1m.
+	EventInterval time.Duration
+	// AcceptDiskEvents gives consent to the Inquiring event of a damaged
+	// disk once no volume uses it (AcceptInquiredSystemEvent).
+	AcceptDiskEvents bool
+	Clock            clock.WithTicker
 }
 
 // Controller watches the driver's PVs and the nodes they are on.
@@ -89,6 +101,10 @@ type Controller struct {
 	verdicts map[string]string
 	// releasedIDs are the instances ECS confirmed released.
 	releasedIDs map[string]bool
+	// accepted are the events accepted.
+	accepted map[string]bool
+	// lastEvents is when ECS was last asked for damaged disks.
+	lastEvents time.Time
 }
 
 // New builds the controller; Run starts it.
@@ -99,11 +115,14 @@ func New(cfg Config) *Controller {
 	if cfg.Interval == 0 {
 		cfg.Interval = 10 * time.Second
 	}
+	if cfg.EventInterval == 0 {
+		cfg.EventInterval = time.Minute
+	}
 	if cfg.Clock == nil {
 		cfg.Clock = clock.RealClock{}
 	}
 	c := &Controller{cfg: cfg, trigger: make(chan struct{}, 1),
-		suspect: map[string]time.Time{}, instances: map[string]string{}, told: map[string]bool{}, verdicts: map[string]string{}, releasedIDs: map[string]bool{}}
+		suspect: map[string]time.Time{}, instances: map[string]string{}, told: map[string]bool{}, verdicts: map[string]string{}, releasedIDs: map[string]bool{}, accepted: map[string]bool{}}
 	c.factory = informers.NewSharedInformerFactory(cfg.Core, 0)
 	nodes, pvs, classes := c.factory.Core().V1().Nodes(), c.factory.Core().V1().PersistentVolumes(), c.factory.Storage().V1().StorageClasses()
 	c.nodes, c.pvs = nodes.Lister(), pvs.Lister()
@@ -167,9 +186,25 @@ func (c *Controller) Run(ctx context.Context) error {
 	}
 }
 
-// Sync checks every node that holds the driver's volumes once.
+// Sync checks every node that holds the driver's volumes once, the
+// volumes whose data their node found gone, and, every EventInterval, the
+// disks ECS reports damaged.
 func (c *Controller) Sync(ctx context.Context) error {
-	return c.syncNodes(ctx)
+	errs := []error{c.syncNodes(ctx), c.syncLost(ctx)}
+	now := c.cfg.Clock.Now()
+	c.mu.Lock()
+	due := now.Sub(c.lastEvents) >= c.cfg.EventInterval
+	c.mu.Unlock()
+	if due {
+		err := c.syncDamage(ctx)
+		if err == nil {
+			c.mu.Lock()
+			c.lastEvents = now
+			c.mu.Unlock()
+		}
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
 }
 
 // tellOnce records an event on obj unless the same reason was already told

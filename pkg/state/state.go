@@ -72,6 +72,9 @@ type Volume struct {
 	// Abnormal, when set, says why the volume cannot be served (its
 	// filesystem is gone from its disk); the volume condition reports it.
 	Abnormal string `json:"abnormal,omitempty"`
+	// Lost, when set, says why the volume's data is gone: the driver
+	// formatted its disk, and the disk now reads blank.
+	Lost string `json:"lost,omitempty"`
 }
 
 // ParamFSType is the key of the filesystem type in Volume.Parameters.
@@ -168,6 +171,11 @@ type Record struct {
 	// has one, and is never handed out, before or after its cleanup. Kept
 	// by disk ID, also for a disk the node does not manage (yet).
 	Cordoned map[string]bool `json:"cordoned,omitempty"`
+	// Damaged are the disk IDs the cloud reports damaged (the LocalDisk's
+	// spec.damaged, set by the cluster component from ECS's events), with
+	// why: out of allocation and capacity, and the volume on one is
+	// abnormal. Kept by disk ID, also for a disk the node does not manage.
+	Damaged map[string]string `json:"damaged,omitempty"`
 	// Problems are what the last discovery found wrong (devices the cloud
 	// does not know, cloud disks without a device, ...), for operators.
 	Problems []string `json:"problems,omitempty"`

@@ -34,6 +34,7 @@ const (
 	PhaseFailed    = "Failed"
 	PhaseExcluded  = "Excluded"
 	PhaseMissing   = "Missing"
+	PhaseDamaged   = "Damaged"
 )
 
 // The StorageClass parameter that says what the cluster component does when
@@ -65,16 +66,22 @@ type LocalDiskSpec struct {
 	// already on it stays; after its cleanup the disk is not handed out
 	// again until it is uncordoned.
 	Cordoned bool `json:"cordoned,omitempty"`
+	// Damaged, set by the cluster component, says why the cloud reports
+	// the disk damaged (the ECS event); "" when it does not. A damaged
+	// disk leaves allocation and capacity, and the volume on it is
+	// reported abnormal. The node's driver follows it, never sets it.
+	Damaged string `json:"damaged,omitempty"`
 }
 
 // LocalDiskStatus is what the node's driver knows of the disk.
 type LocalDiskStatus struct {
-	// Phase is Free, Allocated, Cleaning, Failed, Excluded or Missing.
+	// Phase is Free, Allocated, Cleaning, Failed, Excluded, Missing or
+	// Damaged.
 	Phase string `json:"phase,omitempty"`
 	// Cordoned is the cordon the driver has applied (it follows
 	// spec.cordoned).
 	Cordoned bool `json:"cordoned,omitempty"`
-	// Reason explains Failed and Excluded.
+	// Reason explains Failed, Excluded and Damaged.
 	Reason string `json:"reason,omitempty"`
 	// Identity is where the disk's key came from ("serial:...", "wwn:...").
 	Identity string `json:"identity,omitempty"`
@@ -111,6 +118,9 @@ type VolumeRef struct {
 	ClaimName        string `json:"claimName,omitempty"`
 	// Abnormal says why the volume cannot be served, when it cannot.
 	Abnormal string `json:"abnormal,omitempty"`
+	// Lost says why the volume's data is gone (its disk reads blank where
+	// its filesystem was), when it is.
+	Lost string `json:"lost,omitempty"`
 }
 
 // Cleanup is the progress of a disk's cleanup.

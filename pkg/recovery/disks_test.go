@@ -1,0 +1,186 @@
+package recovery
+
+import (
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+	clienttesting "k8s.io/client-go/testing"
+
+	v1alpha1 "github.com/ecs-localdisk/ecs-localdisk-csi/pkg/apis/v1alpha1"
+	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/cloud"
+)
+
+// diskWithVolume is the LocalDisk of ECS disk cloudID on node, holding the
+// volume of claim (in shop) and its PV, or none for "".
+func diskWithVolume(node, diskID, instance, cloudID, claim string) *unstructured.Unstructured {
+	u := localDisk(node, diskID, instance)
+	unstructured.SetNestedField(u.Object, cloudID, "status", "cloudDiskID")
+	if claim == "" {
+		unstructured.SetNestedField(u.Object, v1alpha1.PhaseFree, "status", "phase")
+		return u
+	}
+	unstructured.SetNestedField(u.Object, v1alpha1.PhaseAllocated, "status", "phase")
+	unstructured.SetNestedMap(u.Object, map[string]any{"id": "vol", "persistentVolume": "pv-" + strings.TrimPrefix(claim, "data-"),
+		"claimNamespace": "shop", "claimName": claim}, "status", "volume")
+	return u
+}
+
+// damageWorld is world's nodes and volumes, with web-0 Running on a's disk
+// d-a0, and a free disk d-a1 on a.
+func damageWorld(onLoss string) []runtime.Object {
+	objs := world("ssd", onLoss, corev1.PersistentVolumeReclaimDelete)
+	objs[7].(*corev1.Pod).Status.Phase = corev1.PodRunning
+	objs = slices.DeleteFunc(objs, func(o runtime.Object) bool { _, ok := o.(*unstructured.Unstructured); return ok })
+	return append(objs, diskWithVolume("a", "d0", "i-a", "d-a0", "data-web-0"), diskWithVolume("a", "d1", "i-a", "d-a1", ""),
+		diskWithVolume("b", "d0", "i-b", "d-b0", "data-web-1"))
+}
+
+func (f *fixture) damaged(name string) string {
+	f.t.Helper()
+	u, err := f.dyn.Resource(v1alpha1.GroupVersionResource).Get(f.ctx, name, metav1.GetOptions{})
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	s, _, _ := unstructured.NestedString(u.Object, "spec", "damaged")
+	return s
+}
+
+// evictions makes the fake API server carry out evictions (no budget
+// refuses them here) and counts them.
+func (f *fixture) evictions() *[]string {
+	var got []string
+	f.core.PrependReactor("create", "pods", func(a clienttesting.Action) (bool, runtime.Object, error) {
+		if a.GetSubresource() != "eviction" {
+			return false, nil, nil
+		}
+		name := a.(clienttesting.CreateAction).GetObject().(metav1.Object).GetName()
+		got = append(got, name)
+		return true, nil, f.core.Tracker().Delete(corev1.SchemeGroupVersion.WithResource("pods"), a.GetNamespace(), name)
+	})
+	return &got
+}
+
+func (f *fixture) stepEvents() {
+	f.clock.Step(time.Minute)
+	f.sync()
+}
+
+func TestDamagedDiskIsMarkedAndReported(t *testing.T) {
+	f := newFixture(t, true, damageWorld("")...)
+	f.ecs.InjectEvent(cloud.FakeEvent{ID: "e-1", InstanceID: "i-a", Type: "SystemMaintenance.IsolateErrorDisk", Status: "Inquiring", DiskID: "d-a0", CanAccept: true,
+		Reason: "local disk error"})
+	f.ecs.InjectEvent(cloud.FakeEvent{ID: "e-2", InstanceID: "i-b", Type: cloud.DiskErrorEvent, Status: "Executing", DiskID: "d-b0"})
+	// Another instance's event naming a disk ID of node a's is not a's.
+	f.ecs.InjectEvent(cloud.FakeEvent{ID: "e-3", InstanceID: "i-z", Type: "SystemMaintenance.IsolateErrorDisk", Status: "Inquiring", DiskID: "d-a1"})
+	f.sync()
+	if got := f.damaged("a-d0"); !strings.Contains(got, "e-1") || !strings.Contains(got, "IsolateErrorDisk") {
+		t.Fatalf("a-d0 damaged %q", got)
+	}
+	if got := f.damaged("b-d0"); !strings.Contains(got, "e-2") || !strings.Contains(got, "Disk:ErrorDetected") {
+		t.Fatalf("b-d0 damaged %q", got)
+	}
+	if got := f.damaged("a-d1"); got != "" {
+		t.Fatalf("a-d1 damaged %q by another instance's event", got)
+	}
+	for _, o := range []string{"/a-d0", "/pv-web-0", "shop/data-web-0", "shop/web-0"} {
+		if !f.rec.has(ReasonDiskDamaged, o) {
+			t.Errorf("no %s on %s: %q", ReasonDiskDamaged, o, f.rec.events)
+		}
+	}
+	if d := f.deletes(); len(d) != 0 {
+		t.Fatalf("a class without opt-in: deleted %v", d)
+	}
+	if got := f.ecs.AcceptedEvents(); len(got) != 0 {
+		t.Fatalf("accepted without the flag: %v", got)
+	}
+	// ECS is done with e-1: the mark is lifted.
+	f.ecs.FinishEvent("e-1")
+	f.stepEvents()
+	if got := f.damaged("a-d0"); got != "" {
+		t.Fatalf("a-d0 still damaged %q", got)
+	}
+	if !f.rec.has(ReasonDiskRepaired, "/a-d0") {
+		t.Errorf("events %q", f.rec.events)
+	}
+}
+
+// ECS is asked no more often than EventInterval.
+func TestDamageChecksAreSpaced(t *testing.T) {
+	f := newFixture(t, true, damageWorld("")...)
+	for range 3 {
+		f.sync()
+	}
+	n := 0
+	for _, c := range f.ecs.APICalls() {
+		if c["Action"] == "DescribeInstanceHistoryEvents" {
+			n++
+		}
+	}
+	if n != 1 {
+		t.Fatalf("%d event reads in three checks within a minute", n)
+	}
+}
+
+func TestDamagedDiskRecreatedWhenOptedIn(t *testing.T) {
+	f := newFixture(t, true, damageWorld(v1alpha1.OnDiskLossRecreate)...)
+	evicted := f.evictions()
+	f.ecs.InjectEvent(cloud.FakeEvent{ID: "e-1", InstanceID: "i-a", Type: "SystemMaintenance.ReInitErrorDisk", Status: "Inquiring", DiskID: "d-a0", CanAccept: true})
+	f.sync()
+	f.clock.Step(time.Second)
+	f.sync()
+	if f.exists("pvc", "shop", "data-web-0") {
+		t.Fatalf("claim of the damaged disk's volume kept: %v", f.deletes())
+	}
+	if !slices.Equal(*evicted, []string{"web-0"}) {
+		t.Fatalf("evicted %v", *evicted)
+	}
+	if !f.exists("pv", "", "pv-web-0") {
+		t.Fatal("the PV was deleted by the controller: its node is alive, its provisioner deletes it")
+	}
+	if !f.exists("pvc", "shop", "data-web-1") || !f.exists("pod", "shop", "web-1") {
+		t.Fatal("the healthy volume's claim or pod deleted")
+	}
+}
+
+func TestAcceptOnlyWithoutVolume(t *testing.T) {
+	f := newFixture(t, true, damageWorld("")...)
+	f.c.cfg.AcceptDiskEvents = true
+	f.ecs.InjectEvent(cloud.FakeEvent{ID: "e-vol", InstanceID: "i-a", Type: "SystemMaintenance.IsolateErrorDisk", Status: "Inquiring", DiskID: "d-a0", CanAccept: true})
+	f.ecs.InjectEvent(cloud.FakeEvent{ID: "e-free", InstanceID: "i-a", Type: "SystemMaintenance.IsolateErrorDisk", Status: "Inquiring", DiskID: "d-a1", CanAccept: true})
+	f.sync()
+	f.stepEvents()
+	if got := f.ecs.AcceptedEvents(); !slices.Equal(got, []string{"e-free"}) {
+		t.Fatalf("accepted %v, want only the event of the disk without a volume", got)
+	}
+	if !f.rec.has(ReasonEventAccepted, "/a-d1") {
+		t.Errorf("events %q", f.rec.events)
+	}
+}
+
+func TestLostVolume(t *testing.T) {
+	for _, onLoss := range []string{"", v1alpha1.OnDiskLossRecreate} {
+		objs := damageWorld(onLoss)
+		for _, o := range objs {
+			if u, ok := o.(*unstructured.Unstructured); ok && u.GetName() == "a-d0" {
+				unstructured.SetNestedField(u.Object, "the disk reads blank where ext4 (UUID 1234) was", "status", "volume", "lost")
+			}
+		}
+		f := newFixture(t, false, objs...)
+		f.evictions()
+		f.sync()
+		f.clock.Step(time.Second)
+		f.sync()
+		if !f.rec.has(ReasonVolumeLost, "shop/data-web-0") || !f.rec.has(ReasonVolumeLost, "/pv-web-0") || !f.rec.has(ReasonVolumeLost, "shop/web-0") {
+			t.Errorf("onDiskLoss %q: events %q", onLoss, f.rec.events)
+		}
+		if gone := !f.exists("pvc", "shop", "data-web-0"); gone != (onLoss == v1alpha1.OnDiskLossRecreate) {
+			t.Errorf("onDiskLoss %q: claim deleted %v", onLoss, gone)
+		}
+	}
+}
