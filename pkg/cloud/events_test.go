@@ -147,3 +147,34 @@ func TestDiskErrors(t *testing.T) {
 		t.Fatalf("%d calls for 130 disks, want 2", calls)
 	}
 }
+
+// TestReplaceDisk: the fake's repair of a damaged disk lists the new disk
+// in place of the old one, and an ended event is no longer active.
+func TestReplaceDisk(t *testing.T) {
+	ctx := context.Background()
+	f := newFake(t)
+	fakeDisks(f, 2)
+	f.InjectEvent(FakeEvent{ID: "e-1", InstanceID: testInstance.ID, Type: "SystemMaintenance.IsolateErrorDisk", Status: "Inquiring", DiskID: "d-bp1local000", CanAccept: true})
+	api := newAPI(t, f, nil)
+	if err := api.AcceptEvent(ctx, "e-1"); err != nil {
+		t.Fatal(err)
+	}
+	if !f.ReplaceDisk("d-bp1local000", FakeDisk{ID: "d-new", Category: "local_ssd_pro", InstanceID: testInstance.ID, Serial: "new", SizeGiB: 1788}) || f.ReplaceDisk("d-none", FakeDisk{}) {
+		t.Fatal("ReplaceDisk")
+	}
+	f.FinishEvent("e-1")
+	if evs, err := api.ActiveEvents(ctx, []string{testInstance.ID}); err != nil || len(evs) != 0 {
+		t.Fatalf("active events after the repair: %v %v", evs, err)
+	}
+	disks, err := api.InstanceDisks(ctx, testInstance.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for _, d := range disks {
+		ids = append(ids, d.ID)
+	}
+	if !slices.Contains(ids, "d-new") || slices.Contains(ids, "d-bp1local000") {
+		t.Fatalf("disks after the repair: %v", ids)
+	}
+}

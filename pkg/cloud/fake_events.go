@@ -198,3 +198,17 @@ func (f *Fake) FinishEvent(id string) {
 		}
 	}
 }
+
+// ReplaceDisk puts disk d in place of the disk with ID old, as ECS's repair
+// of a damaged local disk does; it reports whether old was there.
+func (f *Fake) ReplaceDisk(old string, d FakeDisk) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for i := range f.Disks {
+		if f.Disks[i].ID == old {
+			f.Disks[i] = d
+			return true
+		}
+	}
+	return false
+}

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
+	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -44,6 +46,11 @@ type SourceConfig struct {
 	// Fallback, when set, identifies local disks that have no serial
 	// (instances created before mid-2020) by name and pins them.
 	Fallback *Fallback
+	// RecheckInterval is how soon the cloud is asked again when the
+	// devices no longer agree with what it said (a device whose serial it
+	// does not list, a local disk it lists without a device: ECS replaced
+	// or re-initialised a damaged disk); default 1 minute.
+	RecheckInterval time.Duration
 }
 
 // Fallback is the serial-less method of the LocalVolume provisioner, made
@@ -62,10 +69,12 @@ type Source struct {
 	mu        sync.Mutex
 	confirmed *confirmed // nil until the cloud answered in this process
 	retrying  bool
-	changed   chan struct{}
-	ctx       context.Context
-	cancel    context.CancelFunc
-	wg        sync.WaitGroup
+	// recheck is the current spacing of rechecks (recheckAfter).
+	recheck time.Duration
+	changed chan struct{}
+	ctx     context.Context
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
 }
 
 // confirmed is what the cloud said, as cached on disk.
@@ -89,6 +98,9 @@ func NewSource(cfg SourceConfig) (*Source, error) {
 	}
 	if cfg.RetryInterval == 0 {
 		cfg.RetryInterval = 30 * time.Second
+	}
+	if cfg.RecheckInterval == 0 {
+		cfg.RecheckInterval = time.Minute
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Source{cfg: cfg, changed: make(chan struct{}, 1), ctx: ctx, cancel: cancel}, nil
@@ -241,6 +253,18 @@ func (s *Source) discover(ctx context.Context, pin bool) ([]disk.Disk, []error, 
 	devices, problems, err := s.cfg.Devices.Discover(ctx)
 	if err != nil {
 		return nil, nil, err
+	}
+	if c != nil && from == "cloud" && disagrees(c, devices) && time.Since(c.At) >= s.recheckAfter() {
+		// ECS may have replaced a disk since it was asked: ask again.
+		if fresh, err := s.fromCloud(ctx); err != nil {
+			klog.ErrorS(err, "The devices no longer agree with ECS's last answer, and ECS could not be asked again")
+		} else {
+			s.rechecked(sameDisks(c, fresh))
+			klog.InfoS("The devices no longer agreed with ECS's last answer: asked again", "instanceID", fresh.InstanceID,
+				"localDisks", len(fresh.Disks), "nextCheckAfter", s.recheckAfter())
+			s.remember(fresh)
+			c = fresh
+		}
 	}
 	if cerr != nil {
 		problems = append(problems, cerr)
@@ -412,6 +436,72 @@ func (s *Source) AfterWipe(_ context.Context, path, identity string) error {
 		}
 	}
 	return s.cfg.Fallback.Pinner.Write(path, Pin{ID: id, InstanceID: instance})
+}
+
+// maxRecheck bounds how far rechecks that change nothing are spaced.
+const maxRecheck = time.Hour
+
+// recheckAfter is how old ECS's answer must be before a disagreement asks
+// again: RecheckInterval, doubled after each recheck that changed nothing
+// (a device ECS will never list, like another product's disk, must not
+// cost an API call a minute forever), up to maxRecheck.
+func (s *Source) recheckAfter() time.Duration {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.recheck == 0 {
+		return s.cfg.RecheckInterval
+	}
+	return s.recheck
+}
+
+func (s *Source) rechecked(same bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !same {
+		s.recheck = s.cfg.RecheckInterval
+		return
+	}
+	s.recheck = min(2*max(s.recheck, s.cfg.RecheckInterval), maxRecheck)
+}
+
+// sameDisks says whether two answers list the same disks.
+func sameDisks(a, b *confirmed) bool {
+	key := func(c *confirmed) []string {
+		var out []string
+		for _, d := range c.Disks {
+			out = append(out, d.ID+"/"+d.Serial)
+		}
+		sort.Strings(out)
+		return out
+	}
+	return slices.Equal(key(a), key(b))
+}
+
+// disagrees says whether the devices no longer match what the cloud said:
+// a device with a serial the cloud does not list, or a local disk the
+// cloud lists that no device carries. Serial-less devices do not count:
+// the cloud never lists them.
+func disagrees(c *confirmed, devices []disk.Disk) bool {
+	listed, seen := map[string]bool{}, map[string]bool{}
+	for _, d := range c.Disks {
+		listed[d.Serial] = true
+	}
+	for _, d := range devices {
+		serial := SerialOf(d.Identity)
+		if serial == "" {
+			continue
+		}
+		if !listed[serial] {
+			return true
+		}
+		seen[serial] = true
+	}
+	for _, d := range c.Disks {
+		if d.Local && d.Serial != "" && !seen[d.Serial] {
+			return true
+		}
+	}
+	return false
 }
 
 // SerialOf extracts the serial from a device identity: a serial as is; a

@@ -3,6 +3,7 @@ package cloud
 import (
 	"context"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -173,5 +174,73 @@ func TestSerialOf(t *testing.T) {
 		if got := SerialOf(identity); got != want {
 			t.Errorf("SerialOf(%q) = %q, want %q", identity, got, want)
 		}
+	}
+}
+
+// TestSourceAsksAgainWhenDisksChange: once ECS has replaced a damaged
+// disk, the new device's serial is unknown to the last answer, so the
+// cloud is asked again (no sooner than RecheckInterval) and the new disk
+// is served. A device ECS will never list makes the rechecks space out.
+func TestSourceAsksAgainWhenDisksChange(t *testing.T) {
+	ctx := context.Background()
+	f, devices := ecsFixture(t)
+	a := newAPI(t, f, nil)
+	s, err := NewSource(SourceConfig{Metadata: NewMetadata(f.Metadata.URL), API: a, Devices: devices, CachePath: filepath.Join(t.TempDir(), "c"),
+		DiscoverTimeout: 2 * time.Second, RetryInterval: 20 * time.Millisecond, RecheckInterval: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	describes := func() int {
+		n := 0
+		for _, c := range f.APICalls() {
+			if c["Action"] == "DescribeDisks" {
+				n++
+			}
+		}
+		return n
+	}
+	ids := func() []string {
+		t.Helper()
+		disks, _, err := s.Discover(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, d := range disks {
+			out = append(out, d.CloudID)
+		}
+		slices.Sort(out)
+		return out
+	}
+	if got := ids(); !slices.Equal(got, []string{"d-bp1aaa", "d-bp1bbb"}) {
+		t.Fatalf("disks %v", got)
+	}
+	// ECS replaces d-bp1aaa by d-bp1new, which has a new serial.
+	f.Update(func(f *Fake) {
+		for i := range f.Disks {
+			if f.Disks[i].ID == "d-bp1aaa" {
+				f.Disks[i] = FakeDisk{ID: "d-bp1new", Category: "local_ssd_pro", InstanceID: testInstance.ID, Serial: "bp1new", SizeGiB: 1788}
+			}
+		}
+	})
+	devices.Set(dev("vda", "serial:bp1sys", 40<<30), dev("vdb", "serial:bp1new", 1788<<30),
+		dev("nvme0n1", "byid:nvme-Alibaba_Cloud_Local_Disk_bp1bbb", 5500<<30), dev("vdx", "serial:bp1unknown", 100<<30))
+	before := describes()
+	if got := ids(); !slices.Equal(got, []string{"d-bp1bbb"}) || describes() != before {
+		t.Fatalf("within the recheck interval: disks %v, %d new calls", got, describes()-before)
+	}
+	time.Sleep(250 * time.Millisecond)
+	if got := ids(); !slices.Equal(got, []string{"d-bp1bbb", "d-bp1new"}) {
+		t.Fatalf("after the recheck: disks %v", got)
+	}
+	// vdx's serial is never listed: the next rechecks that change nothing
+	// come after 200ms, then 400ms, then 800ms.
+	time.Sleep(250 * time.Millisecond)
+	ids()
+	before = describes()
+	time.Sleep(250 * time.Millisecond)
+	if ids(); describes() != before {
+		t.Fatal("a recheck that changed nothing did not space out the next one")
 	}
 }

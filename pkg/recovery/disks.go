@@ -204,19 +204,26 @@ func (c *Controller) markDamaged(ctx context.Context, d diskObject, damage strin
 // tellVolumeObjects tells the disk's volume: its PV, its claim and the pods
 // that use the claim.
 func (c *Controller) tellVolumeObjects(ctx context.Context, d diskObject, reason, msg string) {
-	if pv, err := c.pvs.Get(d.pv); err == nil {
-		c.tellOnce(pv, corev1.EventTypeWarning, reason, "%s", msg)
-		c.tellClaim(ctx, pv, reason, "%s", msg)
-	}
-	if d.claim == "" {
+	pv, err := c.pvs.Get(d.pv)
+	if err != nil {
 		return
 	}
-	pods, err := c.cfg.Core.CoreV1().Pods(d.claimNS).List(ctx, metav1.ListOptions{})
+	c.tellOnce(pv, corev1.EventTypeWarning, reason, "%s", msg)
+	r := pv.Spec.ClaimRef
+	if r == nil {
+		return
+	}
+	pvc, err := c.cfg.Core.CoreV1().PersistentVolumeClaims(r.Namespace).Get(ctx, r.Name, getOpts)
+	if err != nil || pvc.UID != r.UID {
+		return // gone, or recreated: the pods using that name use the new one
+	}
+	c.tellOnce(pvc, corev1.EventTypeWarning, reason, "%s", msg)
+	pods, err := c.cfg.Core.CoreV1().Pods(r.Namespace).List(ctx, metav1.ListOptions{})
 	if err != nil {
 		return
 	}
 	for i := range pods.Items {
-		if usesClaim(&pods.Items[i], d.claim) {
+		if usesClaim(&pods.Items[i], r.Name) {
 			c.tellOnce(&pods.Items[i], corev1.EventTypeWarning, reason, "%s", msg)
 		}
 	}

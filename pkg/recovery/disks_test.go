@@ -184,3 +184,31 @@ func TestLostVolume(t *testing.T) {
 		}
 	}
 }
+
+// Once the lost volume's claim was recreated under its name, the new claim
+// and its pod are not told about the old volume.
+func TestLostVolumeLeavesTheNewClaimAlone(t *testing.T) {
+	objs := damageWorld(v1alpha1.OnDiskLossRecreate)
+	for _, o := range objs {
+		switch o := o.(type) {
+		case *unstructured.Unstructured:
+			if o.GetName() == "a-d0" {
+				unstructured.SetNestedField(o.Object, "the disk reads blank", "status", "volume", "lost")
+			}
+		case *corev1.PersistentVolumeClaim:
+			if o.Name == "data-web-0" {
+				o.UID = "pvc-uid-recreated"
+			}
+		}
+	}
+	f := newFixture(t, false, objs...)
+	evicted := f.evictions()
+	f.sync()
+	f.sync()
+	if !f.rec.has(ReasonVolumeLost, "/pv-web-0") {
+		t.Fatalf("the lost PV not told: %q", f.rec.events)
+	}
+	if f.rec.has(ReasonVolumeLost, "shop/data-web-0") || f.rec.has(ReasonVolumeLost, "shop/web-0") || len(*evicted) > 0 || !f.exists("pvc", "shop", "data-web-0") {
+		t.Fatalf("the new claim or its pod touched: events %q, evicted %v", f.rec.events, *evicted)
+	}
+}

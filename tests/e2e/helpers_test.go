@@ -333,6 +333,20 @@ func (e *env) get(ctx context.Context, args ...string) object {
 	return o
 }
 
+// find is get for an object that may not exist (yet, or any more): ok is
+// false when it does not.
+func (e *env) find(ctx context.Context, args ...string) (o object, ok bool) {
+	e.t.Helper()
+	out := e.kubectl(ctx, "", append([]string{"get", "-o", "json", "--ignore-not-found"}, args...)...)
+	if strings.TrimSpace(out) == "" {
+		return object{}, false
+	}
+	if err := json.Unmarshal([]byte(out), &o); err != nil {
+		e.t.Fatalf("%v: %s", err, out)
+	}
+	return o, true
+}
+
 // waitFor polls check until it passes; it gives up 20s before ctx ends,
 // so that the failure says what was last seen while kubectl still works.
 func (e *env) waitFor(ctx context.Context, what string, check func() error) {

@@ -27,15 +27,18 @@ type localDisk struct {
 		Node     string `json:"node"`
 		DiskID   string `json:"diskID"`
 		Cordoned bool   `json:"cordoned"`
+		Damaged  string `json:"damaged"`
 	} `json:"spec"`
 	Status struct {
-		Phase    string `json:"phase"`
-		Cordoned bool   `json:"cordoned"`
-		Device   string `json:"device"`
-		Claim    string `json:"claim"`
-		Reason   string `json:"reason"`
-		Volume   *struct {
+		Phase       string `json:"phase"`
+		Cordoned    bool   `json:"cordoned"`
+		Device      string `json:"device"`
+		Claim       string `json:"claim"`
+		Reason      string `json:"reason"`
+		CloudDiskID string `json:"cloudDiskID"`
+		Volume      *struct {
 			PersistentVolume string `json:"persistentVolume"`
+			Lost             string `json:"lost"`
 		} `json:"volume"`
 		Cleanup *struct {
 			Policy   string `json:"policy"`

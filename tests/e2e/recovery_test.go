@@ -131,7 +131,7 @@ func TestNodeLoss(t *testing.T) {
 			t.Fatal(err)
 		}
 		e.waitFor(ctx, "lost-1 scheduled on its node again", func() error {
-			p := e.get(ctx, "pod", "-n", "default", "lost-1")
+			p, _ := e.find(ctx, "pod", "-n", "default", "lost-1")
 			if p.Spec.NodeName != n1.Name {
 				return fmt.Errorf("lost-1 on %q", p.Spec.NodeName)
 			}
@@ -148,12 +148,12 @@ func TestNodeLoss(t *testing.T) {
 		e.kubectl(ctx, "", "delete", "node", n0.Name, "--wait=false")
 		var newNode string
 		e.waitFor(ctx, "data-lost-0 recreated, bound on another node, and lost-0 scheduled there", func() error {
-			c := e.get(ctx, "pvc", "-n", "default", "data-lost-0")
+			c, _ := e.find(ctx, "pvc", "-n", "default", "data-lost-0")
 			if c.Metadata.UID == uid0 || c.Spec.VolumeName == "" {
 				return fmt.Errorf("claim %s bound to %q", c.Metadata.UID, c.Spec.VolumeName)
 			}
-			p := e.get(ctx, "pod", "-n", "default", "lost-0")
-			pv := e.get(ctx, "pv", c.Spec.VolumeName)
+			p, _ := e.find(ctx, "pod", "-n", "default", "lost-0")
+			pv, _ := e.find(ctx, "pv", c.Spec.VolumeName)
 			if p.Spec.NodeName == "" || p.Spec.NodeName != pv.node() {
 				return fmt.Errorf("lost-0 on %q, its new PV on %q", p.Spec.NodeName, pv.node())
 			}

@@ -12,6 +12,11 @@
 //	POST /instances         a Spec as JSON: adds the instance, its type and
 //	                        disks; answers {"metadata": URL}
 //	POST /release?instance=ID   releases the instance and its disks
+//	POST /events            a cloud.FakeEvent as JSON: injects it
+//	GET  /accepted          the IDs of the events accepted, as JSON
+//	POST /finish?event=ID   ends the event (Executed)
+//	POST /replace-disk      {"Old": ID, "New": a cloud.FakeDisk}: the disk
+//	                        is replaced by another, as ECS's repair does
 package main
 
 import (
@@ -96,6 +101,33 @@ func controlHandler(f *cloud.Fake) http.Handler {
 			f.Disks = append(f.Disks, s.Disks...)
 		})
 		json.NewEncoder(w).Encode(map[string]string{"metadata": url})
+	})
+	mux.HandleFunc("POST /events", func(w http.ResponseWriter, r *http.Request) {
+		var e cloud.FakeEvent
+		if err := json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(&e); err != nil || e.ID == "" {
+			http.Error(w, fmt.Sprintf("an event with an ID: %v", err), http.StatusBadRequest)
+			return
+		}
+		f.InjectEvent(e)
+	})
+	mux.HandleFunc("GET /accepted", func(w http.ResponseWriter, r *http.Request) {
+		json.NewEncoder(w).Encode(f.AcceptedEvents())
+	})
+	mux.HandleFunc("POST /finish", func(w http.ResponseWriter, r *http.Request) {
+		f.FinishEvent(r.URL.Query().Get("event"))
+	})
+	mux.HandleFunc("POST /replace-disk", func(w http.ResponseWriter, r *http.Request) {
+		var req struct {
+			Old string
+			New cloud.FakeDisk
+		}
+		if err := json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(&req); err != nil || req.Old == "" || req.New.ID == "" {
+			http.Error(w, fmt.Sprintf("Old and New: %v", err), http.StatusBadRequest)
+			return
+		}
+		if !f.ReplaceDisk(req.Old, req.New) {
+			http.Error(w, "no disk "+req.Old, http.StatusNotFound)
+		}
 	})
 	mux.HandleFunc("POST /release", func(w http.ResponseWriter, r *http.Request) {
 		id := r.URL.Query().Get("instance")

@@ -52,14 +52,19 @@ func (cp *ControlPlane) clusterECS(ctx context.Context) (*ecsURLs, error) {
 	return cp.ecs, nil
 }
 
-// ecsControl calls the fake ECS's control endpoint.
+// ecsControl posts to the fake ECS's control endpoint.
 func (cp *ControlPlane) ecsControl(ctx context.Context, path string, body any) ([]byte, error) {
+	return cp.ecsCall(ctx, http.MethodPost, path, body)
+}
+
+// ecsCall calls the fake ECS's control endpoint.
+func (cp *ControlPlane) ecsCall(ctx context.Context, method, path string, body any) ([]byte, error) {
 	urls, err := cp.clusterECS(ctx)
 	if err != nil {
 		return nil, err
 	}
 	b, _ := json.Marshal(body)
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, urls.Control+path, bytes.NewReader(b))
+	req, err := http.NewRequestWithContext(ctx, method, urls.Control+path, bytes.NewReader(b))
 	if err != nil {
 		return nil, err
 	}
@@ -111,6 +116,9 @@ func (cp *ControlPlane) ReleaseInstance(ctx context.Context, n *Node) error {
 type ControllerConfig struct {
 	// GracePeriod is --node-loss-grace-period.
 	GracePeriod time.Duration
+	// AcceptDiskEvents turns --accept-disk-events on, as the chart's
+	// controller.acceptDiskEvents does.
+	AcceptDiskEvents bool
 }
 
 // StartController runs the controller container of the shipped Deployment
@@ -161,6 +169,13 @@ func (cp *ControlPlane) StartController(ctx context.Context, cc ControllerConfig
 		args = setFlag(args, "node-loss-grace-period", cc.GracePeriod.String())
 	}
 	args = setFlag(args, "resync-interval", "2s")
+	// Harness: ECS's damaged-disk events are read every few seconds (once
+	// a minute as shipped): the tests wait for them.
+	args = setFlag(args, "cloud-event-interval", "2s")
+	if cc.AcceptDiskEvents {
+		// The test's choice, as controller.acceptDiskEvents in the chart.
+		args = append(args, "--accept-disk-events")
+	}
 	// Harness: the instance metadata server and the ECS OpenAPI are the
 	// cluster's fake ECS, where the controller's own instance is one more.
 	urls, err := cp.clusterECS(ctx)

@@ -49,6 +49,10 @@ type Node struct {
 	disks     []DiskSpec
 	// procs are the node's DaemonSet containers run as host processes.
 	procs []*proc
+	// ecsMetadata is the node's instance's metadata server in the fake
+	// ECS, once added; diskIDs are its disks' ECS IDs, by loop.
+	ecsMetadata string
+	diskIDs     []string
 }
 
 // AddFakeNode creates the node's disks and registers the node with the
@@ -174,6 +178,9 @@ func (cp *ControlPlane) fakeECS(ctx context.Context, n *Node) (metadata, api str
 	if err != nil {
 		return "", "", fmt.Errorf("%s has disks with categories: %w", n.Name, err)
 	}
+	if n.ecsMetadata != "" {
+		return n.ecsMetadata, urls.API, nil // a driver started again
+	}
 	type disk struct {
 		ID, Category, InstanceID, Serial string
 		SizeGiB                          int
@@ -190,10 +197,11 @@ func (cp *ControlPlane) fakeECS(ctx context.Context, n *Node) (metadata, api str
 		backing, _ := os.ReadFile(filepath.Join("/sys/block", filepath.Base(loop), "loop/backing_file"))
 		ds = append(ds, disk{ID: fmt.Sprintf("d-%s-%d", n.Name, i), Category: n.disks[i].Category,
 			InstanceID: id, Serial: strings.TrimSpace(string(backing)), SizeGiB: int(n.disks[i].SizeBytes >> 30)})
+		n.diskIDs = append(n.diskIDs, ds[i].ID)
 	}
 	spec["Disks"] = ds
-	metadata, err = cp.addInstance(ctx, spec)
-	return metadata, urls.API, err
+	n.ecsMetadata, err = cp.addInstance(ctx, spec)
+	return n.ecsMetadata, urls.API, err
 }
 
 // startProvisioner runs the node's csi-provisioner in distributed mode, as
