@@ -192,6 +192,8 @@ func checkAcceptedMkfs(t *testing.T, fsType string, args []string) {
 // existing tests, good and bad.
 var paramSeeds = [][7]string{
 	{"", "-m 0", "", "ssd", "", "csi.storage.k8s.io/pvc/name", "data-0"},
+	{"", "", "", "", "", "onDiskLoss", "recreate"},
+	{"", "", "", "", "", "onDiskLoss", "delete"},
 	{"ext4", "-m 0 -E stride=8", "zero", "any", "local_ssd_pro", "", ""},
 	{"xfs", "-L data -i size=512", "signatures", "hdd", "local_hdd_pro", "csi.storage.k8s.io/pv/name", "pv-1"},
 	{"xfs", "-K -L data", "discard", "", "any", "", ""},
