@@ -15,6 +15,7 @@ import (
 	"k8s.io/client-go/tools/record"
 	"k8s.io/klog/v2"
 
+	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/driver"
 	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/inventory"
 	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/kube"
 	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/options"
@@ -60,15 +61,15 @@ func newMirror(ctx context.Context, cfg *rest.Config, node string, inv *inventor
 }
 
 // checkLost looks for volumes whose data is gone (CheckLost).
-func checkLost(ctx context.Context, inv *inventory.Inventory) {
-	if _, err := inv.CheckLost(ctx); err != nil && ctx.Err() == nil {
+func checkLost(ctx context.Context, drv *driver.Driver) {
+	if _, err := drv.CheckLost(ctx); err != nil && ctx.Err() == nil {
 		klog.ErrorS(err, "Looking for volumes whose disk reads blank failed")
 	}
 }
 
 // rescan discovers the node's disks again every interval until ctx ends,
 // and then looks for volumes whose data is gone.
-func rescan(ctx context.Context, inv *inventory.Inventory, interval time.Duration) {
+func rescan(ctx context.Context, inv *inventory.Inventory, drv *driver.Driver, interval time.Duration) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
@@ -79,7 +80,7 @@ func rescan(ctx context.Context, inv *inventory.Inventory, interval time.Duratio
 			if err := inv.Refresh(ctx); err != nil && ctx.Err() == nil {
 				klog.ErrorS(err, "Rediscovering the node's disks failed; retrying at the next rescan", "retryIn", interval)
 			}
-			checkLost(ctx, inv)
+			checkLost(ctx, drv)
 		}
 	}
 }

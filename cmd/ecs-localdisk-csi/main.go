@@ -297,9 +297,9 @@ func serve(o options.Options) error {
 			return
 		}
 		klog.InfoS("Ready", "node", o.NodeID, "managedDisks", inv.ManagedDisks())
-		checkLost(ctx, inv)
+		checkLost(ctx, drv)
 		changes.Changed()
-		rescan(ctx, inv, o.DiskRescanInterval)
+		rescan(ctx, inv, drv, o.DiskRescanInterval)
 	}()
 	select {
 	case err := <-serveErr:

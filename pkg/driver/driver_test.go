@@ -748,3 +748,38 @@ func TestDeleteRefusesPublishedBlockVolume(t *testing.T) {
 	}
 	f.waitFree("serial-D0")
 }
+
+// TestCheckLostWaitsForTheVolumesCalls: a volume whose disk reads blank is
+// found lost, but not while a CSI call holds it (a stage racing the
+// check), and not while it is mounted.
+func TestCheckLostWaitsForTheVolumesCalls(t *testing.T) {
+	f := newFixture(t, fakeDisk(0, gib, disk.MediaSSD))
+	ctx := context.Background()
+	v := f.create("v", 0, nil)
+	staging, target := f.stageFS(v, testutil.MountCap(""))
+	f.m.SetSignatures("/dev/fake0", disk.Probe{}) // blank under its mount
+	if n, err := f.d.CheckLost(ctx); err != nil || n != 0 {
+		t.Fatalf("mounted: %d lost, %v", n, err)
+	}
+	if _, err := f.d.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: v.VolumeId, TargetPath: target}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.d.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: v.VolumeId, StagingTargetPath: staging}); err != nil {
+		t.Fatal(err)
+	}
+	release, err := f.d.locks.acquire(v.VolumeId)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, err := f.d.CheckLost(ctx); err != nil || n != 0 {
+		t.Fatalf("while a call holds the volume: %d lost, %v", n, err)
+	}
+	release()
+	if n, err := f.d.CheckLost(ctx); err != nil || n != 1 {
+		t.Fatalf("%d lost, %v; want 1", n, err)
+	}
+	got, err := f.inv.Lookup(v.VolumeId)
+	if err != nil || got.Lost == "" {
+		t.Fatalf("volume %+v %v", got.Volume, err)
+	}
+}

@@ -658,3 +658,29 @@ func firstNonEmpty(s ...string) string {
 	}
 	return ""
 }
+
+// CheckLost looks for the volumes whose data is gone (inventory.CheckLost),
+// each under its operation lock: a volume busy with a CSI call is looked
+// at next time. It returns how many it found lost.
+func (d *Driver) CheckLost(ctx context.Context) (int, error) {
+	ids, err := d.cfg.Inventory.LostCandidates()
+	if err != nil {
+		return 0, err
+	}
+	lost := 0
+	for _, id := range ids {
+		release, err := d.locks.acquire(id)
+		if err != nil {
+			continue
+		}
+		gone, err := d.cfg.Inventory.CheckLost(ctx, id)
+		release()
+		if err != nil {
+			return lost, err
+		}
+		if gone {
+			lost++
+		}
+	}
+	return lost, nil
+}

@@ -10,44 +10,62 @@ import (
 	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/state"
 )
 
-// CheckLost looks at the disk of every volume the driver formatted that is
+// lostCandidate says whether disk d holds a volume that could have lost its
+// data: one whose filesystem the driver made, not yet known lost, on a
+// device present now. inv.mu must be held.
+func (inv *Inventory) lostCandidateLocked(d *state.Disk) bool {
+	_, present := inv.devices[d.ID]
+	return d.Status == state.Allocated && d.Volume != nil && d.Volume.Format == state.FormatDone && d.Volume.Lost == "" && present
+}
+
+// LostCandidates lists, sorted, the volumes CheckLost looks at.
+func (inv *Inventory) LostCandidates() ([]string, error) {
+	inv.mu.Lock()
+	defer inv.mu.Unlock()
+	if !inv.ready {
+		return nil, ErrNotReady
+	}
+	var out []string
+	for _, d := range inv.rec.Disks {
+		if inv.lostCandidateLocked(d) {
+			out = append(out, d.Volume.ID)
+		}
+	}
+	sort.Strings(out)
+	return out, nil
+}
+
+// CheckLost looks at the disk of a volume the driver formatted, when it is
 // not in use (not mounted, not held): a disk that is still the volume's
 // (same identity) but now carries no signature at all has lost the
 // volume's data, as after a redeployed instance or a re-initialised disk.
 // Such a volume is marked lost and abnormal; it is never formatted again
-// (PrepareFilesystem refuses it), and nothing on the disk is touched. It
-// returns how many volumes it found lost.
-func (inv *Inventory) CheckLost(ctx context.Context) (int, error) {
+// (PrepareFilesystem refuses it), and nothing on the disk is touched. A
+// disk in use, of another identity, or unreadable tells nothing. The
+// caller holds the volume's operation lock, so that no stage races the
+// check. It reports whether it found the volume lost.
+func (inv *Inventory) CheckLost(ctx context.Context, volumeID string) (bool, error) {
 	inv.mu.Lock()
 	if !inv.ready {
 		inv.mu.Unlock()
-		return 0, ErrNotReady
+		return false, ErrNotReady
 	}
-	type candidate struct{ volume, disk, path string }
-	var cands []candidate
-	for id, d := range inv.rec.Disks {
-		dev, present := inv.devices[id]
-		if d.Status != state.Allocated || d.Volume == nil || d.Volume.Format != state.FormatDone || d.Volume.Lost != "" || !present {
-			continue
-		}
-		cands = append(cands, candidate{d.Volume.ID, id, dev.Path})
+	v, err := inv.lookupLocked(volumeID)
+	if err != nil || !inv.lostCandidateLocked(inv.rec.Disks[v.Disk.ID]) {
+		inv.mu.Unlock()
+		return false, nil
 	}
+	path := inv.devices[v.Disk.ID].Path
 	inv.mu.Unlock()
-	sort.Slice(cands, func(i, j int) bool { return cands[i].volume < cands[j].volume })
-	lost := 0
-	for _, c := range cands {
-		gone, err := inv.blankWhereFilesystem(ctx, c.disk, c.path)
-		if err != nil || !gone {
-			continue // in use, not this disk, or unreadable: nothing to tell
-		}
-		why := fmt.Sprintf("the disk %s (%s) reads blank where the volume's filesystem was: its data is gone (a redeployed instance or a re-initialised disk)", c.disk, c.path)
-		if err := inv.markLost(c.volume, why); err != nil {
-			return lost, err
-		}
-		klog.InfoS("Volume lost: its disk reads blank; it is never formatted again", "volumeID", c.volume, "disk", c.disk, "device", c.path)
-		lost++
+	if gone, err := inv.blankWhereFilesystem(ctx, v.Disk.ID, path); err != nil || !gone {
+		return false, nil
 	}
-	return lost, nil
+	why := fmt.Sprintf("the disk %s (%s) reads blank where the volume's filesystem was: its data is gone (a redeployed instance or a re-initialised disk)", v.Disk.ID, path)
+	if err := inv.markLost(volumeID, why); err != nil {
+		return false, err
+	}
+	klog.InfoS("Volume lost: its disk reads blank; it is never formatted again", "volumeID", volumeID, "disk", v.Disk.ID, "device", path)
+	return true, nil
 }
 
 // blankWhereFilesystem says whether disk id at path, unused, carries no

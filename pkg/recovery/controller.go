@@ -216,6 +216,11 @@ func (c *Controller) tellOnce(obj runtime.Object, kind, reason, format string, a
 	}
 	key := string(m.GetUID()) + "/" + reason
 	c.mu.Lock()
+	if len(c.told) >= maxTold {
+		// Most of these objects are gone; forgetting them all at once
+		// costs at most one repeated event per object still there.
+		c.told = map[string]bool{}
+	}
 	seen := c.told[key]
 	c.told[key] = true
 	c.mu.Unlock()
@@ -232,3 +237,6 @@ func (c *Controller) tellOnce(obj runtime.Object, kind, reason, format string, a
 
 // maxMessage bounds an event's message.
 const maxMessage = 1024
+
+// maxTold bounds the memory of events told.
+const maxTold = 100000

@@ -35,7 +35,7 @@ func TestBlankDiskReportsVolumeLost(t *testing.T) {
 	run(t, "dd", "if=/dev/zero", "of="+e.device(mounted), "bs=1M", "count=1", "oflag=direct", "conv=notrunc", "status=none")
 	sum := deviceSum(t, e.device(lost))
 
-	n, err := e.inv.CheckLost(ctx)
+	n, err := e.drv.CheckLost(ctx)
 	if err != nil || n != 1 {
 		t.Fatalf("CheckLost found %d lost, %v; want 1 (only the formatted volume that is not in use)", n, err)
 	}
@@ -48,7 +48,7 @@ func TestBlankDiskReportsVolumeLost(t *testing.T) {
 	if err != nil || !strings.Contains(got.Lost, "reads blank") || got.Abnormal == "" {
 		t.Fatalf("lost volume: %+v %v", got.Volume, err)
 	}
-	if n, err := e.inv.CheckLost(ctx); err != nil || n != 0 {
+	if n, err := e.drv.CheckLost(ctx); err != nil || n != 0 {
 		t.Fatalf("second check: %d %v", n, err)
 	}
 	_, err = e.drv.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: lost.VolumeId, StagingTargetPath: stLost, VolumeCapability: vc})
