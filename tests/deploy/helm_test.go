@@ -481,6 +481,49 @@ func TestChartValuesLand(t *testing.T) {
 	}
 }
 
+// TestChartControllerValues: the controller.* values reach the cluster
+// component's Deployment; cloud follows diskSource unless set; bad values
+// and turning it off are handled.
+func TestChartControllerValues(t *testing.T) {
+	m := chartResMap(t, renderChart(t, helmchart.Namespace, "controller.replicas=3", "controller.nodeLossGracePeriod=5m",
+		"controller.acceptDiskEvents=true", "controller.tolerations[0].operator=Exists", "controller.resources.limits.memory=64Mi"))
+	d := get(t, m, "Deployment", "ecs-localdisk-csi-controller")
+	c := container(t, d, "controller")
+	args := strings.Split(field(t, c, "args"), "\n")
+	for _, want := range []string{"- controller", "- --cloud=ecs", "- --node-loss-grace-period=5m", "- --accept-disk-events"} {
+		if !slices.Contains(args, want) {
+			t.Errorf("controller args lack %s: %q", want, args)
+		}
+	}
+	for path, want := range map[string]string{"spec.replicas": "3", "spec.template.spec.tolerations": "- operator: Exists"} {
+		if got := field(t, d, strings.Split(path, ".")...); got != want {
+			t.Errorf("%s = %q, want %q", path, got, want)
+		}
+	}
+	if got := field(t, c, "resources", "limits", "memory"); got != "64Mi" {
+		t.Errorf("controller memory limit %q", got)
+	}
+	// Off by default: no consent.
+	c = container(t, get(t, chartResMap(t, renderChart(t, helmchart.Namespace)), "Deployment", "ecs-localdisk-csi-controller"), "controller")
+	if args := field(t, c, "args"); strings.Contains(args, "--accept-disk-events") {
+		t.Errorf("--accept-disk-events on by default:\n%s", args)
+	}
+	// diskSource=static: no cloud to ask, unless set.
+	static := chartResMap(t, renderChart(t, helmchart.Namespace, "diskSource=static", "static.devices={/dev/vdb}"))
+	if args := field(t, container(t, get(t, static, "Deployment", "ecs-localdisk-csi-controller"), "controller"), "args"); !strings.Contains(args, "- --cloud=none\n") {
+		t.Errorf("static: controller args\n%s", args)
+	}
+	if _, err := tryChart(helmchart.Namespace, "controller.cloud=aws"); err == nil || !strings.Contains(err.Error(), "controller.cloud") {
+		t.Errorf("controller.cloud=aws: %v", err)
+	}
+	off := chartResMap(t, renderChart(t, helmchart.Namespace, "controller.enabled=false"))
+	for _, r := range off.Resources() {
+		if strings.Contains(r.GetName(), "controller") {
+			t.Errorf("controller.enabled=false renders %s %s", r.GetKind(), r.GetName())
+		}
+	}
+}
+
 // TestChartFollowsTheReleaseNamespace: installed into another namespace,
 // every namespaced object and every reference to the service account is
 // there, and no Namespace object is rendered unless asked for.
