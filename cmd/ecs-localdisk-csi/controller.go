@@ -110,12 +110,19 @@ func control(o options.Controller) error {
 		md := cloud.NewMetadata(o.MetadataEndpoint)
 		cfg.Cloud = &lazyAPI{credentialsFile: o.CredentialsFile, ramRole: o.RAMRole, endpoint: o.ECSEndpoint, region: o.Region, md: md}
 		mctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		cfg.Region = o.Region
 		if in, err := md.Instance(mctx); err == nil {
 			cfg.SelfInstance = in.ID
+			if cfg.Region == "" {
+				cfg.Region = in.Region
+			}
 		} else {
 			klog.InfoS("The controller's own instance is unknown (no metadata server); the Ready nodes' instances are the witnesses of ECS's answers", "err", err)
 		}
 		cancel()
+		if cfg.Region == "" {
+			klog.InfoS("The region is unknown (no --region, no metadata server): Nodes' providerIDs are not used, only the instances the node drivers recorded")
+		}
 	}
 	ctrl := recovery.New(cfg)
 	mux := http.NewServeMux()

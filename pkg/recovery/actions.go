@@ -33,46 +33,108 @@ func guarded(uid types.UID, rv string) metav1.DeleteOptions {
 	return metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &uid, ResourceVersion: &rv}}
 }
 
-// recreate deletes the PV's claim (if it is still the PV's), the Pending
-// pods that use it, and the PV itself when its reclaim policy is Delete.
-// kept says the PV stays (Retain, or its claim is still going away).
-func (c *Controller) recreate(ctx context.Context, pv *corev1.PersistentVolume, node string) (kept bool, err error) {
-	claimGone := true
-	if r := pv.Spec.ClaimRef; r != nil {
-		pvcs := c.cfg.Core.CoreV1().PersistentVolumeClaims(r.Namespace)
-		pvc, err := pvcs.Get(ctx, r.Name, getOpts)
-		switch {
-		case apierrors.IsNotFound(err):
-		case err != nil:
-			return true, err
-		case pvc.UID != r.UID:
-			// Recreated already: the new claim is not this volume's.
-		default:
-			claimGone = false
-			if pvc.DeletionTimestamp == nil {
-				if err := pvcs.Delete(ctx, pvc.Name, guarded(pvc.UID, pvc.ResourceVersion)); err != nil && !apierrors.IsNotFound(err) {
-					return true, fmt.Errorf("deleting claim %s/%s: %w", pvc.Namespace, pvc.Name, err)
-				}
-				c.tellOnce(pvc, corev1.EventTypeWarning, ReasonClaimDeleted, "Deleted: its volume %s on node %s is lost, and its class sets %s: %s. "+
-					"Its owner (a StatefulSet) recreates it on a node with a free disk.", pv.Name, node, v1alpha1.ParamOnDiskLoss, v1alpha1.OnDiskLossRecreate)
-				if pvc, err = pvcs.Get(ctx, r.Name, getOpts); apierrors.IsNotFound(err) {
-					break
-				} else if err != nil {
-					return true, err
-				}
-			}
-			if pvc.UID == r.UID && pvc.DeletionTimestamp != nil {
-				// The claim waits for the pods that use it.
-				if err := c.deletePods(ctx, pv, node, pvc.DeletionTimestamp.Time); err != nil {
-					return true, err
-				}
-			}
+// deleteLostClaim deletes the claim of a lost volume, if it is still the
+// PV's (same UID) and was not deleted yet, noting first which pods use it:
+// those, and only those, are the lost claim's (a pod made after the delete
+// uses the claim made after it). It returns the claim while it is going
+// away, nil once it is gone or was recreated.
+func (c *Controller) deleteLostClaim(ctx context.Context, pv *corev1.PersistentVolume, message string) (*corev1.PersistentVolumeClaim, error) {
+	r := pv.Spec.ClaimRef
+	if r == nil {
+		return nil, nil
+	}
+	pvcs := c.cfg.Core.CoreV1().PersistentVolumeClaims(r.Namespace)
+	pvc, err := pvcs.Get(ctx, r.Name, getOpts)
+	switch {
+	case apierrors.IsNotFound(err):
+		return nil, nil
+	case err != nil:
+		return nil, err
+	case pvc.UID != r.UID:
+		return nil, nil // recreated already: the new claim is not this volume's
+	case pvc.DeletionTimestamp != nil:
+		return pvc, nil
+	}
+	pods, err := c.cfg.Core.CoreV1().Pods(r.Namespace).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, err
+	}
+	users := map[types.UID]bool{}
+	for i := range pods.Items {
+		if usesClaim(&pods.Items[i], r.Name) {
+			users[pods.Items[i].UID] = true
 		}
 	}
-	if !claimGone {
-		// The PV is released once the claim is gone; the next pass deletes it.
-		return true, nil
+	c.mu.Lock()
+	c.claimUsers[pvc.UID] = users
+	c.mu.Unlock()
+	if err := pvcs.Delete(ctx, pvc.Name, guarded(pvc.UID, pvc.ResourceVersion)); err != nil && !apierrors.IsNotFound(err) {
+		return nil, fmt.Errorf("deleting claim %s/%s: %w", pvc.Namespace, pvc.Name, err)
 	}
+	c.tellOnce(pvc, corev1.EventTypeWarning, ReasonClaimDeleted, "%s", message)
+	pvc, err = pvcs.Get(ctx, r.Name, getOpts)
+	if apierrors.IsNotFound(err) || (err == nil && pvc.UID != r.UID) {
+		return nil, nil
+	}
+	return pvc, err
+}
+
+// claimSkew is how much older than the claim's deletion a pod must be to
+// count as the lost claim's when the controller did not see the delete (it
+// restarted): the two times come from API servers' clocks.
+const claimSkew = 2 * time.Second
+
+// lostClaimPods lists the pods that use the going-away claim and were
+// there when it was deleted (see deleteLostClaim).
+func (c *Controller) lostClaimPods(ctx context.Context, pvc *corev1.PersistentVolumeClaim) ([]*corev1.Pod, error) {
+	list, err := c.cfg.Core.CoreV1().Pods(pvc.Namespace).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	users, seen := c.claimUsers[pvc.UID]
+	c.mu.Unlock()
+	var out []*corev1.Pod
+	for i := range list.Items {
+		p := &list.Items[i]
+		if !usesClaim(p, pvc.Name) || p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
+			continue
+		}
+		if seen && !users[p.UID] {
+			continue
+		}
+		if !seen && !p.CreationTimestamp.Time.Before(pvc.DeletionTimestamp.Time.Add(-claimSkew)) {
+			continue
+		}
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+// forgetClaim drops what was noted about a claim that is gone.
+func (c *Controller) forgetClaim(pv *corev1.PersistentVolume) {
+	if r := pv.Spec.ClaimRef; r != nil {
+		c.mu.Lock()
+		delete(c.claimUsers, r.UID)
+		c.mu.Unlock()
+	}
+}
+
+// recreate deletes the PV's claim (if it is still the PV's), the pods of
+// that claim that cannot run, and the PV itself when its reclaim policy is
+// Delete. kept says the PV stays (Retain, or its claim is still going away).
+func (c *Controller) recreate(ctx context.Context, pv *corev1.PersistentVolume, node string) (kept bool, err error) {
+	pvc, err := c.deleteLostClaim(ctx, pv, fmt.Sprintf("Deleted: its volume %s on node %s is lost, and its class sets %s: %s. "+
+		"Its owner (a StatefulSet) recreates it on a node with a free disk.", pv.Name, node, v1alpha1.ParamOnDiskLoss, v1alpha1.OnDiskLossRecreate))
+	if err != nil {
+		return true, err
+	}
+	if pvc != nil {
+		// The claim waits for the pods that use it; the PV is released once
+		// it is gone, and the next pass deletes it.
+		return true, c.deletePods(ctx, pv, pvc, node)
+	}
+	c.forgetClaim(pv)
 	if pv.Spec.PersistentVolumeReclaimPolicy != corev1.PersistentVolumeReclaimDelete {
 		c.tellOnce(pv, corev1.EventTypeNormal, ReasonVolumeKept, "Kept: its reclaim policy is %s. Its disk on node %s is lost; delete the PV when it is no longer needed.",
 			pv.Spec.PersistentVolumeReclaimPolicy, node)
@@ -81,26 +143,17 @@ func (c *Controller) recreate(ctx context.Context, pv *corev1.PersistentVolume, 
 	return false, c.deletePV(ctx, pv, node)
 }
 
-// deletePods deletes the pods that use the PV's claim, were created before
-// the claim's deletion, and cannot run: Pending and not placed, or placed
-// on the lost node (its kubelet is gone, so they are deleted at once). A
-// pod created since (its owner's new one) is left alone: it will use the
-// new claim.
-func (c *Controller) deletePods(ctx context.Context, pv *corev1.PersistentVolume, node string, claimDeleted time.Time) error {
-	r := pv.Spec.ClaimRef
-	pods := c.cfg.Core.CoreV1().Pods(r.Namespace)
-	list, err := pods.List(ctx, metav1.ListOptions{})
+// deletePods deletes the lost claim's pods that cannot run: Pending and not
+// placed, or placed on the lost node (its kubelet is gone, so they are
+// deleted at once).
+func (c *Controller) deletePods(ctx context.Context, pv *corev1.PersistentVolume, pvc *corev1.PersistentVolumeClaim, node string) error {
+	pods, err := c.lostClaimPods(ctx, pvc)
 	if err != nil {
 		return err
 	}
-	for i := range list.Items {
-		p := &list.Items[i]
-		uses := usesClaim(p, r.Name)
-		stuck := (p.Spec.NodeName == "" && p.Status.Phase == corev1.PodPending) || p.Spec.NodeName == node
-		if !uses || !stuck || p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed || !p.CreationTimestamp.Time.Before(claimDeleted) {
-			continue
-		}
-		if p.Spec.NodeName == "" && p.DeletionTimestamp != nil {
+	for _, p := range pods {
+		stuck := (p.Spec.NodeName == "" && p.Status.Phase == corev1.PodPending && p.DeletionTimestamp == nil) || p.Spec.NodeName == node
+		if !stuck {
 			continue
 		}
 		opts := guarded(p.UID, p.ResourceVersion)
@@ -109,11 +162,11 @@ func (c *Controller) deletePods(ctx context.Context, pv *corev1.PersistentVolume
 			zero := int64(0)
 			opts.GracePeriodSeconds = &zero
 		}
-		if err := pods.Delete(ctx, p.Name, opts); err != nil && !apierrors.IsNotFound(err) {
+		if err := c.cfg.Core.CoreV1().Pods(p.Namespace).Delete(ctx, p.Name, opts); err != nil && !apierrors.IsNotFound(err) {
 			return fmt.Errorf("deleting pod %s/%s: %w", p.Namespace, p.Name, err)
 		}
 		c.tellOnce(p, corev1.EventTypeWarning, ReasonPodDeleted, "Deleted: it uses claim %s, whose volume %s on node %s is lost. Its owner recreates it, "+
-			"and the scheduler places it on a node with a free disk.", r.Name, pv.Name, node)
+			"and the scheduler places it on a node with a free disk.", pvc.Name, pv.Name, node)
 	}
 	return nil
 }
@@ -191,11 +244,21 @@ func (c *Controller) removeCapacities(ctx context.Context, node string) error {
 }
 
 // removeNodeObjects deletes the lost node's CSIStorageCapacity objects (in
-// the driver's namespace, for its topology) and its LocalDisks.
-func (c *Controller) removeNodeObjects(ctx context.Context, node string) error {
+// the driver's namespace, for its topology) and its LocalDisks. A Node of
+// that name found again right before (its name reused by a new instance)
+// keeps them; of a Node that still exists (its instance released), only
+// the LocalDisks of that instance go.
+func (c *Controller) removeNodeObjects(ctx context.Context, cd candidate) error {
+	node := cd.node
+	gone := c.nodeGone(ctx, node)
+	if !gone && !cd.exists {
+		return nil // registered again meanwhile
+	}
 	var errs []error
-	if err := c.removeCapacities(ctx, node); err != nil {
-		errs = append(errs, err)
+	if gone {
+		if err := c.removeCapacities(ctx, node); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	disks := c.cfg.Dynamic.Resource(v1alpha1.GroupVersionResource)
 	ds, err := disks.List(ctx, metav1.ListOptions{FieldSelector: "spec.node=" + node})
@@ -205,6 +268,9 @@ func (c *Controller) removeNodeObjects(ctx context.Context, node string) error {
 	for _, d := range ds.Items {
 		if n, _, _ := unstructured.NestedString(d.Object, "spec", "node"); n != node {
 			continue
+		}
+		if inst, _, _ := unstructured.NestedString(d.Object, "status", "instanceID"); !gone && (cd.instance == "" || inst != cd.instance) {
+			continue // not the released instance's disk
 		}
 		if err := disks.Delete(ctx, d.GetName(), guarded(d.GetUID(), d.GetResourceVersion())); err != nil && !apierrors.IsNotFound(err) {
 			errs = append(errs, err)

@@ -16,6 +16,7 @@ import (
 
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/dynamic/dynamicinformer"
 	"k8s.io/client-go/informers"
@@ -59,7 +60,11 @@ type Config struct {
 	// SelfInstance is the ECS instance the controller runs on, "" unknown:
 	// a witness that ECS answers for this account and region.
 	SelfInstance string
-	Recorder     record.EventRecorder
+	// Region is the ECS region the controller asks about: a Node's
+	// providerID counts only when it names this region ("" trusts no
+	// providerID, only the instances the node drivers recorded).
+	Region   string
+	Recorder record.EventRecorder
 	// GracePeriod is how long a node must stay deleted (or its instance
 	// released) before its volumes count as lost; default 2 minutes.
 	GracePeriod time.Duration
@@ -99,10 +104,17 @@ type Controller struct {
 	told map[string]bool
 	// verdicts is the last verdict logged per node.
 	verdicts map[string]string
-	// releasedIDs are the instances ECS confirmed released.
-	releasedIDs map[string]bool
+	// releasedSince is when ECS first did not list an instance (trusted
+	// answers only); final are the instances confirmed released and
+	// acted on, not asked about again.
+	releasedSince map[string]time.Time
+	final         map[string]bool
 	// accepted are the events accepted.
 	accepted map[string]bool
+	// claimUsers are, by lost claim, the pods that used it when the
+	// controller deleted it; done are the PVs whose recovery is over.
+	claimUsers map[types.UID]map[types.UID]bool
+	done       map[types.UID]bool
 	// lastEvents is when ECS was last asked for damaged disks.
 	lastEvents time.Time
 }
@@ -122,7 +134,8 @@ func New(cfg Config) *Controller {
 		cfg.Clock = clock.RealClock{}
 	}
 	c := &Controller{cfg: cfg, trigger: make(chan struct{}, 1),
-		suspect: map[string]time.Time{}, instances: map[string]string{}, told: map[string]bool{}, verdicts: map[string]string{}, releasedIDs: map[string]bool{}, accepted: map[string]bool{}}
+		suspect: map[string]time.Time{}, instances: map[string]string{}, told: map[string]bool{}, verdicts: map[string]string{}, releasedSince: map[string]time.Time{}, final: map[string]bool{}, accepted: map[string]bool{},
+		claimUsers: map[types.UID]map[types.UID]bool{}, done: map[types.UID]bool{}}
 	c.factory = informers.NewSharedInformerFactory(cfg.Core, 0)
 	nodes, pvs, classes := c.factory.Core().V1().Nodes(), c.factory.Core().V1().PersistentVolumes(), c.factory.Storage().V1().StorageClasses()
 	c.nodes, c.pvs = nodes.Lister(), pvs.Lister()

@@ -41,22 +41,22 @@ var DamageEventTypes = []string{
 // diskObject is what the controller reads of a LocalDisk.
 type diskObject struct {
 	u                                    *unstructured.Unstructured
-	name, node, damaged                  string
+	name, node, damaged, reason          string
 	cloudID, instance, phase, volumeLost string
-	pv, claimNS, claim                   string
+	// hasVolume: the status names a volume (allocated, or its cleanup not
+	// done); volumeID and pv name it.
+	hasVolume                    bool
+	volumeID, pv, claimNS, claim string
 }
 
 func readDisk(u *unstructured.Unstructured) diskObject {
 	s := func(path ...string) string { v, _, _ := unstructured.NestedString(u.Object, path...); return v }
-	return diskObject{u: u, name: u.GetName(), node: s("spec", "node"), damaged: s("spec", "damaged"),
+	_, hasVolume, _ := unstructured.NestedMap(u.Object, "status", "volume")
+	return diskObject{u: u, name: u.GetName(), node: s("spec", "node"), damaged: s("spec", "damaged"), reason: s("status", "reason"),
 		cloudID: s("status", "cloudDiskID"), instance: s("status", "instanceID"), phase: s("status", "phase"),
+		hasVolume: hasVolume, volumeID: s("status", "volume", "id"),
 		volumeLost: s("status", "volume", "lost"), pv: s("status", "volume", "persistentVolume"),
 		claimNS: s("status", "volume", "claimNamespace"), claim: s("status", "volume", "claimName")}
-}
-
-// holdsVolume says whether a volume still lives on the disk.
-func (d diskObject) holdsVolume() bool {
-	return d.pv != "" || d.claim != "" || d.phase == v1alpha1.PhaseAllocated
 }
 
 // localDisks lists every LocalDisk from the cache.
@@ -159,13 +159,15 @@ func (c *Controller) syncDamage(ctx context.Context) error {
 		if !damaged {
 			continue
 		}
-		if d.pv != "" {
-			if err := c.recoverVolume(ctx, d, fmt.Sprintf("its local disk %s on node %s is damaged (%s)", d.cloudID, d.node, want)); err != nil {
+		if pv, ok := c.volumeOfDisk(d); ok {
+			if err := c.recoverVolume(ctx, pv, fmt.Sprintf("its local disk %s on node %s is damaged (%s)", d.cloudID, d.node, want)); err != nil {
 				errs = append(errs, err)
 			}
 		}
-		if c.cfg.AcceptDiskEvents && e.Status == "Inquiring" && e.CanAccept && !d.holdsVolume() {
-			errs = append(errs, c.accept(ctx, d, e))
+		// Consent only in a pass after the one that marked the disk, so
+		// that its node has applied the mark (no new volume on it).
+		if c.cfg.AcceptDiskEvents && e.Status == "Inquiring" && e.CanAccept && d.damaged == want {
+			errs = append(errs, c.accept(ctx, d.name, e, want))
 		}
 	}
 	return errors.Join(errs...)
@@ -204,8 +206,8 @@ func (c *Controller) markDamaged(ctx context.Context, d diskObject, damage strin
 // tellVolumeObjects tells the disk's volume: its PV, its claim and the pods
 // that use the claim.
 func (c *Controller) tellVolumeObjects(ctx context.Context, d diskObject, reason, msg string) {
-	pv, err := c.pvs.Get(d.pv)
-	if err != nil {
+	pv, ok := c.volumeOfDisk(d)
+	if !ok {
 		return
 	}
 	c.tellOnce(pv, corev1.EventTypeWarning, reason, "%s", msg)
@@ -235,13 +237,19 @@ func (c *Controller) tellVolumeObjects(ctx context.Context, d diskObject, reason
 func (c *Controller) syncLost(ctx context.Context) error {
 	var errs []error
 	for _, d := range c.localDisks() {
-		if d.volumeLost == "" || d.pv == "" {
+		if d.volumeLost == "" {
+			continue
+		}
+		pv, ok := c.volumeOfDisk(d)
+		if !ok {
 			continue
 		}
 		why := fmt.Sprintf("its data on local disk %s of node %s is gone (%s)", cmpOr(d.cloudID, d.name), d.node, d.volumeLost)
-		c.tellVolumeObjects(ctx, d, ReasonVolumeLost, fmt.Sprintf("Volume %s is lost: %s. Nothing was formatted; the volume is not staged again. "+
-			"Delete the claim to have it recreated, or set %s: %s on its class to have that done.", d.pv, why, v1alpha1.ParamOnDiskLoss, v1alpha1.OnDiskLossRecreate))
-		if err := c.recoverVolume(ctx, d, why); err != nil {
+		if !c.wasTold(pv, ReasonVolumeLost) {
+			c.tellVolumeObjects(ctx, d, ReasonVolumeLost, fmt.Sprintf("Volume %s is lost: %s. Nothing was formatted; the volume is not staged again. "+
+				"Delete the claim to have it recreated, or set %s: %s on its class to have that done.", d.pv, why, v1alpha1.ParamOnDiskLoss, v1alpha1.OnDiskLossRecreate))
+		}
+		if err := c.recoverVolume(ctx, pv, why); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -255,58 +263,46 @@ func cmpOr(a, b string) string {
 	return b
 }
 
+// volumeOfDisk is the PV of the volume a LocalDisk's status names, when it
+// is the driver's, on that disk's node, with that volume ID: a status never
+// makes the controller act on another volume.
+func (c *Controller) volumeOfDisk(d diskObject) (*corev1.PersistentVolume, bool) {
+	if d.pv == "" {
+		return nil, false
+	}
+	pv, err := c.pvs.Get(d.pv)
+	if err != nil || pv.Spec.CSI == nil || pv.Spec.CSI.Driver != c.cfg.DriverName || pv.Spec.CSI.VolumeHandle != d.volumeID || c.nodeOfPV(pv) != d.node {
+		return nil, false
+	}
+	return pv, true
+}
+
 // recoverVolume recreates the claim of a volume whose disk is damaged or
 // whose data is gone, on a node that is alive, when its class opts in:
-// the claim is deleted, and the pods that use it are evicted (a
+// the claim is deleted, and the pods that used it then are evicted (a
 // PodDisruptionBudget is respected: an eviction it refuses is tried again
 // at the next check). The PV goes through csi-provisioner as usual.
-func (c *Controller) recoverVolume(ctx context.Context, d diskObject, why string) error {
-	pv, err := c.pvs.Get(d.pv)
-	if apierrors.IsNotFound(err) {
+func (c *Controller) recoverVolume(ctx context.Context, pv *corev1.PersistentVolume, why string) error {
+	if !c.opted(pv) || c.isDone(pv.UID) {
 		return nil
 	}
+	pvc, err := c.deleteLostClaim(ctx, pv, fmt.Sprintf("Deleted: %s, and its class sets %s: %s. Its owner (a StatefulSet) recreates it on a disk that works.",
+		why, v1alpha1.ParamOnDiskLoss, v1alpha1.OnDiskLossRecreate))
 	if err != nil {
 		return err
 	}
-	if !c.opted(pv) || pv.Spec.ClaimRef == nil {
+	if pvc == nil {
+		c.forgetClaim(pv)
+		c.markDone(pv.UID)
 		return nil
 	}
-	r := pv.Spec.ClaimRef
-	pvcs := c.cfg.Core.CoreV1().PersistentVolumeClaims(r.Namespace)
-	pvc, err := pvcs.Get(ctx, r.Name, getOpts)
-	if apierrors.IsNotFound(err) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	if pvc.UID != r.UID {
-		return nil // recreated already
-	}
-	if pvc.DeletionTimestamp == nil {
-		if err := pvcs.Delete(ctx, pvc.Name, guarded(pvc.UID, pvc.ResourceVersion)); err != nil && !apierrors.IsNotFound(err) {
-			return fmt.Errorf("deleting claim %s/%s: %w", pvc.Namespace, pvc.Name, err)
-		}
-		c.tellOnce(pvc, corev1.EventTypeWarning, ReasonClaimDeleted, "Deleted: %s, and its class sets %s: %s. Its owner (a StatefulSet) "+
-			"recreates it on a disk that works.", why, v1alpha1.ParamOnDiskLoss, v1alpha1.OnDiskLossRecreate)
-		if pvc, err = pvcs.Get(ctx, r.Name, getOpts); apierrors.IsNotFound(err) {
-			return nil
-		} else if err != nil {
-			return err
-		}
-	}
-	if pvc.UID != r.UID || pvc.DeletionTimestamp == nil {
-		return nil
-	}
-	pods, err := c.cfg.Core.CoreV1().Pods(r.Namespace).List(ctx, metav1.ListOptions{})
+	pods, err := c.lostClaimPods(ctx, pvc)
 	if err != nil {
 		return err
 	}
 	var errs []error
-	for i := range pods.Items {
-		p := &pods.Items[i]
-		if !usesClaim(p, r.Name) || p.DeletionTimestamp != nil || !p.CreationTimestamp.Time.Before(pvc.DeletionTimestamp.Time) ||
-			p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
+	for _, p := range pods {
+		if p.DeletionTimestamp != nil {
 			continue
 		}
 		ev := &policyv1.Eviction{ObjectMeta: metav1.ObjectMeta{Name: p.Name, Namespace: p.Namespace},
@@ -315,24 +311,56 @@ func (c *Controller) recoverVolume(ctx context.Context, d diskObject, why string
 			errs = append(errs, fmt.Errorf("evicting pod %s/%s: %w", p.Namespace, p.Name, err))
 			continue
 		}
-		c.tellOnce(p, corev1.EventTypeWarning, ReasonPodEvicted, "Evicted: it uses claim %s, deleted because %s. Its owner recreates it with a new claim.", r.Name, why)
+		c.tellOnce(p, corev1.EventTypeWarning, ReasonPodEvicted, "Evicted: it uses claim %s, deleted because %s. Its owner recreates it with a new claim.", pvc.Name, why)
 	}
 	return errors.Join(errs...)
 }
 
+// isDone says whether the volume's recovery is over (its claim gone or
+// recreated); markDone records that.
+func (c *Controller) isDone(uid types.UID) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.done[uid]
+}
+
+func (c *Controller) markDone(uid types.UID) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.done) >= maxTold {
+		c.done = map[types.UID]bool{}
+	}
+	c.done[uid] = true
+}
+
+// usesClaim says whether the pod uses the claim: by name, or as the claim
+// of a generic ephemeral volume ("<pod>-<volume>").
 func usesClaim(p *corev1.Pod, claim string) bool {
 	return slices.ContainsFunc(p.Spec.Volumes, func(v corev1.Volume) bool {
-		return v.PersistentVolumeClaim != nil && v.PersistentVolumeClaim.ClaimName == claim
+		return (v.PersistentVolumeClaim != nil && v.PersistentVolumeClaim.ClaimName == claim) ||
+			(v.Ephemeral != nil && p.Name+"-"+v.Name == claim)
 	})
 }
 
-// accept gives the owner's consent to a damaged disk's event, once: ECS
-// then isolates, replaces or re-initialises the disk.
-func (c *Controller) accept(ctx context.Context, d diskObject, e cloud.SystemEvent) error {
+// accept gives the owner's consent to a damaged disk's event, once, when
+// no volume uses the disk: read again from the API server, the disk must
+// show the mark applied by its node (phase Damaged with the event as
+// reason) and no volume, or only the volume of a PV that no longer exists
+// (its cleanup may have failed on the damaged disk). ECS then isolates,
+// replaces or re-initialises the disk.
+func (c *Controller) accept(ctx context.Context, name string, e cloud.SystemEvent, damage string) error {
 	c.mu.Lock()
 	done := c.accepted[e.ID]
 	c.mu.Unlock()
 	if done {
+		return nil
+	}
+	u, err := c.cfg.Dynamic.Resource(v1alpha1.GroupVersionResource).Get(ctx, name, getOpts)
+	if err != nil {
+		return nil
+	}
+	d := readDisk(u)
+	if d.damaged != damage || d.phase != v1alpha1.PhaseDamaged || d.reason != damage || c.volumeUses(ctx, d) {
 		return nil
 	}
 	if err := c.cfg.Cloud.AcceptEvent(ctx, e.ID); err != nil {
@@ -344,6 +372,30 @@ func (c *Controller) accept(ctx context.Context, d diskObject, e cloud.SystemEve
 	c.tellOnce(d.u, corev1.EventTypeNormal, ReasonEventAccepted, "Accepted ECS event %s (%s) for local disk %s of node %s, which holds no volume: "+
 		"ECS repairs the disk; a replaced or re-initialised disk joins as a free disk once its node finds it blank.", e.ID, e.Type, d.cloudID, d.node)
 	return nil
+}
+
+// volumeUses says whether a volume still uses the disk: its status names
+// one, unless that volume's PV is gone (deleted: only its cleanup is left).
+// A volume without a PV name (adopted) always counts.
+func (c *Controller) volumeUses(ctx context.Context, d diskObject) bool {
+	if !d.hasVolume {
+		return d.phase == v1alpha1.PhaseAllocated
+	}
+	if d.pv == "" {
+		return true
+	}
+	pv, err := c.cfg.Core.CoreV1().PersistentVolumes().Get(ctx, d.pv, getOpts)
+	if apierrors.IsNotFound(err) {
+		return false
+	}
+	return err != nil || pv.Spec.CSI == nil || pv.Spec.CSI.VolumeHandle == d.volumeID || d.volumeID == ""
+}
+
+// wasTold says whether reason was told about obj already.
+func (c *Controller) wasTold(obj metav1.Object, reason string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.told[string(obj.GetUID())+"/"+reason]
 }
 
 // event records an event each time (tellOnce records it once).

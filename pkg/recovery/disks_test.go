@@ -26,7 +26,8 @@ func diskWithVolume(node, diskID, instance, cloudID, claim string) *unstructured
 		return u
 	}
 	unstructured.SetNestedField(u.Object, v1alpha1.PhaseAllocated, "status", "phase")
-	unstructured.SetNestedMap(u.Object, map[string]any{"id": "vol", "persistentVolume": "pv-" + strings.TrimPrefix(claim, "data-"),
+	name := strings.TrimPrefix(claim, "data-")
+	unstructured.SetNestedMap(u.Object, map[string]any{"id": node + "#" + name, "persistentVolume": "pv-" + name,
 		"claimNamespace": "shop", "claimName": claim}, "status", "volume")
 	return u
 }
@@ -64,6 +65,27 @@ func (f *fixture) evictions() *[]string {
 		return true, nil, f.core.Tracker().Delete(corev1.SchemeGroupVersion.WithResource("pods"), a.GetNamespace(), name)
 	})
 	return &got
+}
+
+// nodesApply does what the node drivers do with spec.damaged: the status
+// shows phase Damaged with the mark as its reason.
+func (f *fixture) nodesApply() {
+	f.t.Helper()
+	res := f.dyn.Resource(v1alpha1.GroupVersionResource)
+	list, err := res.List(f.ctx, metav1.ListOptions{})
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	for i := range list.Items {
+		u := &list.Items[i]
+		if mark, _, _ := unstructured.NestedString(u.Object, "spec", "damaged"); mark != "" {
+			unstructured.SetNestedField(u.Object, v1alpha1.PhaseDamaged, "status", "phase")
+			unstructured.SetNestedField(u.Object, mark, "status", "reason")
+			if _, err := res.Update(f.ctx, u, metav1.UpdateOptions{}); err != nil {
+				f.t.Fatal(err)
+			}
+		}
+	}
 }
 
 func (f *fixture) stepEvents() {
@@ -154,6 +176,14 @@ func TestAcceptOnlyWithoutVolume(t *testing.T) {
 	f.ecs.InjectEvent(cloud.FakeEvent{ID: "e-vol", InstanceID: "i-a", Type: "SystemMaintenance.IsolateErrorDisk", Status: "Inquiring", DiskID: "d-a0", CanAccept: true})
 	f.ecs.InjectEvent(cloud.FakeEvent{ID: "e-free", InstanceID: "i-a", Type: "SystemMaintenance.IsolateErrorDisk", Status: "Inquiring", DiskID: "d-a1", CanAccept: true})
 	f.sync()
+	if got := f.ecs.AcceptedEvents(); len(got) != 0 {
+		t.Fatalf("accepted %v in the pass that marked the disks, before their node applied the marks", got)
+	}
+	f.stepEvents()
+	if got := f.ecs.AcceptedEvents(); len(got) != 0 {
+		t.Fatalf("accepted %v before the node applied the marks", got)
+	}
+	f.nodesApply()
 	f.stepEvents()
 	if got := f.ecs.AcceptedEvents(); !slices.Equal(got, []string{"e-free"}) {
 		t.Fatalf("accepted %v, want only the event of the disk without a volume", got)
@@ -210,5 +240,97 @@ func TestLostVolumeLeavesTheNewClaimAlone(t *testing.T) {
 	}
 	if f.rec.has(ReasonVolumeLost, "shop/data-web-0") || f.rec.has(ReasonVolumeLost, "shop/web-0") || len(*evicted) > 0 || !f.exists("pvc", "shop", "data-web-0") {
 		t.Fatalf("the new claim or its pod touched: events %q, evicted %v", f.rec.events, *evicted)
+	}
+}
+
+// A damaged disk whose volume has no PV name (adopted after the state was
+// lost) still holds a volume: its event is never accepted.
+func TestAcceptNeverWithAnUnnamedVolume(t *testing.T) {
+	objs := slices.DeleteFunc(damageWorld(""), func(o runtime.Object) bool {
+		u, ok := o.(*unstructured.Unstructured)
+		return ok && u.GetName() == "a-d1"
+	})
+	d := diskWithVolume("a", "d1", "i-a", "d-a1", "")
+	unstructured.SetNestedMap(d.Object, map[string]any{"id": "adopted-volume"}, "status", "volume")
+	f := newFixture(t, true, append(objs, d)...)
+	f.c.cfg.AcceptDiskEvents = true
+	f.ecs.InjectEvent(cloud.FakeEvent{ID: "e-x", InstanceID: "i-a", Type: "SystemMaintenance.ReInitErrorDisk", Status: "Inquiring", DiskID: "d-a1", CanAccept: true})
+	f.sync()
+	f.nodesApply()
+	f.stepEvents()
+	f.stepEvents()
+	if got := f.ecs.AcceptedEvents(); len(got) != 0 {
+		t.Fatalf("accepted %v for a disk that holds a volume", got)
+	}
+}
+
+// A LocalDisk whose status names another node's PV (stale, or written by
+// a compromised node) never makes the controller act on that volume.
+func TestStatusNamingAnotherVolumeIsIgnored(t *testing.T) {
+	objs := damageWorld(v1alpha1.OnDiskLossRecreate)
+	for _, o := range objs {
+		if u, ok := o.(*unstructured.Unstructured); ok && u.GetName() == "b-d0" {
+			unstructured.SetNestedMap(u.Object, map[string]any{"id": "b#other", "persistentVolume": "pv-web-0", "lost": "reads blank"}, "status", "volume")
+		}
+	}
+	f := newFixture(t, false, objs...)
+	evicted := f.evictions()
+	f.sync()
+	f.clock.Step(time.Second)
+	f.sync()
+	if !f.exists("pvc", "shop", "data-web-0") || len(*evicted) > 0 || f.rec.has(ReasonVolumeLost, "/pv-web-0") {
+		t.Fatalf("acted on node a's volume on node b's word: evicted %v, events %q", *evicted, f.rec.events)
+	}
+}
+
+func TestUsesClaim(t *testing.T) {
+	p := pod("web-0", "data-web-0", "a", corev1.PodRunning)
+	eph := pod("cache-0", "", "a", corev1.PodRunning)
+	eph.Spec.Volumes[0] = corev1.Volume{Name: "scratch", VolumeSource: corev1.VolumeSource{Ephemeral: &corev1.EphemeralVolumeSource{}}}
+	for _, c := range []struct {
+		p     *corev1.Pod
+		claim string
+		want  bool
+	}{{p, "data-web-0", true}, {p, "data-web-1", false}, {eph, "cache-0-scratch", true}, {eph, "cache-0-data", false}} {
+		if got := usesClaim(c.p, c.claim); got != c.want {
+			t.Errorf("%s uses %s: %v", c.p.Name, c.claim, got)
+		}
+	}
+}
+
+// After a restart the controller did not see the claim's deletion: only
+// pods clearly older than it are the lost claim's, not one made within the
+// skew of the two API servers' clocks.
+func TestPodsOfAClaimDeletedBeforeARestart(t *testing.T) {
+	objs := damageWorld(v1alpha1.OnDiskLossRecreate)
+	deleted := metav1.NewTime(time.Date(2026, 12, 1, 0, 0, 10, 0, time.UTC))
+	var old, fresh *corev1.Pod
+	for _, o := range objs {
+		switch o := o.(type) {
+		case *corev1.PersistentVolumeClaim:
+			if o.Name == "data-web-0" {
+				o.DeletionTimestamp = &deleted
+				o.Finalizers = append(o.Finalizers, "example.com/hold")
+			}
+		case *corev1.Pod:
+			if o.Name == "web-0" {
+				old = o
+				old.CreationTimestamp = metav1.NewTime(deleted.Add(-time.Hour))
+			}
+		}
+	}
+	fresh = pod("web-0b", "data-web-0", "", corev1.PodPending)
+	fresh.CreationTimestamp = metav1.NewTime(deleted.Add(-time.Second)) // within the skew
+	objs = append(objs, fresh)
+	for _, o := range objs {
+		if u, ok := o.(*unstructured.Unstructured); ok && u.GetName() == "a-d0" {
+			unstructured.SetNestedField(u.Object, "reads blank", "status", "volume", "lost")
+		}
+	}
+	f := newFixture(t, false, objs...)
+	evicted := f.evictions()
+	f.sync()
+	if !slices.Equal(*evicted, []string{old.Name}) {
+		t.Fatalf("evicted %v, want only %s", *evicted, old.Name)
 	}
 }

@@ -2,16 +2,21 @@ package recovery
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"regexp"
 	"slices"
 	"sort"
 	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/klog/v2"
 
 	v1alpha1 "github.com/ecs-localdisk/ecs-localdisk-csi/pkg/apis/v1alpha1"
@@ -70,18 +75,35 @@ func (c *Controller) volumesByNode() (map[string][]*corev1.PersistentVolume, err
 	return out, nil
 }
 
-// InstanceOfProviderID is the ECS instance ID in a Node's spec.providerID:
-// "<region>.<instance>" (Alibaba Cloud's cloud controller manager) or
-// "alicloud://<region>.<instance>"; "" when it names none.
-func InstanceOfProviderID(id string) string {
-	if i := strings.Index(id, "://"); i >= 0 {
-		id = id[i+3:]
+// providerIDForm is the providerID Alibaba Cloud's cloud controller
+// manager gives a Node: "<region>.<instance>", with or without
+// "alicloud://".
+var providerIDForm = regexp.MustCompile(`^(?:alicloud://)?([a-z0-9-]+)\.(i-[a-z0-9]+)$`)
+
+// InstanceOfProviderID is the ECS region and instance a Node's
+// spec.providerID names, or "", "" for any other form (another cloud, an
+// IDC node): only an ECS instance can be confirmed released by ECS.
+func InstanceOfProviderID(id string) (region, instance string) {
+	m := providerIDForm.FindStringSubmatch(id)
+	if m == nil {
+		return "", ""
 	}
-	id = id[strings.LastIndexAny(id, "./")+1:]
-	if strings.HasPrefix(id, "i-") && len(id) > 2 {
+	return m[1], m[2]
+}
+
+// instanceAnnotation records a volume's ECS instance on its PV when the PV
+// was created without one (before the driver wrote ecsInstanceId): known
+// from the node's LocalDisks or providerID while they exist, it is still
+// known after a restart of the controller, once they are gone.
+const instanceAnnotation = "localdisk.csi.alibabacloud.com/ecs-instance-id"
+
+// pvInstance is the ECS instance a PV names: its volume context, else the
+// annotation the controller wrote.
+func pvInstance(pv *corev1.PersistentVolume) string {
+	if id := pv.Spec.CSI.VolumeAttributes[volumeContextInstanceID]; id != "" {
 		return id
 	}
-	return ""
+	return pv.Annotations[instanceAnnotation]
 }
 
 func ready(n *corev1.Node) bool {
@@ -122,7 +144,7 @@ func (c *Controller) diskInstances() map[string]map[string]bool {
 func (c *Controller) instanceOf(node string, vols []*corev1.PersistentVolume, fromDisks map[string]bool) (string, error) {
 	ids := map[string]bool{}
 	for _, pv := range vols {
-		if id := pv.Spec.CSI.VolumeAttributes[volumeContextInstanceID]; id != "" {
+		if id := pvInstance(pv); id != "" {
 			ids[id] = true
 		}
 	}
@@ -169,9 +191,17 @@ func (c *Controller) syncNodes(ctx context.Context) error {
 	now := c.cfg.Clock.Now()
 	var witnesses []string
 	c.mu.Lock()
+	present := map[string]bool{}
 	for _, n := range nodes {
-		if id := InstanceOfProviderID(n.Spec.ProviderID); id != "" {
+		present[n.Name] = true
+		delete(c.instances, n.Name)
+		if region, id := InstanceOfProviderID(n.Spec.ProviderID); id != "" && region == c.cfg.Region && c.cfg.Region != "" {
 			c.instances[n.Name] = id
+		}
+	}
+	for name := range c.instances {
+		if !present[name] && byNode[name] == nil {
+			delete(c.instances, name) // gone, and nothing of ours left on it
 		}
 	}
 	c.mu.Unlock()
@@ -195,6 +225,9 @@ func (c *Controller) syncNodes(ctx context.Context) error {
 		exists := err == nil
 		if exists && ready(n) {
 			c.clearSuspect(node)
+			if inst, err := c.instanceOf(node, vols, fromDisks[node]); err == nil && inst != "" {
+				c.annotate(ctx, vols, inst)
+			}
 			continue
 		}
 		inst, err := c.instanceOf(node, vols, fromDisks[node])
@@ -203,6 +236,9 @@ func (c *Controller) syncNodes(ctx context.Context) error {
 				c.tellOnce(pv, corev1.EventTypeWarning, ReasonInstanceConflict, "%v: the controller cannot tell whether the volume's disk is lost, and deletes nothing.", err)
 			}
 			continue
+		}
+		if inst != "" {
+			c.annotate(ctx, vols, inst)
 		}
 		if exists && (c.cfg.Cloud == nil || inst == "") {
 			// A NotReady node is never gone by itself.
@@ -231,7 +267,7 @@ func (c *Controller) syncNodes(ctx context.Context) error {
 		if _, err := c.nodes.Get(node); err == nil {
 			continue
 		}
-		if since := c.markSuspect(node, now); now.Sub(since) >= c.cfg.GracePeriod {
+		if since := c.markSuspect(node, now); now.Sub(since) >= c.cfg.GracePeriod && c.nodeGone(ctx, node) {
 			errs = append(errs, c.removeCapacities(ctx, node))
 		}
 	}
@@ -244,6 +280,11 @@ func (c *Controller) syncNodes(ctx context.Context) error {
 	for node := range c.verdicts {
 		if !slices.ContainsFunc(cands, func(cd candidate) bool { return cd.node == node }) {
 			delete(c.verdicts, node)
+		}
+	}
+	for id := range c.releasedSince {
+		if !slices.ContainsFunc(cands, func(cd candidate) bool { return cd.instance == id }) {
+			delete(c.releasedSince, id)
 		}
 	}
 	c.mu.Unlock()
@@ -264,6 +305,12 @@ func (c *Controller) syncNodes(ctx context.Context) error {
 		c.note(cd.node, "gone: "+verdict)
 		if err := c.lose(ctx, cd, verdict); err != nil {
 			errs = append(errs, err)
+		} else if cd.instance != "" {
+			// Done with it: a released instance never comes back, so ECS
+			// need not be asked about it again.
+			c.mu.Lock()
+			c.final[cd.instance] = true
+			c.mu.Unlock()
 		}
 	}
 	return errors.Join(errs...)
@@ -307,8 +354,8 @@ func (c *Controller) askCloud(ctx context.Context, cands []candidate, witnesses 
 	for _, cd := range cands {
 		switch {
 		case cd.instance == "" || slices.Contains(ids, cd.instance):
-		case c.releasedIDs[cd.instance]:
-			// A released instance never comes back: no need to ask again.
+		case c.final[cd.instance]:
+			// Confirmed released and acted on: no need to ask again.
 			asked[cd.instance], released[cd.instance] = true, true
 		default:
 			ids = append(ids, cd.instance)
@@ -338,19 +385,46 @@ func (c *Controller) askCloud(ctx context.Context, cands []candidate, witnesses 
 			asked[id] = true
 		case witnessed:
 			asked[id], released[id] = true, true
-			c.mu.Lock()
-			c.releasedIDs[id] = true
-			c.mu.Unlock()
 		}
 	}
 	if !witnessed {
 		klog.InfoS("ECS lists none of the instances known to be alive; its answer about missing instances is not trusted",
 			"asked", ids, "witnesses", witnesses, "found", len(found))
 	}
+	// An instance counts as released only once ECS has kept not listing it
+	// for the grace period: releasedSince is its first such answer, and an
+	// answer that lists it again starts over.
+	now := c.cfg.Clock.Now()
+	c.mu.Lock()
+	for id := range asked {
+		if !released[id] {
+			delete(c.releasedSince, id)
+		} else if _, ok := c.releasedSince[id]; !ok {
+			c.releasedSince[id] = now
+		}
+	}
+	c.mu.Unlock()
 	return released, asked, nil
 }
 
+// releasedFor is how long ECS has kept not listing the instance (0 when it
+// lists it, or was not asked).
+func (c *Controller) releasedFor(instance string, now time.Time) (time.Duration, time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.final[instance] {
+		return c.cfg.GracePeriod, now.Add(-c.cfg.GracePeriod)
+	}
+	t, ok := c.releasedSince[instance]
+	if !ok {
+		return 0, time.Time{}
+	}
+	return now.Sub(t), t
+}
+
 // judge says whether a candidate's volumes are lost, and why (or why not).
+// On ECS, the instance must have stayed unlisted for the grace period too,
+// so one wrong answer deletes nothing.
 func (c *Controller) judge(cd candidate, now time.Time, released, asked map[string]bool) (string, bool) {
 	if cd.exists {
 		// Not Ready, with a known instance and a cloud to ask.
@@ -361,9 +435,10 @@ func (c *Controller) judge(cd candidate, now time.Time, released, asked map[stri
 			}
 			return fmt.Sprintf("the node is not Ready, and ECS has not answered for its instance %s", cd.instance), false
 		}
-		since := c.markSuspect(cd.node, now)
-		if now.Sub(since) < c.cfg.GracePeriod {
-			return fmt.Sprintf("ECS instance %s is released; waiting out the grace period, until %s", cd.instance, since.Add(c.cfg.GracePeriod).UTC().Format(time.RFC3339)), false
+		d, since := c.releasedFor(cd.instance, now)
+		if d < c.cfg.GracePeriod {
+			return fmt.Sprintf("ECS instance %s is not listed since %s; waiting out the grace period, until %s", cd.instance,
+				since.UTC().Format(time.RFC3339), since.Add(c.cfg.GracePeriod).UTC().Format(time.RFC3339)), false
 		}
 		return fmt.Sprintf("ECS instance %s of node %s is released (not listed by ECS since %s)", cd.instance, cd.node, since.UTC().Format(time.RFC3339)), true
 	}
@@ -388,7 +463,31 @@ func (c *Controller) judge(cd candidate, now time.Time, released, asked map[stri
 			"and it serves again once the node registers again.", cd.node, cd.instance)
 		return "instance exists", false
 	}
+	if d, rsince := c.releasedFor(cd.instance, now); d < c.cfg.GracePeriod {
+		return fmt.Sprintf("ECS instance %s is not listed since %s; waiting out the grace period, until %s", cd.instance,
+			rsince.UTC().Format(time.RFC3339), rsince.Add(c.cfg.GracePeriod).UTC().Format(time.RFC3339)), false
+	}
 	return fmt.Sprintf("Node %s was deleted (seen at %s) and ECS instance %s is released", cd.node, since.UTC().Format(time.RFC3339), cd.instance), true
+}
+
+// annotate records the instance on the node's PVs that name none.
+func (c *Controller) annotate(ctx context.Context, vols []*corev1.PersistentVolume, instance string) {
+	for _, pv := range vols {
+		if pvInstance(pv) != "" {
+			continue
+		}
+		patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"uid": pv.UID, "annotations": map[string]string{instanceAnnotation: instance}}})
+		if _, err := c.cfg.Core.CoreV1().PersistentVolumes().Patch(ctx, pv.Name, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+			klog.ErrorS(err, "Recording the volume's ECS instance on its PV", "pv", pv.Name, "instance", instance)
+		}
+	}
+}
+
+// nodeGone asks the API server itself, right before a delete, whether the
+// Node is still absent: the cache may lag a Node registered again.
+func (c *Controller) nodeGone(ctx context.Context, node string) bool {
+	_, err := c.cfg.Core.CoreV1().Nodes().Get(ctx, node, getOpts)
+	return apierrors.IsNotFound(err)
 }
 
 func (c *Controller) tellAll(vols []*corev1.PersistentVolume, kind, reason, format string, a ...any) {
@@ -416,6 +515,9 @@ func (c *Controller) lose(ctx context.Context, cd candidate, why string) error {
 		}
 		if !c.opted(pv) {
 			left++
+			if c.wasTold(pv, ReasonDiskLost) {
+				continue // told already: no API call every pass
+			}
 			msg := "%s: the local disk of volume %s (claim %s) is lost with its data. Its class %q does not set %s: %s, so nothing is deleted; " +
 				"delete the claim (and a Pending pod using it) to have it recreated."
 			c.tellOnce(pv, corev1.EventTypeWarning, ReasonDiskLost, msg, why, pv.Name, claim, pv.Spec.StorageClassName, v1alpha1.ParamOnDiskLoss, v1alpha1.OnDiskLossRecreate)
@@ -435,7 +537,7 @@ func (c *Controller) lose(ctx context.Context, cd candidate, why string) error {
 		}
 	}
 	if left == 0 {
-		errs = append(errs, c.removeNodeObjects(ctx, cd.node))
+		errs = append(errs, c.removeNodeObjects(ctx, cd))
 	}
 	return errors.Join(errs...)
 }

@@ -248,7 +248,7 @@ func newFixture(t *testing.T, withCloud bool, objs ...runtime.Object) *fixture {
 		clock: clocktesting.NewFakeClock(time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC))}
 	f.core.PrependReactor("delete", "*", deletes(f.core.Tracker(), f.clock.Now))
 	f.dyn = dynamicfake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(), map[schema.GroupVersionResource]string{v1alpha1.GroupVersionResource: "LocalDiskList"}, disks...)
-	cfg := Config{DriverName: driverName, Namespace: namespace, Core: f.core, Dynamic: f.dyn, Recorder: f.rec, GracePeriod: grace, Clock: f.clock}
+	cfg := Config{DriverName: driverName, Namespace: namespace, Core: f.core, Dynamic: f.dyn, Recorder: f.rec, GracePeriod: grace, Clock: f.clock, Region: "cn-hangzhou"}
 	if withCloud {
 		f.ecs = cloud.NewFake(cloud.Instance{ID: "i-self", Region: "cn-hangzhou"})
 		t.Cleanup(f.ecs.Close)
@@ -266,7 +266,8 @@ func newFixture(t *testing.T, withCloud bool, objs ...runtime.Object) *fixture {
 		f.ecs.Update(func(e *cloud.Fake) {
 			for _, o := range typed {
 				if n, ok := o.(*corev1.Node); ok {
-					e.Instances[InstanceOfProviderID(n.Spec.ProviderID)] = "Running"
+					_, id := InstanceOfProviderID(n.Spec.ProviderID)
+					e.Instances[id] = "Running"
 				}
 			}
 		})
@@ -492,8 +493,8 @@ func TestNotReadyNode(t *testing.T) {
 		if f.exists("pvc", "shop", "data-web-0") || f.exists("pv", "", "pv-web-0") || f.exists("pod", "shop", "web-0") {
 			t.Fatalf("the released instance's volume kept: %v", f.deletes())
 		}
-		if f.exists("localdisk", "", "a-d0") || f.exists("capacity", namespace, "cap-a") {
-			t.Fatal("the released instance's LocalDisk or capacity kept")
+		if f.exists("localdisk", "", "a-d0") {
+			t.Fatal("the released instance's LocalDisk kept")
 		}
 	})
 }
@@ -600,12 +601,79 @@ func TestConflictingInstancesDeleteNothing(t *testing.T) {
 
 func TestInstanceOfProviderID(t *testing.T) {
 	for in, want := range map[string]string{
-		"cn-hangzhou.i-bp1abc": "i-bp1abc", "alicloud://cn-hangzhou.i-bp1abc": "i-bp1abc", "i-bp1abc": "i-bp1abc",
-		"aws:///us-east-1a/i-0abc": "i-0abc", "": "", "kind://docker/kind/node": "", "cn-hangzhou.": "", "i-": "",
+		"cn-hangzhou.i-bp1abc": "cn-hangzhou i-bp1abc", "alicloud://cn-hangzhou.i-bp1abc": "cn-hangzhou i-bp1abc",
+		"i-bp1abc": " ", "aws:///us-east-1a/i-0abc": " ", "gce://p/z/i-abc": " ", "": " ", "kind://docker/kind/node": " ",
+		"cn-hangzhou.": " ", "cn-hangzhou.i-": " ", "cn-hangzhou.i-ABC": " ", "x://cn-hangzhou.i-abc": " ",
 	} {
-		if got := InstanceOfProviderID(in); got != want {
-			t.Errorf("%q: %q, want %q", in, got, want)
+		if r, id := InstanceOfProviderID(in); r+" "+id != want {
+			t.Errorf("%q: %q %q, want %q", in, r, id, want)
 		}
+	}
+}
+
+// A NotReady node whose providerID is not an ECS instance of this region
+// (another cloud, another region) is never confirmed released: ECS not
+// listing it proves nothing.
+func TestForeignProviderIDIsNeverReleased(t *testing.T) {
+	for _, providerID := range []string{"aws:///us-east-1a/i-0abc123def", "cn-beijing.i-0abc123def"} {
+		objs := world("ssd", v1alpha1.OnDiskLossRecreate, corev1.PersistentVolumeReclaimDelete)
+		n := node("a", "", false)
+		n.Spec.ProviderID = providerID
+		objs[0] = n
+		delete(objs[3].(*corev1.PersistentVolume).Spec.CSI.VolumeAttributes, volumeContextInstanceID)
+		objs[11] = localDisk("a", "d0", "")
+		f := newFixture(t, true, objs...)
+		f.sync()
+		f.clock.Step(2 * grace)
+		f.sync()
+		f.sync()
+		if d := f.deletes(); len(d) != 0 {
+			t.Fatalf("providerID %s: deleted %v", providerID, d)
+		}
+	}
+}
+
+// One answer without the instance, at the start of the grace period,
+// deletes nothing when ECS lists the instance again at its end.
+func TestReleaseMustHoldForTheGracePeriod(t *testing.T) {
+	f := newFixture(t, true, world("ssd", v1alpha1.OnDiskLossRecreate, corev1.PersistentVolumeReclaimDelete)...)
+	f.deleteNode("a")
+	f.ecs.Release("i-a")
+	f.sync()
+	f.ecs.Update(func(e *cloud.Fake) { e.Instances["i-a"] = "Running" })
+	f.clock.Step(grace)
+	f.sync()
+	f.ecs.Release("i-a")
+	f.sync() // not listed again: the grace period starts over
+	f.sync()
+	if d := f.deletes(); len(d) != 0 {
+		t.Fatalf("deleted on an answer ECS took back: %v", d)
+	}
+	f.clock.Step(grace)
+	f.sync()
+	f.sync()
+	if f.exists("pvc", "shop", "data-web-0") {
+		t.Fatal("not deleted once ECS kept not listing the instance for the grace period")
+	}
+}
+
+// A Node registered again under the lost node's name right before the
+// controller removes the lost node's objects keeps its LocalDisks and
+// capacity.
+func TestReusedNodeNameKeepsItsObjects(t *testing.T) {
+	f := newFixture(t, false, world("ssd", v1alpha1.OnDiskLossRecreate, corev1.PersistentVolumeReclaimDelete)...)
+	f.deleteNode("a")
+	f.sync()
+	f.clock.Step(grace)
+	// The node comes back between the controller's read of its cache and
+	// its deletes: the cache still says it is gone.
+	f.core.PrependReactor("get", "nodes", func(a clienttesting.Action) (bool, runtime.Object, error) {
+		return true, node("a", "i-a2", true), nil
+	})
+	f.sync()
+	f.sync()
+	if !f.exists("localdisk", "", "a-d0") || !f.exists("capacity", namespace, "cap-a") {
+		t.Fatal("the objects of the node registered again were deleted")
 	}
 }
 
@@ -660,8 +728,9 @@ func TestCapacityOfDeletedNode(t *testing.T) {
 	}
 }
 
-// A released instance is asked about once: its volumes of a class without
-// opt-in stay, and the checks that follow do not spend ECS's quota on it.
+// A released instance is not asked about once acted on: its volumes of a
+// class without opt-in stay, and the checks that follow do not spend ECS's
+// quota on it.
 func TestReleasedInstanceIsAskedOnce(t *testing.T) {
 	f := newFixture(t, true, world("ssd", "", corev1.PersistentVolumeReclaimDelete)...)
 	f.ecs.Release("i-a")
@@ -677,7 +746,9 @@ func TestReleasedInstanceIsAskedOnce(t *testing.T) {
 			calls++
 		}
 	}
-	if calls != 1 || !f.rec.has(ReasonDiskLost, "/pv-web-0") {
+	// Asked at the node's deletion and at the end of the grace period; not
+	// again once acted on.
+	if calls != 2 || !f.rec.has(ReasonDiskLost, "/pv-web-0") {
 		t.Fatalf("%d DescribeInstances calls, events %q", calls, f.rec.events)
 	}
 }
