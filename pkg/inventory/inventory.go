@@ -928,10 +928,11 @@ func (inv *Inventory) Capacity(ctx context.Context, f Filter) (available, maximu
 		}
 	}
 	inv.mu.Unlock()
-	checked := map[string]error{}
+	paths := make(map[string]string, len(free))
 	for id, s := range free {
-		checked[id] = inv.checkBlank(ctx, id, s.path)
+		paths[id] = s.path
 	}
+	checked := inv.checkBlankAll(ctx, paths)
 	inv.mu.Lock()
 	defer inv.mu.Unlock()
 	for id, cerr := range checked {
@@ -952,6 +953,33 @@ func (inv *Inventory) Capacity(ctx context.Context, f Filter) (available, maximu
 		maximum = max(maximum, d.SizeBytes)
 	}
 	return available, maximum, nil
+}
+
+// capacityChecks bounds how many disks Capacity looks at in parallel.
+const capacityChecks = 8
+
+// checkBlankAll runs checkBlank on each disk (ID to path), several at a
+// time: the checks of different disks share nothing, and each one waits on
+// a tool (blkid) more than it computes.
+func (inv *Inventory) checkBlankAll(ctx context.Context, paths map[string]string) map[string]error {
+	out := make(map[string]error, len(paths))
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, capacityChecks)
+	for id, path := range paths {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			err := inv.checkBlank(ctx, id, path)
+			mu.Lock()
+			out[id] = err
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	return out
 }
 
 // allocatableLocked says whether disk d may be handed out: free, not
