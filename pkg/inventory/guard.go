@@ -41,7 +41,13 @@ func (inv *Inventory) checkIdentity(ctx context.Context, id, path string) error 
 // exclusive claim on it (holders such as device-mapper, md or LVM, or
 // another exclusive opener).
 func (inv *Inventory) checkUnused(path string) error {
-	mounts, err := inv.mountsOf(path)
+	return inv.checkUnusedIn(path, nil)
+}
+
+// checkUnusedIn is checkUnused with the mounts looked up in table, read
+// once for many devices; nil reads the mount table now.
+func (inv *Inventory) checkUnusedIn(path string, table *mounter.MountTable) error {
+	mounts, err := inv.mountsIn(path, table)
 	if err != nil {
 		return err
 	}
@@ -56,16 +62,22 @@ func (inv *Inventory) checkUnused(path string) error {
 	return nil
 }
 
+// checkPresentUnused fails unless the device at path is disk id
+// (ErrIdentityMismatch) and unused (ErrInUse).
+func (inv *Inventory) checkPresentUnused(ctx context.Context, id, path string) error {
+	if err := inv.checkIdentity(ctx, id, path); err != nil {
+		return err
+	}
+	return inv.checkUnused(path)
+}
+
 // inspect looks at the device at path right before an act: it must be disk
 // id (ErrIdentityMismatch) and unused (ErrInUse); it returns what a probe
 // finds on it. A probe that fails is a plain error: the device is shown
 // neither blank nor foreign, so it is neither given out nor excluded for a
 // tool that failed once.
 func (inv *Inventory) inspect(ctx context.Context, id, path string) (disk.Probe, error) {
-	if err := inv.checkIdentity(ctx, id, path); err != nil {
-		return disk.Probe{}, err
-	}
-	if err := inv.checkUnused(path); err != nil {
+	if err := inv.checkPresentUnused(ctx, id, path); err != nil {
 		return disk.Probe{}, err
 	}
 	p, err := inv.cfg.Mounter.Probe(ctx, path)

@@ -55,6 +55,10 @@ type Config struct {
 	// Observer, when set, hears of state saves, failed cleanups and
 	// changes (for metrics, the LocalDisk mirror and events).
 	Observer Observer
+	// ProbeMaxAge is how long Capacity counts a free disk on its last
+	// blank probe while the device shows no change, before it probes the
+	// disk again in the background; 0 means 30 seconds.
+	ProbeMaxAge time.Duration
 }
 
 // Observer hears what happens to the node's disks. Its methods are called
@@ -170,6 +174,8 @@ type Inventory struct {
 	reserved map[string]bool
 	// checks serialise the device checks of each disk (checkBlank).
 	checks map[string]*sync.Mutex
+	// verdicts are the last blank probes of free disks (checkFree).
+	verdicts map[string]*blankVerdict
 	// zeroing are the zeroings before raw hand-outs, by disk ID.
 	zeroing map[string]*zeroJob
 
@@ -190,8 +196,11 @@ func New(cfg Config) *Inventory {
 	if cfg.CleanupCheckpointEvery == 0 {
 		cfg.CleanupCheckpointEvery = 10 * time.Second
 	}
+	if cfg.ProbeMaxAge == 0 {
+		cfg.ProbeMaxAge = 30 * time.Second
+	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Inventory{cfg: cfg, devices: map[string]disk.Disk{}, lastPath: map[string]string{}, lastNum: map[string]string{}, reserved: map[string]bool{}, checks: map[string]*sync.Mutex{}, zeroing: map[string]*zeroJob{}, ctx: ctx, cancel: cancel, active: map[string]bool{}, started: make(chan struct{})}
+	return &Inventory{cfg: cfg, devices: map[string]disk.Disk{}, lastPath: map[string]string{}, lastNum: map[string]string{}, reserved: map[string]bool{}, checks: map[string]*sync.Mutex{}, verdicts: map[string]*blankVerdict{}, zeroing: map[string]*zeroJob{}, ctx: ctx, cancel: cancel, active: map[string]bool{}, started: make(chan struct{})}
 }
 
 // Start loads the state record, discovers the devices, reconciles the two,
@@ -893,7 +902,19 @@ func (inv *Inventory) Release(ctx context.Context, volumeID string) error {
 // mountsOf lists where the device at path is in use: filesystem mounts and
 // bind mounts of its device node. A device that is gone has no mounts.
 func (inv *Inventory) mountsOf(path string) ([]string, error) {
-	uses, err := mounter.Uses(inv.cfg.Mounter, path)
+	return inv.mountsIn(path, nil)
+}
+
+// mountsIn is mountsOf with the mounts looked up in table; nil reads the
+// mount table now.
+func (inv *Inventory) mountsIn(path string, table *mounter.MountTable) ([]string, error) {
+	var uses []mounter.Use
+	var err error
+	if table != nil {
+		uses, err = table.Uses(inv.cfg.Mounter, path)
+	} else {
+		uses, err = mounter.Uses(inv.cfg.Mounter, path)
+	}
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
 	}
@@ -917,38 +938,29 @@ func (inv *Inventory) Capacity(ctx context.Context, f Filter) (available, maximu
 		inv.mu.Unlock()
 		return 0, 0, ErrNotReady
 	}
-	type seen struct {
-		path    string
-		updated time.Time
-	}
-	free := map[string]seen{}
+	free := map[string]freeDisk{}
 	for _, d := range inv.rec.Disks {
 		if dev, present := inv.devices[d.ID]; present && inv.allocatableLocked(d) && f.match(d) && !inv.reserved[d.ID] {
-			free[d.ID] = seen{dev.Path, d.UpdatedAt}
+			free[d.ID] = freeDisk{dev.Path, d.UpdatedAt}
 		}
 	}
 	inv.mu.Unlock()
-	paths := make(map[string]string, len(free))
-	for id, s := range free {
-		paths[id] = s.path
+	table, err := mounter.ReadMountTable(inv.cfg.Mounter)
+	if err != nil {
+		return 0, 0, err
 	}
-	checked := inv.checkBlankAll(ctx, paths)
+	checked := inv.checkFreeAll(ctx, free, table)
 	inv.mu.Lock()
 	defer inv.mu.Unlock()
 	for id, cerr := range checked {
+		counts, err := inv.settleLocked(id, free[id].updated, cerr)
+		if err != nil {
+			return 0, 0, err
+		}
+		if !counts {
+			continue
+		}
 		d := inv.rec.Disks[id]
-		if d == nil || !inv.allocatableLocked(d) || inv.reserved[id] || !d.UpdatedAt.Equal(free[id].updated) {
-			continue // changed hands while it was checked: the check is stale
-		}
-		if isForeign(cerr) {
-			if err := inv.excludeLocked(id, cerr.Error()); err != nil {
-				return 0, 0, err
-			}
-			continue
-		}
-		if cerr != nil {
-			continue
-		}
 		available += d.SizeBytes
 		maximum = max(maximum, d.SizeBytes)
 	}
@@ -958,21 +970,28 @@ func (inv *Inventory) Capacity(ctx context.Context, f Filter) (available, maximu
 // capacityChecks bounds how many disks Capacity looks at in parallel.
 const capacityChecks = 8
 
-// checkBlankAll runs checkBlank on each disk (ID to path), several at a
-// time: the checks of different disks share nothing, and each one waits on
-// a tool (blkid) more than it computes.
-func (inv *Inventory) checkBlankAll(ctx context.Context, paths map[string]string) map[string]error {
-	out := make(map[string]error, len(paths))
+// freeDisk is a free disk as Capacity found it: its device path, and when
+// its record last changed.
+type freeDisk struct {
+	path    string
+	updated time.Time
+}
+
+// checkFreeAll runs checkFree on each disk, several at a time: the checks
+// of different disks share nothing, and a probe waits on tools (blkid,
+// wipefs) more than it computes.
+func (inv *Inventory) checkFreeAll(ctx context.Context, disks map[string]freeDisk, table *mounter.MountTable) map[string]error {
+	out := make(map[string]error, len(disks))
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, capacityChecks)
-	for id, path := range paths {
+	for id, fd := range disks {
 		wg.Add(1)
 		sem <- struct{}{}
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			err := inv.checkBlank(ctx, id, path)
+			err := inv.checkFree(ctx, id, fd.path, fd.updated, table)
 			mu.Lock()
 			out[id] = err
 			mu.Unlock()

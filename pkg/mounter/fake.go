@@ -50,6 +50,7 @@ type Fake struct {
 	delays  map[string]time.Duration
 	calls   []string
 	nextID  int
+	seq     int // devices added so far
 
 	// Stats is what FSStats returns for any path. Set it before use.
 	Stats FSStats
@@ -81,6 +82,9 @@ type FakeDevice struct {
 	// SetContent. Format keeps it (mkfs rewrites metadata only), Wipe with
 	// CleanupSignatures keeps it, the other policies erase it.
 	Content string
+	// Writes counts the changes to the device's content or signatures.
+	Writes int
+	seq    int // AddDevice's count when it added the device
 }
 
 // NewFake returns a fake without devices or mounts.
@@ -98,7 +102,8 @@ var _ Interface = (*Fake)(nil)
 func (f *Fake) AddDevice(path string, size int64, major, minor uint32) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.devices[path] = &FakeDevice{Size: size, Rdev: unix.Mkdev(major, minor)}
+	f.seq++
+	f.devices[path] = &FakeDevice{Size: size, Rdev: unix.Mkdev(major, minor), seq: f.seq}
 }
 
 // RemoveDevice makes the device at path disappear, as an unplugged disk.
@@ -111,6 +116,18 @@ func (f *Fake) RemoveDevice(path string) {
 // SetSignatures makes the device at path look as if it carried p. It panics
 // for a path AddDevice has not registered.
 func (f *Fake) SetSignatures(path string, p disk.Probe) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	d := f.mustDevice(path)
+	d.Probe = p
+	d.Writes++
+}
+
+// Scribble makes the device at path look as if it carried p without
+// moving its write counter: data still in a writer's page cache, or sent
+// around the block layer. It panics for a path AddDevice has not
+// registered.
+func (f *Fake) Scribble(path string, p disk.Probe) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.mustDevice(path).Probe = p
@@ -153,7 +170,26 @@ func (f *Fake) claimedLocked(device string, d *FakeDevice) error {
 func (f *Fake) SetContent(path, content string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.mustDevice(path).Content = content
+	d := f.mustDevice(path)
+	d.Content = content
+	d.Writes++
+}
+
+// Counters returns the device's media (its number and the sequence number
+// AddDevice gave it) and its write counter: every change the fake makes to
+// a device's content or signatures (SetSignatures, SetContent, Format,
+// Wipe) moves it.
+func (f *Fake) Counters(device string) (DeviceCounters, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	d, ok := f.devices[device]
+	if !ok {
+		return DeviceCounters{}, &os.PathError{Op: "stat", Path: device, Err: os.ErrNotExist}
+	}
+	return DeviceCounters{
+		Media:  fmt.Sprintf("%d seq=%d", d.Rdev, d.seq),
+		Writes: fmt.Sprintf("w=%d", d.Writes),
+	}, nil
 }
 
 func (f *Fake) mustDevice(path string) *FakeDevice {
@@ -318,6 +354,7 @@ func (f *Fake) Format(ctx context.Context, device, fsType, uuid string, sizeByte
 		return fmt.Errorf("format %s: %w", device, syscall.EROFS)
 	}
 	d.Probe = disk.Probe{FSType: fsType, UUID: uuid, Signatures: []string{fsType}}
+	d.Writes++
 	d.FSSize = d.Size
 	if sizeBytes > 0 && sizeBytes < d.Size {
 		d.FSSize = sizeBytes
@@ -479,6 +516,7 @@ func (f *Fake) wipe(ctx context.Context, device string, policy CleanupPolicy, o 
 	}
 	d.ReadOnly = false
 	d.Probe = disk.Probe{}
+	d.Writes++
 	d.FSSize = 0
 	if policy != CleanupSignatures {
 		d.Content = ""

@@ -73,4 +73,23 @@ type Interface interface {
 	// block device at path. A read-only bind mount does not stop writes
 	// through a device node; this flag does.
 	SetDeviceReadOnly(device string, readOnly bool) error
+	// Counters returns what the kernel counts for the block device at
+	// path: which media is behind it, and what was written to it.
+	Counters(device string) (DeviceCounters, error)
+}
+
+// DeviceCounters tell, by comparison with an earlier reading, whether a
+// block device may have changed.
+type DeviceCounters struct {
+	// Media changes whenever other media is behind the device node: another
+	// device number, or the kernel's disk sequence number (diskseq, Linux
+	// 5.15 and later), which moves when a disk is replaced or a loop device
+	// gets another backing file. "" when the kernel keeps no diskseq.
+	Media string
+	// Writes changes whenever data reaches the device, or is discarded from
+	// it, through the kernel's block layer (its partitions and the devices
+	// stacked on it included). Data still in a writer's page cache shows
+	// once it is flushed, at the latest when the writer closes the device.
+	// "" while I/O is in flight: look again.
+	Writes string
 }

@@ -492,6 +492,41 @@ func (r *Real) DeviceNumber(path string) (uint64, error) {
 	return st.Rdev, nil
 }
 
+// Counters reads the device's sysfs directory (/sys/dev/block/MAJ:MIN):
+// diskseq for Media, and for Writes the I/O counters of stat
+// (Documentation/block/stat.rst: writes completed, sectors written,
+// discards and sectors discarded). A whole disk's counters
+// include its partitions', and I/O that a stacked device (device-mapper,
+// md, loop) sends down reaches them too.
+func (r *Real) Counters(device string) (DeviceCounters, error) {
+	var c DeviceCounters
+	n, err := r.DeviceNumber(device)
+	if err != nil {
+		return c, err
+	}
+	num := fmt.Sprintf("%d:%d", unix.Major(n), unix.Minor(n))
+	dir := "/sys/dev/block/" + num + "/"
+	if seq, err := os.ReadFile(dir + "diskseq"); err == nil {
+		c.Media = num + " seq=" + strings.TrimSpace(string(seq))
+	}
+	stat, err := os.ReadFile(dir + "stat")
+	if err != nil {
+		return c, err
+	}
+	f := strings.Fields(string(stat))
+	if len(f) < 9 {
+		return c, fmt.Errorf("%sstat: %d fields, want at least 9", dir, len(f))
+	}
+	if f[8] != "0" { // I/O in flight
+		return c, nil
+	}
+	c.Writes = num + " w=" + f[4] + "/" + f[6]
+	if len(f) >= 14 { // discard counters, since Linux 4.18
+		c.Writes += " d=" + f[11] + "/" + f[13]
+	}
+	return c, nil
+}
+
 // SetDeviceReadOnly sets or clears the kernel's read-only flag of the block
 // device at device with "blockdev --setro" or "--setrw" (the BLKROSET
 // ioctl). The flag stops writes through every opener of the device, which a

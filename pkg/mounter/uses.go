@@ -20,20 +20,55 @@ func Uses(m Interface, device string) ([]Use, error) {
 	if err != nil {
 		return nil, err
 	}
+	t, err := ReadMountTable(m)
+	if err != nil {
+		return nil, err
+	}
+	return t.uses(want), nil
+}
+
+// MountTable is one reading of the mount table, to find the uses of many
+// devices at the cost of one: every device-node bind is stat'ed once.
+type MountTable struct {
+	infos []mount.MountInfo
+	nodes map[uint64][]mount.MountInfo // device-node binds by device number
+}
+
+// ReadMountTable reads the mount table of m.
+func ReadMountTable(m Interface) (*MountTable, error) {
 	infos, err := m.MountInfo()
 	if err != nil {
 		return nil, err
 	}
-	var out []Use
+	t := &MountTable{infos: infos, nodes: map[uint64][]mount.MountInfo{}}
 	for _, mi := range infos {
-		switch {
-		case uint32(mi.Major) == unix.Major(want) && uint32(mi.Minor) == unix.Minor(want):
-			out = append(out, Use{MountInfo: mi})
-		case mi.FsType == "devtmpfs" || mi.FsType == "tmpfs":
-			if n, err := m.DeviceNumber(mi.MountPoint); err == nil && n == want {
-				out = append(out, Use{MountInfo: mi, DeviceNode: true})
+		if mi.FsType == "devtmpfs" || mi.FsType == "tmpfs" {
+			if n, err := m.DeviceNumber(mi.MountPoint); err == nil {
+				t.nodes[n] = append(t.nodes[n], mi)
 			}
 		}
 	}
-	return out, nil
+	return t, nil
+}
+
+// Uses lists the mounts of the table that use device, as Uses does.
+func (t *MountTable) Uses(m Interface, device string) ([]Use, error) {
+	want, err := m.DeviceNumber(device)
+	if err != nil {
+		return nil, err
+	}
+	return t.uses(want), nil
+}
+
+func (t *MountTable) uses(want uint64) []Use {
+	var out []Use
+	for _, mi := range t.infos {
+		if uint32(mi.Major) == unix.Major(want) && uint32(mi.Minor) == unix.Minor(want) {
+			out = append(out, Use{MountInfo: mi})
+		}
+	}
+	for _, mi := range t.nodes[want] {
+		out = append(out, Use{MountInfo: mi, DeviceNode: true})
+	}
+	return out
 }

@@ -11,28 +11,38 @@ import (
 
 // BenchmarkGetCapacity24Disks times GetCapacity, as csi-provisioner calls
 // it, on a node with 24 free loop-device disks (the largest ECS local-disk
-// count): each free disk is looked at on the device before it counts. It
-// prints the median and the 99th percentile of 200 calls per run.
+// count). The first call after start probes every disk (blkid, wipefs);
+// the next ones find each disk unchanged by its counters and look only at
+// its use. It prints the first call's time and the median and 99th
+// percentile of the 200 calls after it (target: p99 under 1 ms).
 func BenchmarkGetCapacity24Disks(b *testing.B) {
 	sizes := make([]int64, 24)
 	for i := range sizes {
 		sizes[i] = 64 << 20
 	}
-	e := newEnv(b, sizes, nil)
 	ctx := context.Background()
 	const calls = 200
-	var all []time.Duration
+	var all, cold []time.Duration
+	call := func(e *env) time.Duration {
+		start := time.Now()
+		r, err := e.drv.GetCapacity(ctx, &csi.GetCapacityRequest{})
+		if err != nil || r.AvailableCapacity != 24*64<<20 {
+			b.Fatalf("GetCapacity: %v %v", r, err)
+		}
+		return time.Since(start)
+	}
 	for n := 0; n < b.N; n++ {
+		b.StopTimer()
+		e := newEnv(b, sizes, nil)
+		b.StartTimer()
+		cold = append(cold, call(e))
 		for i := 0; i < calls; i++ {
-			start := time.Now()
-			r, err := e.drv.GetCapacity(ctx, &csi.GetCapacityRequest{})
-			if err != nil || r.AvailableCapacity != 24*64<<20 {
-				b.Fatalf("GetCapacity: %v %v", r, err)
-			}
-			all = append(all, time.Since(start))
+			all = append(all, call(e))
 		}
 	}
 	slices.Sort(all)
+	slices.Sort(cold)
+	b.ReportMetric(float64(cold[len(cold)/2].Microseconds()), "us-first-call")
 	b.ReportMetric(float64(all[len(all)/2].Microseconds()), "us-p50/call")
 	b.ReportMetric(float64(all[min(len(all)-1, len(all)*99/100)].Microseconds()), "us-p99/call")
 }

@@ -39,6 +39,8 @@ type env struct {
 	mnt mounter.Interface
 	// cleanupRate is the inventory's CleanupBytesPerSecond (0: no cap).
 	cleanupRate int64
+	// probeMaxAge is the inventory's ProbeMaxAge (0: its default).
+	probeMaxAge time.Duration
 }
 
 // newEnv attaches one loop device per size and starts a driver on them.
@@ -77,7 +79,7 @@ func (e *env) start() {
 		m = e.m
 	}
 	e.inv = inventory.New(inventory.Config{Node: node, Source: src, Store: state.NewStore(filepath.Join(e.dir, "state")), Mounter: m, RetryInterval: 200 * time.Millisecond,
-		CleanupBytesPerSecond: e.cleanupRate})
+		CleanupBytesPerSecond: e.cleanupRate, ProbeMaxAge: e.probeMaxAge})
 	if err := e.inv.Start(context.Background()); err != nil {
 		e.t.Fatal(err)
 	}

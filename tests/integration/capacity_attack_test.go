@@ -1,0 +1,171 @@
+package integration
+
+import (
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ecs-localdisk/ecs-localdisk-csi/internal/testutil"
+	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/state"
+)
+
+// GetCapacity keeps each free disk's last blank probe while the device's
+// counters show nothing new (pkg/inventory/verdict.go). These tests write
+// to disks after a call has counted them, the ways other actors do.
+
+// fsImage returns the first MiB of a fresh filesystem of fsType.
+func fsImage(t *testing.T, dir, fsType string) []byte {
+	t.Helper()
+	img := filepath.Join(dir, fsType+".img")
+	if err := os.WriteFile(img, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(img, 300<<20); err != nil {
+		t.Fatal(err)
+	}
+	run(t, "mkfs."+fsType, "-q", "-f", img)
+	b, err := os.ReadFile(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b[:1<<20]
+}
+
+// writeBuffered writes b at the start of dev through the page cache, without
+// a sync, and returns the open file: the data reaches the device when the
+// last opener closes it.
+func writeBuffered(t *testing.T, dev string, b []byte) *os.File {
+	t.Helper()
+	f, err := os.OpenFile(dev, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt(b, 0); err != nil {
+		f.Close()
+		t.Fatal(err)
+	}
+	return f
+}
+
+// TestCapacitySeesWritesAfterItCounted: GetCapacity has counted four blank
+// disks; then one gets an ext4 by mkfs, one a partition table by sfdisk,
+// and one the first MiB of an xfs written plainly (buffered, no sync, the
+// file closed). The very next call counts only the untouched disk, and the
+// three are excluded with what they carry, their bytes unchanged.
+func TestCapacitySeesWritesAfterItCounted(t *testing.T) {
+	const size = 64 << 20
+	e := newEnv(t, []int64{size, size, size, size}, nil)
+	xfs := fsImage(t, e.dir, "xfs")
+	for i := 0; i < 2; i++ {
+		if avail, _ := e.capacity(); avail != 4*size {
+			t.Fatalf("GetCapacity %d; want %d", avail, 4*size)
+		}
+	}
+	run(t, "mkfs.ext4", "-q", "-F", "-L", "planted", e.loops[0].Path)
+	execIn(t, "label: gpt\n,8MiB\n", "sfdisk", "--quiet", "--wipe=never", e.loops[1].Path)
+	if err := writeBuffered(t, e.loops[2].Path, xfs).Close(); err != nil {
+		t.Fatal(err)
+	}
+	var sums [3][32]byte
+	for i := range sums {
+		sums[i] = deviceSum(t, e.loops[i].Path)
+	}
+	if avail, _ := e.capacity(); avail != size {
+		t.Fatalf("GetCapacity %d right after three disks were written; want the untouched one, %d", avail, size)
+	}
+	for i, kind := range []string{"ext4", "gpt", "xfs"} {
+		if d := e.diskRecord(loopID(e.loops[i])); d == nil || d.Status != state.Excluded || !strings.Contains(d.Reason, kind) {
+			t.Fatalf("disk written with %s: %+v; want excluded with the reason", kind, d)
+		}
+		if deviceSum(t, e.loops[i].Path) != sums[i] {
+			t.Fatalf("disk written with %s changed", kind)
+		}
+	}
+}
+
+// TestCapacitySeesOtherMediaBehindTheDevice: after GetCapacity counted a
+// loop disk, its device is detached and attached again, at the same
+// number, to a file of the same name that now holds an ext4: same device
+// number, same identity, and nothing written through the device. The
+// kernel's disk sequence number moved, so the next call checks the disk
+// in full and excludes it.
+func TestCapacitySeesOtherMediaBehindTheDevice(t *testing.T) {
+	const size = 64 << 20
+	e := newEnv(t, []int64{size, size}, nil)
+	if avail, _ := e.capacity(); avail != 2*size {
+		t.Fatalf("GetCapacity %d; want %d", avail, 2*size)
+	}
+	l := e.loops[0]
+	num, err := strconv.Atoi(strings.TrimPrefix(l.Path, "/dev/loop"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := filepath.Join(e.dir, "other.img")
+	if err := os.WriteFile(other, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(other, size); err != nil {
+		t.Fatal(err)
+	}
+	run(t, "mkfs.ext4", "-q", "-F", "-L", "other", other)
+	testutil.Detach(l.Path)
+	if err := os.Rename(other, l.Backing); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := testutil.AttachAt(num, l.Backing); err != nil {
+		t.Fatal(err)
+	}
+	if avail, _ := e.capacity(); avail != size {
+		t.Fatalf("GetCapacity %d with an ext4 behind %s; want %d", avail, l.Path, size)
+	}
+	if d := e.diskRecord(loopID(l)); d == nil || d.Status != state.Excluded || !strings.Contains(d.Reason, "ext4") {
+		t.Fatalf("disk with other media: %+v; want excluded", d)
+	}
+}
+
+// TestCapacityFindsUnflushedWrites: a writer puts the first MiB of an
+// xfs on a counted disk and keeps the device open without a sync, so the
+// data may sit in the page cache where the device's counters do not show
+// it. CreateVolume never hands the disk out (it probes in full), and once
+// the disk's verdict is older than ProbeMaxAge a background probe finds
+// the xfs: GetCapacity drops the disk within a bounded wait, the disk is
+// excluded, and the writer's bytes are as written.
+func TestCapacityFindsUnflushedWrites(t *testing.T) {
+	const size = 64 << 20
+	e := newEnv(t, []int64{size, size / 2}, nil)
+	e.probeMaxAge = 200 * time.Millisecond
+	e.start()
+	xfs := fsImage(t, e.dir, "xfs")
+	if avail, _ := e.capacity(); avail != size+size/2 {
+		t.Fatalf("GetCapacity %d; want %d", avail, size+size/2)
+	}
+	f := writeBuffered(t, e.loops[0].Path, xfs)
+	defer f.Close()
+	sum := deviceSum(t, e.loops[0].Path)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		avail, _ := e.capacity()
+		if avail == size/2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("GetCapacity still %d 10 s after an xfs was written to a free disk", avail)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if d := e.diskRecord(loopID(e.loops[0])); d == nil || d.Status != state.Excluded || !strings.Contains(d.Reason, "xfs") {
+		t.Fatalf("disk with unflushed xfs: %+v; want excluded", d)
+	}
+	if deviceSum(t, e.loops[0].Path) != sum {
+		t.Fatal("the writer's bytes changed")
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		t.Fatal(err) // the writer still holds the device
+	}
+}
