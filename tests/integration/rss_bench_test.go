@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -25,7 +26,9 @@ import (
 // (VmRSS; target under 30 MiB), split into its private memory (RssAnon:
 // heap, stacks) and the pages of its executable that are mapped in
 // (RssFile: shared with every other process running the same file, and
-// dropped first under memory pressure), and its peak (VmHWM).
+// dropped first under memory pressure), and its peak (VmHWM). The floor,
+// measured in the same run, is testdata/rssfloor: a program that links the
+// same third-party packages, runs their initialisation and does nothing.
 func BenchmarkIdleRSS(b *testing.B) {
 	testutil.RequireRoot(b)
 	dir := b.TempDir()
@@ -33,20 +36,70 @@ func BenchmarkIdleRSS(b *testing.B) {
 	if out, err := exec.Command("go", "build", "-o", bin, "../../cmd/ecs-localdisk-csi").CombinedOutput(); err != nil {
 		b.Fatalf("building the driver: %v\n%s", err, out)
 	}
+	floor := filepath.Join(dir, "rssfloor")
+	if out, err := exec.Command("go", "build", "-o", floor, "./testdata/rssfloor").CombinedOutput(); err != nil {
+		b.Fatalf("building the floor: %v\n%s", err, out)
+	}
+	checkFloorImports(b)
 	var devices []string
 	for _, l := range testutil.NewLoopRun(b, dir, 64<<20, 24) {
 		devices = append(devices, l.Path)
 	}
 	fields := []string{"VmRSS", "RssAnon", "RssFile", "VmHWM"}
-	most := map[string]int64{}
+	most, least := map[string]int64{}, map[string]int64{}
 	for i := 0; i < b.N; i++ {
 		for f, kib := range idleRSS(b, bin, dir, devices, fields) {
 			most[f] = max(most[f], kib)
 		}
+		for f, kib := range idleFloor(b, floor, fields) {
+			least[f] = max(least[f], kib)
+		}
 	}
+	fmt.Printf("idle memory, MiB (largest of %d runs)   driver   floor (its libraries alone)\n", b.N)
 	for _, f := range fields {
+		fmt.Printf("  %-38s %6.1f   %6.1f\n", f, float64(most[f])/1024, float64(least[f])/1024)
 		b.ReportMetric(float64(most[f])/1024, "MiB-"+f)
 	}
+}
+
+// checkFloorImports fails unless the floor program imports every
+// third-party package the driver's own packages import.
+func checkFloorImports(b *testing.B) {
+	list := func(pkgs ...string) map[string]bool {
+		out, err := exec.Command("go", append([]string{"list", "-f", `{{join .Imports "\n"}}`}, pkgs...)...).Output()
+		if err != nil {
+			b.Fatalf("go list %v: %v", pkgs, err)
+		}
+		m := map[string]bool{}
+		for _, p := range strings.Fields(string(out)) {
+			if strings.Contains(p, ".") && !strings.HasPrefix(p, "github.com/ecs-localdisk/") {
+				m[p] = true
+			}
+		}
+		return m
+	}
+	floor := list("./testdata/rssfloor")
+	for p := range list("../../cmd/ecs-localdisk-csi", "../../pkg/...") {
+		if !floor[p] {
+			b.Fatalf("testdata/rssfloor does not import %s, which the driver imports: add it", p)
+		}
+	}
+}
+
+// idleFloor runs the floor program for as long as idleRSS lets the driver
+// idle and returns the fields of its /proc/PID/status, in KiB.
+func idleFloor(b *testing.B, floor string, fields []string) map[string]int64 {
+	cmd := exec.Command(floor)
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	time.Sleep(5 * time.Second)
+	out := map[string]int64{}
+	for _, f := range fields {
+		out[f] = procStatusKiB(b, cmd.Process.Pid, f)
+	}
+	return out
 }
 
 // idleRSS runs the driver once and returns the fields of its
