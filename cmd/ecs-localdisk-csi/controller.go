@@ -18,8 +18,6 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
 	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/client-go/tools/record"
 	"k8s.io/klog/v2"
 
@@ -66,27 +64,10 @@ func runController(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-// controllerKubeConfig is --kubeconfig, else the pod's service account.
-func controllerKubeConfig(o options.Controller) (*rest.Config, error) {
-	var cfg *rest.Config
-	var err error
-	if o.Kubeconfig != "" {
-		cfg, err = clientcmd.BuildConfigFromFlags("", o.Kubeconfig)
-	} else {
-		cfg, err = rest.InClusterConfig()
-	}
-	if err != nil {
-		return nil, err
-	}
-	cfg.QPS, cfg.Burst = float32(o.KubeAPIQPS), o.KubeAPIBurst
-	cfg.UserAgent = "ecs-localdisk-csi/" + version + " (controller)"
-	return cfg, nil
-}
-
 // control runs the controller until SIGINT or SIGTERM, while it holds the
 // leader lease.
 func control(o options.Controller) error {
-	kcfg, err := controllerKubeConfig(o)
+	kcfg, err := restConfig(o.Kubeconfig, o.KubeAPIQPS, o.KubeAPIBurst, "controller")
 	if err != nil {
 		return fmt.Errorf("Kubernetes API: %w", err)
 	}

@@ -24,21 +24,28 @@ import (
 // kubeConfig is the Kubernetes API's client configuration: --kubeconfig,
 // else the pod's service account; nil outside a cluster without the flag.
 func kubeConfig(o options.Options) (*rest.Config, error) {
+	if o.Kubeconfig == "" && os.Getenv("KUBERNETES_SERVICE_HOST") == "" {
+		return nil, nil
+	}
+	return restConfig(o.Kubeconfig, o.KubeAPIQPS, o.KubeAPIBurst, "node "+o.NodeID)
+}
+
+// restConfig is the client configuration from kubeconfig, else the pod's
+// service account, with the client's rate limits and a user agent naming
+// the component.
+func restConfig(kubeconfig string, qps float64, burst int, component string) (*rest.Config, error) {
 	var cfg *rest.Config
 	var err error
-	switch {
-	case o.Kubeconfig != "":
-		cfg, err = clientcmd.BuildConfigFromFlags("", o.Kubeconfig)
-	case os.Getenv("KUBERNETES_SERVICE_HOST") != "":
+	if kubeconfig != "" {
+		cfg, err = clientcmd.BuildConfigFromFlags("", kubeconfig)
+	} else {
 		cfg, err = rest.InClusterConfig()
-	default:
-		return nil, nil
 	}
 	if err != nil {
 		return nil, err
 	}
-	cfg.QPS, cfg.Burst = float32(o.KubeAPIQPS), o.KubeAPIBurst
-	cfg.UserAgent = "ecs-localdisk-csi/" + version + " (node " + o.NodeID + ")"
+	cfg.QPS, cfg.Burst = float32(qps), burst
+	cfg.UserAgent = "ecs-localdisk-csi/" + version + " (" + component + ")"
 	return cfg, nil
 }
 

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -79,9 +78,7 @@ func (o *Controller) Validate() error {
 	if o.Namespace == "" {
 		errs = append(errs, errors.New("--namespace is required"))
 	}
-	if o.KubeAPIQPS <= 0 || o.KubeAPIBurst < 1 {
-		errs = append(errs, fmt.Errorf("--kube-api-qps (%v) and --kube-api-burst (%d) must be positive", o.KubeAPIQPS, o.KubeAPIBurst))
-	}
+	errs = append(errs, checkRates(o.KubeAPIQPS, o.KubeAPIBurst), checkHostPort("--http-endpoint", o.HTTPEndpoint, ":9811"))
 	if o.NodeLossGracePeriod < time.Second {
 		errs = append(errs, fmt.Errorf("--node-loss-grace-period %v must be at least 1s", o.NodeLossGracePeriod))
 	}
@@ -90,11 +87,6 @@ func (o *Controller) Validate() error {
 	}
 	if o.CloudEventInterval < time.Second {
 		errs = append(errs, fmt.Errorf("--cloud-event-interval %v must be at least 1s", o.CloudEventInterval))
-	}
-	if o.HTTPEndpoint != "" {
-		if _, port, err := net.SplitHostPort(o.HTTPEndpoint); err != nil || port == "" {
-			errs = append(errs, fmt.Errorf("--http-endpoint %q is not host:port, e.g. :9811", o.HTTPEndpoint))
-		}
 	}
 	switch o.Cloud {
 	case "ecs":

@@ -109,14 +109,7 @@ func (o *Options) Validate() error {
 	if _, err := o.CleanupBytesPerSecond(); err != nil {
 		errs = append(errs, err)
 	}
-	if o.MetricsAddress != "" {
-		if _, port, err := net.SplitHostPort(o.MetricsAddress); err != nil || port == "" {
-			errs = append(errs, fmt.Errorf("--metrics-address %q is not host:port, e.g. :9809", o.MetricsAddress))
-		}
-	}
-	if o.KubeAPIQPS <= 0 || o.KubeAPIBurst < 1 {
-		errs = append(errs, fmt.Errorf("--kube-api-qps (%v) and --kube-api-burst (%d) must be positive", o.KubeAPIQPS, o.KubeAPIBurst))
-	}
+	errs = append(errs, checkHostPort("--metrics-address", o.MetricsAddress, ":9809"), checkRates(o.KubeAPIQPS, o.KubeAPIBurst))
 	if o.DiskRescanInterval < time.Second {
 		errs = append(errs, fmt.Errorf("--disk-rescan-interval %v must be at least 1s", o.DiskRescanInterval))
 	}
@@ -205,4 +198,25 @@ func (o *Options) DevicePatterns() []string {
 		}
 	}
 	return out
+}
+
+// checkHostPort fails unless value, when set, is host:port (example shows
+// one) for flag.
+func checkHostPort(flag, value, example string) error {
+	if value == "" {
+		return nil
+	}
+	if _, port, err := net.SplitHostPort(value); err != nil || port == "" {
+		return fmt.Errorf("%s %q is not host:port, e.g. %s", flag, value, example)
+	}
+	return nil
+}
+
+// checkRates fails unless the Kubernetes API client's rate and burst are
+// positive.
+func checkRates(qps float64, burst int) error {
+	if qps <= 0 || burst < 1 {
+		return fmt.Errorf("--kube-api-qps (%v) and --kube-api-burst (%d) must be positive", qps, burst)
+	}
+	return nil
 }
