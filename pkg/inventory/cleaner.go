@@ -15,7 +15,7 @@ import (
 // startCleanerLocked starts the background cleaner of one disk unless one is
 // already running. inv.mu must be held.
 func (inv *Inventory) startCleanerLocked(id string) {
-	if inv.active[id] {
+	if inv.active[id] || inv.stopped {
 		return
 	}
 	inv.active[id] = true

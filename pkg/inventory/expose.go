@@ -74,6 +74,10 @@ const maxZeroWait = 30 * time.Second
 func (inv *Inventory) zeroForRaw(ctx context.Context, v Volume, path string) error {
 	inv.mu.Lock()
 	job := inv.zeroing[v.Disk.ID]
+	if job == nil && inv.stopped {
+		inv.mu.Unlock()
+		return ErrNotReady
+	}
 	if job == nil {
 		job = &zeroJob{done: make(chan struct{}), started: time.Now()}
 		inv.zeroing[v.Disk.ID] = job

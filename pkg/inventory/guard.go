@@ -100,12 +100,29 @@ func (inv *Inventory) checkBlank(ctx context.Context, id, path string) error {
 // checkBlankHeld is checkBlank for a caller that holds the disk's check
 // lock (and acts on the disk before it lets go).
 func (inv *Inventory) checkBlankHeld(ctx context.Context, id, path string) error {
+	if err := inv.checkNoPartitions(path); err != nil {
+		return err
+	}
 	p, err := inv.inspect(ctx, id, path)
 	if err != nil {
 		return err
 	}
 	if len(p.Signatures) > 0 {
 		return fmt.Errorf("%w: %s carries %s", ErrForeign, path, strings.Join(p.Signatures, ","))
+	}
+	return nil
+}
+
+// checkNoPartitions fails with ErrInUse while the kernel has partitions of
+// the device at path: a blank disk has none, and one added to the kernel
+// alone can hold a filesystem that a probe of the whole disk misses.
+func (inv *Inventory) checkNoPartitions(path string) error {
+	parts, err := inv.cfg.Mounter.Partitions(path)
+	if err != nil {
+		return err
+	}
+	if len(parts) > 0 {
+		return fmt.Errorf("%w: %s has partitions %s", ErrInUse, path, strings.Join(parts, ", "))
 	}
 	return nil
 }

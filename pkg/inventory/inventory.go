@@ -174,8 +174,12 @@ type Inventory struct {
 	reserved map[string]bool
 	// checks serialise the device checks of each disk (checkBlank).
 	checks map[string]*sync.Mutex
-	// verdicts are the last blank probes of free disks (checkFree).
+	// verdicts are the last blank probes of free disks (checkFree), and
+	// fresh says keepVerdictsFresh runs.
 	verdicts map[string]*blankVerdict
+	fresh    bool
+	// stopped is set by Stop: no background work starts after it.
+	stopped bool
 	// zeroing are the zeroings before raw hand-outs, by disk ID.
 	zeroing map[string]*zeroJob
 
@@ -211,6 +215,11 @@ func (inv *Inventory) Start(ctx context.Context) error {
 	inv.mu.Lock()
 	inv.startErr = err
 	inv.ready = err == nil
+	if inv.ready && !inv.fresh && !inv.stopped {
+		inv.fresh = true
+		inv.cleaner.Add(1)
+		go inv.keepVerdictsFresh()
+	}
 	inv.mu.Unlock()
 	inv.startOnce.Do(func() { close(inv.started) })
 	return err
@@ -262,8 +271,12 @@ func (inv *Inventory) start(ctx context.Context) error {
 		return err
 	}
 	if n, ok := inv.cfg.Source.(notifier); ok {
-		inv.cleaner.Add(1)
-		go inv.watch(n)
+		inv.mu.Lock()
+		if !inv.stopped {
+			inv.cleaner.Add(1)
+			go inv.watch(n)
+		}
+		inv.mu.Unlock()
 	}
 	return nil
 }
@@ -473,8 +486,12 @@ func exclusionReason(d disk.Disk) string {
 	return ""
 }
 
-// Stop ends background cleaning and waits for it.
+// Stop ends background work (cleaning, zeroing, fresh probes) and waits
+// for it; none starts afterwards.
 func (inv *Inventory) Stop() {
+	inv.mu.Lock()
+	inv.stopped = true
+	inv.mu.Unlock()
 	inv.cancel()
 	inv.cleaner.Wait()
 }
@@ -991,7 +1008,7 @@ func (inv *Inventory) checkFreeAll(ctx context.Context, disks map[string]freeDis
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			err := inv.checkFree(ctx, id, fd.path, fd.updated, table)
+			err := inv.checkFree(ctx, id, fd.path, fd.updated, table, inv.cfg.ProbeMaxAge)
 			mu.Lock()
 			out[id] = err
 			mu.Unlock()

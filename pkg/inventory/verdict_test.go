@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -141,4 +143,187 @@ func TestCapacityProbesAgainAfterMaxAge(t *testing.T) {
 			t.Fatalf("disk found carrying xfs: %+v", d)
 		}
 	})
+}
+
+// flakySource is a FakeSource whose Identify fails while fail is set.
+type flakySource struct {
+	*disk.FakeSource
+	fail   atomic.Bool
+	failed atomic.Int32
+}
+
+func (s *flakySource) Identify(ctx context.Context, path string) (string, string, error) {
+	if s.fail.Load() {
+		s.failed.Add(1)
+		return "", "", errors.New("transient: udev/metadata/pin read failed")
+	}
+	return s.FakeSource.Identify(ctx, path)
+}
+
+func startAged(t *testing.T, src disk.Source, fs *disk.FakeSource, m *mounter.Fake, maxAge time.Duration) *Inventory {
+	t.Helper()
+	addDevices(fs, m)
+	inv := New(Config{Node: "n1", Source: src, Store: state.NewStore(t.TempDir()), Mounter: m,
+		RetryInterval: 10 * time.Millisecond, ProbeMaxAge: maxAge})
+	if err := inv.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(inv.Stop)
+	return inv
+}
+
+// TestCapacityNeverCountsAnExpiredVerdict: data the counters cannot show
+// is found within ProbeMaxAge, whenever Capacity is called: a verdict
+// older than that is never counted on, even with a slow probe.
+func TestCapacityNeverCountsAnExpiredVerdict(t *testing.T) {
+	fs := disk.NewFakeSource(dsk(0, 100), dsk(1, 100))
+	m := mounter.NewFake()
+	const maxAge = 50 * time.Millisecond
+	inv := startAged(t, fs, fs, m, maxAge)
+	if a := capacityOf(t, inv); a != 200 {
+		t.Fatalf("capacity %d", a)
+	}
+	m.Scribble("/dev/f1", disk.Probe{FSType: "xfs", Signatures: []string{"xfs"}})
+	m.SetDelay(mounter.OpProbe, 100*time.Millisecond) // blkid + wipefs take time
+	time.Sleep(10 * maxAge)                           // the data is 10x ProbeMaxAge old
+	if a := capacityOf(t, inv); a != 100 {
+		t.Fatalf("capacity %d: a disk carrying xfs for 10x ProbeMaxAge is still counted on its expired verdict", a)
+	}
+}
+
+// TestCapacityProbesAgainAfterAFailedProbe: a probe that fails for a
+// moment (the identity unreadable: a cloud source's pin read, udev) drops
+// the verdict and does not stop later probes: data the counters cannot
+// show is still found once the failure is over.
+func TestCapacityProbesAgainAfterAFailedProbe(t *testing.T) {
+	fs := disk.NewFakeSource(dsk(0, 100), dsk(1, 100))
+	src := &flakySource{FakeSource: fs}
+	m := mounter.NewFake()
+	const maxAge = 30 * time.Millisecond
+	inv := startAged(t, src, fs, m, maxAge)
+	if a := capacityOf(t, inv); a != 200 {
+		t.Fatalf("capacity %d", a)
+	}
+	time.Sleep(2 * maxAge)
+	src.fail.Store(true)
+	if a := capacityOf(t, inv); a != 200 { // hit, stale: reprobe in the background
+		t.Fatalf("capacity %d", a)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for src.failed.Load() < 2 { // both disks' reprobes failed
+		if time.Now().After(deadline) {
+			t.Fatal("no reprobe ran")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	for _, id := range []string{"serial-0", "serial-1"} {
+		inv.lockCheck(id)() // the reprobe has let go of the disk
+	}
+	src.fail.Store(false) // the hiccup is over
+	m.Scribble("/dev/f1", disk.Probe{FSType: "xfs", Signatures: []string{"xfs"}})
+	deadline = time.Now().Add(40 * maxAge)
+	for capacityOf(t, inv) != 100 {
+		if time.Now().After(deadline) {
+			inv.mu.Lock()
+			v := inv.verdicts["serial-1"]
+			inv.mu.Unlock()
+			t.Fatalf("disk carrying xfs still counted %v (40x ProbeMaxAge) after one failed reprobe; verdict %+v", 40*maxAge, v)
+		}
+		time.Sleep(maxAge / 3)
+	}
+}
+
+// TestNoBackgroundWorkAfterStop: nothing runs in the background after
+// Stop returns, even when calls still arrive (gRPC's Stop does not wait
+// for the handlers, and main stops the inventory on its way out): neither
+// a fresh probe nor a cleaner for a volume deleted then. What such a call
+// does itself is done when it returns; the cleaning waits for the next
+// start.
+func TestNoBackgroundWorkAfterStop(t *testing.T) {
+	fs := disk.NewFakeSource(dsk(0, 100), dsk(1, 100))
+	m := mounter.NewFake()
+	const maxAge = 20 * time.Millisecond
+	addDevices(fs, m)
+	dir := t.TempDir()
+	inv := New(Config{Node: "n1", Source: fs, Store: state.NewStore(dir), Mounter: m, ProbeMaxAge: maxAge})
+	ctx := context.Background()
+	if err := inv.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	v, err := inv.Allocate(ctx, Request{Name: "pvc-1", CleanupPolicy: string(mounter.CleanupZero)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a := capacityOf(t, inv); a != 100 {
+		t.Fatalf("capacity %d", a)
+	}
+	time.Sleep(2 * maxAge)
+	inv.Stop()
+	var mu sync.Mutex
+	var after []string
+	returned := false
+	m.SetBefore(func(op, arg string) {
+		mu.Lock()
+		defer mu.Unlock()
+		if returned {
+			after = append(after, op+" "+arg)
+		}
+	})
+	_, _, _ = inv.Capacity(ctx, Filter{})
+	if err := inv.Release(ctx, v.ID); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	returned = true
+	mu.Unlock()
+	time.Sleep(10 * maxAge)
+	mu.Lock()
+	late := after
+	mu.Unlock()
+	if len(late) > 0 {
+		t.Fatalf("work after Stop returned and the calls after it too: %v", late)
+	}
+	m.SetBefore(nil)
+	inv = start(t, dir, fs, m)
+	if err := inv.WaitIdle(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if rec, _ := inv.Snapshot(); rec.Disks[v.Disk.ID].Status != state.Free {
+		t.Fatalf("the deleted volume's disk after a restart: %+v", rec.Disks[v.Disk.ID])
+	}
+}
+
+// noSeq is the fake on a kernel without diskseq (before 5.15, such as
+// Alibaba Cloud Linux 2's 4.19): Counters reports no Media.
+type noSeq struct{ *mounter.Fake }
+
+func (n noSeq) Counters(dev string) (mounter.DeviceCounters, error) {
+	c, err := n.Fake.Counters(dev)
+	c.Media = ""
+	return c, err
+}
+
+// TestCapacityWithoutDiskseqProbesEveryCall: without diskseq the kernel
+// cannot tell other media behind the device node, so no verdict is kept:
+// media that keeps the identity and the write counters (a loop device
+// attached again to a file at the same path: loop devices keep their
+// counters across detach and attach) is probed, and found carrying xfs.
+func TestCapacityWithoutDiskseqProbesEveryCall(t *testing.T) {
+	fs := disk.NewFakeSource(dsk(0, 100), dsk(1, 100))
+	m := mounter.NewFake()
+	addDevices(fs, m)
+	inv := New(Config{Node: "n1", Source: fs, Store: state.NewStore(t.TempDir()), Mounter: noSeq{m}})
+	if err := inv.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(inv.Stop)
+	if a := capacityOf(t, inv); a != 200 {
+		t.Fatalf("capacity %d", a)
+	}
+	m.RemoveDevice("/dev/f0")
+	m.AddDevice("/dev/f0", 100, 250, 0)
+	m.Scribble("/dev/f0", disk.Probe{FSType: "xfs", Signatures: []string{"xfs"}})
+	if a := capacityOf(t, inv); a != 100 {
+		t.Fatalf("capacity %d with other media carrying xfs behind /dev/f0 on a kernel without diskseq; want 100", a)
+	}
 }

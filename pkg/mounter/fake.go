@@ -84,7 +84,10 @@ type FakeDevice struct {
 	Content string
 	// Writes counts the changes to the device's content or signatures.
 	Writes int
-	seq    int // AddDevice's count when it added the device
+	// Partitions are the kernel's partitions of the device (SetPartitions);
+	// Wipe clears them, as the kernel's re-read of the wiped table does.
+	Partitions []string
+	seq        int // AddDevice's count when it added the device
 }
 
 // NewFake returns a fake without devices or mounts.
@@ -131,6 +134,25 @@ func (f *Fake) Scribble(path string, p disk.Probe) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.mustDevice(path).Probe = p
+}
+
+// SetPartitions makes the kernel seem to have partitions of the device at
+// path. It panics for a path AddDevice has not registered.
+func (f *Fake) SetPartitions(path string, parts ...string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.mustDevice(path).Partitions = parts
+}
+
+// Partitions returns the device's partitions (SetPartitions).
+func (f *Fake) Partitions(device string) ([]string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	d, ok := f.devices[device]
+	if !ok {
+		return nil, &os.PathError{Op: "stat", Path: device, Err: os.ErrNotExist}
+	}
+	return append([]string(nil), d.Partitions...), nil
 }
 
 // SetHeld makes the device at path look claimed by a holder (true) or
@@ -516,6 +538,7 @@ func (f *Fake) wipe(ctx context.Context, device string, policy CleanupPolicy, o 
 	}
 	d.ReadOnly = false
 	d.Probe = disk.Probe{}
+	d.Partitions = nil
 	d.Writes++
 	d.FSSize = 0
 	if policy != CleanupSignatures {

@@ -76,6 +76,11 @@ type Interface interface {
 	// Counters returns what the kernel counts for the block device at
 	// path: which media is behind it, and what was written to it.
 	Counters(device string) (DeviceCounters, error)
+	// Partitions lists the partitions the kernel has of the block device
+	// at path. One added to the kernel alone (BLKPG: partx, addpart), with
+	// no table on the disk, can hold a filesystem that a probe of the whole
+	// disk does not see.
+	Partitions(device string) ([]string, error)
 }
 
 // DeviceCounters tell, by comparison with an earlier reading, whether a
@@ -90,6 +95,7 @@ type DeviceCounters struct {
 	// it, through the kernel's block layer (its partitions and the devices
 	// stacked on it included). Data still in a writer's page cache shows
 	// once it is flushed, at the latest when the writer closes the device.
-	// "" while I/O is in flight: look again.
+	// "" when the kernel cannot tell: I/O in flight, or no I/O accounting
+	// for the device (queue/iostats off, or nothing ever counted).
 	Writes string
 }

@@ -520,11 +520,43 @@ func (r *Real) Counters(device string) (DeviceCounters, error) {
 	if f[8] != "0" { // I/O in flight
 		return c, nil
 	}
+	// Without I/O accounting the counters never move: queue/iostats off
+	// (a common NVMe tuning), or a device that never counted a read
+	// although the caller probed it (some kernels keep no counters for
+	// an NVMe multipath head).
+	if iostats, err := os.ReadFile(dir + "queue/iostats"); err == nil && strings.TrimSpace(string(iostats)) == "0" {
+		return c, nil
+	}
+	if f[0] == "0" {
+		return c, nil
+	}
 	c.Writes = num + " w=" + f[4] + "/" + f[6]
 	if len(f) >= 14 { // discard counters, since Linux 4.18
 		c.Writes += " d=" + f[11] + "/" + f[13]
 	}
 	return c, nil
+}
+
+// Partitions lists the entries of the device's sysfs directory
+// (/sys/dev/block/MAJ:MIN) that are partitions: those with a partition
+// file.
+func (r *Real) Partitions(device string) ([]string, error) {
+	n, err := r.DeviceNumber(device)
+	if err != nil {
+		return nil, err
+	}
+	dir := fmt.Sprintf("/sys/dev/block/%d:%d", unix.Major(n), unix.Minor(n))
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, e := range entries {
+		if _, err := os.Stat(filepath.Join(dir, e.Name(), "partition")); err == nil {
+			out = append(out, e.Name())
+		}
+	}
+	return out, nil
 }
 
 // SetDeviceReadOnly sets or clears the kernel's read-only flag of the block

@@ -67,6 +67,7 @@ func (r *Real) wipe(ctx context.Context, device string, policy CleanupPolicy, o 
 	if err != nil {
 		return err
 	}
+	rereadPartitions(device)
 	p, err := r.Probe(ctx, device)
 	if err != nil {
 		return err
@@ -75,6 +76,23 @@ func (r *Real) wipe(ctx context.Context, device string, policy CleanupPolicy, o 
 		return fmt.Errorf("%w: %s carries %s after cleanup %s", ErrNotClean, device, strings.Join(p.Signatures, ","), policy)
 	}
 	return nil
+}
+
+// rereadPartitions asks the kernel to read the device's partition table
+// again (BLKRRPART), so that partitions whose table the wipe erased leave
+// the kernel too. A device whose partitions the kernel does not scan (a
+// loop device without partscan) refuses, as one whose partitions are in
+// use would: either way the partitions left are what the kernel says, and
+// the free-disk checks look at them (Partitions).
+func rereadPartitions(device string) {
+	fd, err := unix.Open(device, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return
+	}
+	defer unix.Close(fd)
+	if err := unix.IoctlSetInt(fd, unix.BLKRRPART, 0); err != nil && err != unix.EINVAL {
+		klog.V(2).InfoS("Re-reading the partition table after a wipe failed", "device", device, "err", err)
+	}
 }
 
 // CheckUnclaimed opens device exclusively and closes it again.

@@ -2,6 +2,7 @@ package integration
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -167,5 +168,77 @@ func TestCapacityFindsUnflushedWrites(t *testing.T) {
 	var st unix.Stat_t
 	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
 		t.Fatal(err) // the writer still holds the device
+	}
+}
+
+// setIOStats writes /sys/block/<dev>/queue/iostats of one of the test's
+// own loop devices and restores it at cleanup (before the detach).
+func setIOStats(t *testing.T, dev, v string) {
+	t.Helper()
+	p := filepath.Join("/sys/block", filepath.Base(dev), "queue", "iostats")
+	old, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatalf("the kernel has no %s: %v", p, err)
+	}
+	if err := os.WriteFile(p, []byte(v), 0); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.WriteFile(p, old, 0) })
+}
+
+// TestCapacitySeesWritesWithIOStatsOff: with the queue's I/O accounting
+// off (queue/iostats=0, a common NVMe tuning) the device's counters never
+// move, so no verdict is kept: a mkfs.ext4 on a counted disk is still seen
+// at the very next call.
+func TestCapacitySeesWritesWithIOStatsOff(t *testing.T) {
+	const size = 64 << 20
+	e := newEnv(t, []int64{size, size}, nil)
+	setIOStats(t, e.loops[0].Path, "0")
+	if avail, _ := e.capacity(); avail != 2*size {
+		t.Fatalf("GetCapacity %d; want %d", avail, 2*size)
+	}
+	run(t, "mkfs.ext4", "-q", "-F", "-L", "planted", e.loops[0].Path)
+	if avail, _ := e.capacity(); avail != size {
+		t.Fatalf("GetCapacity %d right after mkfs.ext4 on a free disk with iostats off; want %d", avail, size)
+	}
+}
+
+// TestInKernelPartitionIsNeverHandedOut: a partition added to the kernel
+// alone (BLKPG through addpart: no table on the disk) holds an ext4 that
+// a probe of the whole disk (blkid -p, wipefs) does not see. GetCapacity
+// leaves the disk out and CreateVolume does not hand it out: a free disk
+// with partitions is in use.
+func TestInKernelPartitionIsNeverHandedOut(t *testing.T) {
+	if _, err := exec.LookPath("addpart"); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatal("addpart is missing; .ci/run installs it (Debian package util-linux)")
+		}
+		t.Skip("needs addpart (Debian package util-linux; CI installs it)")
+	}
+	const small, big = 32 << 20, 64 << 20
+	e := newEnv(t, []int64{small, big}, nil)
+	if avail, _ := e.capacity(); avail != small+big {
+		t.Fatalf("GetCapacity %d", avail)
+	}
+	dev := e.loops[0].Path
+	run(t, "addpart", dev, "1", "2048", "32768") // 1 MiB in, 16 MiB
+	t.Cleanup(func() { _ = exec.Command("delpart", dev, "1").Run() })
+	part := dev + "p1"
+	for i := 0; ; i++ { // devtmpfs makes the node; wait for it, bounded
+		if _, err := os.Stat(part); err == nil {
+			break
+		} else if i == 100 {
+			t.Fatalf("no partition node %s 2 s after addpart: %v", part, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	run(t, "mkfs.ext4", "-q", "-F", "-L", "hidden", part)
+	avail, _ := e.capacity()
+	v, err := e.createSized("pvc-attack", testutil.BlockCap(), nil, 1)
+	if err == nil && v.VolumeContext["disk"] == loopID(e.loops[0]) {
+		t.Fatalf("disk %s with an ext4 in partition %s was handed out (GetCapacity said %d)", dev, part, avail)
+	}
+	if avail != big {
+		t.Fatalf("GetCapacity %d counts %s, which has a partition with an ext4; want %d", avail, dev, big)
 	}
 }
