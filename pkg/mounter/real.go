@@ -505,17 +505,25 @@ func (r *Real) Counters(device string) (DeviceCounters, error) {
 		return c, err
 	}
 	num := fmt.Sprintf("%d:%d", unix.Major(n), unix.Minor(n))
-	dir := "/sys/dev/block/" + num + "/"
-	if seq, err := os.ReadFile(dir + "diskseq"); err == nil {
-		c.Media = num + " seq=" + strings.TrimSpace(string(seq))
-	}
-	stat, err := os.ReadFile(dir + "stat")
+	// GetCapacity reads these for every free disk on every call: the
+	// directory is looked up once, the files read without allocations
+	// beyond the result.
+	dir, err := unix.Open("/sys/dev/block/"+num, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return c, err
+		return c, &os.PathError{Op: "open", Path: "/sys/dev/block/" + num, Err: err}
 	}
-	f := strings.Fields(string(stat))
+	defer unix.Close(dir)
+	var buf [512]byte
+	if seq, err := readSysfs(dir, "diskseq", buf[:]); err == nil {
+		c.Media = num + " seq=" + seq
+	}
+	stat, err := readSysfs(dir, "stat", buf[:])
+	if err != nil {
+		return c, fmt.Errorf("/sys/dev/block/%s/stat: %w", num, err)
+	}
+	f := strings.Fields(stat)
 	if len(f) < 9 {
-		return c, fmt.Errorf("%sstat: %d fields, want at least 9", dir, len(f))
+		return c, fmt.Errorf("/sys/dev/block/%s/stat: %d fields, want at least 9", num, len(f))
 	}
 	if f[8] != "0" { // I/O in flight
 		return c, nil
@@ -524,7 +532,7 @@ func (r *Real) Counters(device string) (DeviceCounters, error) {
 	// (a common NVMe tuning), or a device that never counted a read
 	// although the caller probed it (some kernels keep no counters for
 	// an NVMe multipath head).
-	if iostats, err := os.ReadFile(dir + "queue/iostats"); err == nil && strings.TrimSpace(string(iostats)) == "0" {
+	if iostats, err := readSysfs(dir, "queue/iostats", buf[:]); err == nil && iostats == "0" {
 		return c, nil
 	}
 	if f[0] == "0" {
@@ -535,6 +543,21 @@ func (r *Real) Counters(device string) (DeviceCounters, error) {
 		c.Writes += " d=" + f[11] + "/" + f[13]
 	}
 	return c, nil
+}
+
+// readSysfs reads the small file name below the directory dir into buf and
+// returns it without surrounding space.
+func readSysfs(dir int, name string, buf []byte) (string, error) {
+	fd, err := unix.Openat(dir, name, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return "", err
+	}
+	defer unix.Close(fd)
+	n, err := unix.Read(fd, buf)
+	if err != nil {
+		return "", err
+	}
+	return strings.TrimSpace(string(buf[:n])), nil
 }
 
 // Partitions lists the entries of the device's sysfs directory
