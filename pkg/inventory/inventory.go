@@ -172,6 +172,8 @@ type Inventory struct {
 	// reserved are free disks being checked for a CreateVolume; no other
 	// one takes them, and capacity leaves them out.
 	reserved map[string]bool
+	// allocating are the names with an Allocate running (claimName).
+	allocating map[string]chan struct{}
 	// checks serialise the device checks of each disk (checkBlank).
 	checks map[string]*sync.Mutex
 	// verdicts are the last blank probes of free disks (checkFree), and
@@ -204,7 +206,7 @@ func New(cfg Config) *Inventory {
 		cfg.ProbeMaxAge = 30 * time.Second
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Inventory{cfg: cfg, devices: map[string]disk.Disk{}, lastPath: map[string]string{}, lastNum: map[string]string{}, reserved: map[string]bool{}, checks: map[string]*sync.Mutex{}, verdicts: map[string]*blankVerdict{}, zeroing: map[string]*zeroJob{}, ctx: ctx, cancel: cancel, active: map[string]bool{}, started: make(chan struct{})}
+	return &Inventory{cfg: cfg, devices: map[string]disk.Disk{}, lastPath: map[string]string{}, lastNum: map[string]string{}, reserved: map[string]bool{}, allocating: map[string]chan struct{}{}, checks: map[string]*sync.Mutex{}, verdicts: map[string]*blankVerdict{}, zeroing: map[string]*zeroJob{}, ctx: ctx, cancel: cancel, active: map[string]bool{}, started: make(chan struct{})}
 }
 
 // Start loads the state record, discovers the devices, reconciles the two,
@@ -513,6 +515,11 @@ func (inv *Inventory) Node() string { return inv.cfg.Node }
 // on it is touched) and the next one is tried. The allocation is persisted
 // before Allocate returns.
 func (inv *Inventory) Allocate(ctx context.Context, req Request) (Volume, error) {
+	done, err := inv.claimName(ctx, req.Name)
+	if err != nil {
+		return Volume{}, err
+	}
+	defer done()
 	unconfirmed := map[string]bool{} // disks whose check could not conclude
 	for {
 		inv.mu.Lock()
@@ -544,6 +551,34 @@ func (inv *Inventory) Allocate(ctx context.Context, req Request) (Volume, error)
 		}
 		if done || err != nil {
 			return v, err
+		}
+	}
+}
+
+// claimName waits until no other Allocate of name runs and returns the
+// function that lets the next one go: calls for one name run one at a
+// time, so that a retry finds the volume the first call made rather than
+// the disks it holds reserved while it checks them.
+func (inv *Inventory) claimName(ctx context.Context, name string) (func(), error) {
+	for {
+		inv.mu.Lock()
+		busy, ok := inv.allocating[name]
+		if !ok {
+			ch := make(chan struct{})
+			inv.allocating[name] = ch
+			inv.mu.Unlock()
+			return func() {
+				inv.mu.Lock()
+				delete(inv.allocating, name)
+				inv.mu.Unlock()
+				close(ch)
+			}, nil
+		}
+		inv.mu.Unlock()
+		select {
+		case <-busy:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("%w: waiting for another CreateVolume of %s: %v", ErrBusy, name, ctx.Err())
 		}
 	}
 }
