@@ -90,8 +90,9 @@ conformance: e2e-bins ## Kubernetes' own external storage e2e suite (e2e.test v1
 	cd tests/e2e && E2E_BIN=$(E2E_BIN) $(GO) test -count=1 -v -timeout 90m -run '^TestConformance$$' . \
 		-args -conformance -conformance.procs=$(CONFORMANCE_PROCS) -conformance.report=$(CURDIR)/bin/conformance
 
-bench-e2e: e2e-bins ## Time to bind and schedule a StatefulSet with local disks against one without volumes, as a ratio (root)
+bench-e2e: e2e-bins ## StatefulSet binding without volumes, on static local PVs and with the driver (10x5, then 20x10 nodes x disks); a pod on a real kubelet (root)
 	cd tests/e2e && E2E_BIN=$(E2E_BIN) $(GO) test -count=1 -run '^$$' -bench . -benchtime 1x -timeout 40m .
+	cd tests/e2e && E2E_BIN=$(E2E_BIN) $(GO) test -count=1 -run '^$$' -bench BenchmarkStatefulSetBinding -benchtime 1x -timeout 60m . -bench-nodes 20 -bench-disks 10
 
 bench: ## Benchmarks, printing their figures (the loop-device ones need root)
 	$(GO) test -run '^$$' -bench . -benchmem ./pkg/...

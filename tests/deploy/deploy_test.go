@@ -119,7 +119,8 @@ func checkDaemonSet(t *testing.T, ds *yaml.RNode, overlay string) {
 	}
 	prov := container(t, ds, "csi-provisioner")
 	pargs := field(t, prov, "args")
-	for _, a := range []string{"--node-deployment", "--enable-capacity", "--capacity-ownerref-level=1", "--strict-topology", "--immediate-topology=false", "--extra-create-metadata"} {
+	for _, a := range []string{"--node-deployment", "--enable-capacity", "--capacity-ownerref-level=1", "--strict-topology", "--immediate-topology=false", "--extra-create-metadata",
+		"--kube-api-qps=10", "--kube-api-burst=50"} {
 		if !strings.Contains(pargs, "- "+a+"\n") && !strings.HasSuffix(pargs, "- "+a) {
 			t.Errorf("csi-provisioner lacks %s", a)
 		}

@@ -358,6 +358,8 @@ func TestChartRefusesBadValues(t *testing.T) {
 		{[]string{"storageClasses[0].name=x", "storageClasses[0].reclaimPolicy=Recycle"}, `reclaimPolicy "Recycle"`},
 		{[]string{"storageClasses[0].parameters.media=ssd"}, "needs a name"},
 		{[]string{"sidecars.csiProvisioner.image.tag="}, "image.tag"},
+		{[]string{"sidecars.csiProvisioner.kubeAPIQPS=0"}, "must be positive"},
+		{[]string{"sidecars.csiProvisioner.kubeAPIBurst=-1"}, "must be positive"},
 	} {
 		_, err := tryChart(helmchart.Namespace, c.sets...)
 		if err == nil || !strings.Contains(err.Error(), c.want) {
@@ -431,6 +433,7 @@ func TestChartValuesLand(t *testing.T) {
 	m := chartResMap(t, renderChart(t, helmchart.Namespace,
 		"image.repository=registry.example/ecs-localdisk-csi", "image.tag=v9.9.9", "image.pullPolicy=Always",
 		"sidecars.csiProvisioner.image.repository=mirror.example/csi-provisioner",
+		"sidecars.csiProvisioner.kubeAPIQPS=2.5", "sidecars.csiProvisioner.kubeAPIBurst=7",
 		"sidecars.nodeDriverRegistrar.image.tag=v2.99.0",
 		"sidecars.livenessProbe.resources.requests.cpu=5m",
 		"nodeSelector.disktype=local",
@@ -470,6 +473,9 @@ func TestChartValuesLand(t *testing.T) {
 		if args := field(t, container(t, ds, name), "args"); !slices.Contains(strings.Split(args, "\n"), "- --v=5") {
 			t.Errorf("%s args lack --v=5:\n%s", name, args)
 		}
+	}
+	if args := strings.Split(field(t, container(t, ds, "csi-provisioner"), "args"), "\n"); !slices.Contains(args, "- --kube-api-qps=2.5") || !slices.Contains(args, "- --kube-api-burst=7") {
+		t.Errorf("csi-provisioner args lack --kube-api-qps=2.5 and --kube-api-burst=7:\n%s", strings.Join(args, "\n"))
 	}
 	if args := field(t, drv, "args"); !strings.HasSuffix(args, "- --disk-source=ecs\n- --metrics-address=:9810\n- --ecs-endpoint=ecs-vpc.cn-hangzhou.aliyuncs.com") {
 		t.Errorf("driver args do not end with the extra argument:\n%s", args)

@@ -6,8 +6,6 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"regexp"
-	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -19,118 +17,202 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/ecs-localdisk/ecs-localdisk-csi/tests/e2e/cluster"
 )
 
 var (
-	benchNodes  = flag.Int("bench-nodes", 10, "kubelet-less nodes of BenchmarkStatefulSetBinding")
-	benchDisks  = flag.Int("bench-disks", 5, "disks per node of BenchmarkStatefulSetBinding")
-	benchRounds = flag.Int("bench-rounds", 3, "rounds of BenchmarkStatefulSetBinding; the medians are reported")
-	benchQPS    = flag.Int("bench-api-qps", 0, "--kube-api-qps of kube-controller-manager and kube-scheduler (burst twice that); 0: the suite's default")
+	benchNodes       = flag.Int("bench-nodes", 10, "kubelet-less nodes of BenchmarkStatefulSetBinding")
+	benchDisks       = flag.Int("bench-disks", 5, "disks per node of BenchmarkStatefulSetBinding")
+	benchRounds      = flag.Int("bench-rounds", 3, "rounds of BenchmarkStatefulSetBinding, each variant once per round; the medians are reported")
+	benchQPS         = flag.Int("bench-api-qps", 0, "--kube-api-qps of kube-controller-manager and kube-scheduler (burst twice that); 0: the suite's default")
+	benchProvisioner = flag.String("bench-provisioner-args", "", "flags (--name=value, separated by spaces) set on every node's csi-provisioner over the shipped arguments, which it otherwise runs with unchanged")
+	benchAnnotated   = flag.Bool("bench-annotated", false, "add a fourth variant: the driver's, with claims that carry the storage-provisioner annotation from their creation (see annotatedClaims)")
 )
 
+// The StorageClasses of the benchmark's variants with volumes.
+const (
+	driverClass = "localdisk-ssd"      // examples/storageclasses/ssd-ext4.yaml
+	staticClass = "bench-static-local" // local PVs made before each round
+)
+
+// benchVariant is one way of running the StatefulSet of a round.
+type benchVariant struct {
+	name   string
+	prefix string // of the StatefulSets' names, followed by the round
+	class  string // "": no volumes
+	// static: the round claims from local PVs made before it (see
+	// makeStaticPVs) rather than from the driver.
+	static bool
+	// annotated: the claims carry the storage-provisioner annotation from
+	// their creation (see annotatedClaims).
+	annotated bool
+	rounds    []round
+}
+
 // BenchmarkStatefulSetBinding measures the time from creating a StatefulSet
-// of K replicas, K the number of disks in the cluster, to all K claims
-// bound and all pods scheduled, against the same StatefulSet without
-// volumes, and reports the ratio (capacity tracking's price; the target is
-// at most 1.5).
+// of K replicas, K the number of disks in the cluster, to all K claims bound
+// and all pods scheduled, in three variants, one after the other in every
+// round of one cluster: without volumes, with static local PVs made before
+// the round (the floor of any volume the scheduler places, as with
+// sig-storage-local-static-provisioner), and with the driver's volumes,
+// provisioned by csi-provisioner with the shipped arguments (or those of
+// -bench-provisioner-args); -bench-annotated adds a fourth. It prints, per
+// variant, the milestones and per-replica steps, the API requests and the
+// CPU time per round, the driver's provisioning steps against their
+// budgets, and the ratios of the median round times (the target of
+// driver/static is at most 1.8). Nothing is asserted about time: the
+// figures depend on the machine and on what else runs on it.
 func BenchmarkStatefulSetBinding(b *testing.B) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 55*time.Minute)
 	defer cancel()
-	topo := topology{apiQPS: *benchQPS}
+	var fake [][]cluster.DiskSpec
 	for i := 0; i < *benchNodes; i++ {
-		topo.fake = append(topo.fake, disks(*benchDisks, ssd))
+		fake = append(fake, disks(*benchDisks, ssd))
 	}
 	k := *benchNodes * *benchDisks
-	e := startCluster(ctx, b, topo)
+	e := startBenchCluster(ctx, b, fake, strings.Fields(*benchProvisioner))
 	e.apply(ctx, "../../examples/storageclasses/ssd-ext4.yaml")
-	var plain, withVolumes []round
+	e.apply(ctx, staticStorageClass())
+	variants := []*benchVariant{
+		{name: "no volumes", prefix: "plain"},
+		{name: "static local PVs", prefix: "static", class: staticClass, static: true},
+		{name: "driver", prefix: "vol", class: driverClass},
+	}
+	if *benchAnnotated {
+		variants = append(variants, &benchVariant{name: "driver, annotated", prefix: "ann", class: driverClass, annotated: true})
+	}
 	for i := 0; i < *benchRounds; i++ {
-		plain = append(plain, e.timeStatefulSet(ctx, fmt.Sprintf("plain%d", i), "", k))
-		withVolumes = append(withVolumes, e.timeStatefulSet(ctx, fmt.Sprintf("vol%d", i), "localdisk-ssd", k))
+		for _, v := range variants {
+			v.rounds = append(v.rounds, e.runRound(ctx, v, i, k))
+		}
 	}
-	byTime := func(a, b round) int { return cmp.Compare(a.took, b.took) }
-	slices.SortFunc(plain, byTime)
-	slices.SortFunc(withVolumes, byTime)
-	pr, vr := plain[len(plain)/2], withVolumes[len(withVolumes)/2]
-	p, v := pr.took, vr.took
-	ratio := v.Seconds() / p.Seconds()
-	fmt.Printf("StatefulSet of %d replicas on %d nodes: without volumes %v, with local disks %v (median of %d), ratio %.2f (target <= 1.5)\n",
-		k, *benchNodes, p.Round(time.Millisecond), v.Round(time.Millisecond), len(plain), ratio)
-	fmt.Printf("  %-16s %16s %16s   (median round; time from creation until the last replica got there)\n", "step", "without volumes", "with local disks")
-	for _, m := range milestones {
-		fmt.Printf("  %-16s %16s %16s\n", m, figure(pr.last, m), figure(vr.last, m))
-	}
-	cv := e.createVolumeDurations()
-	slices.Sort(cv)
-	if len(cv) > 0 {
-		fmt.Printf("  driver CreateVolume: %d calls, median %v, max %v\n", len(cv), cv[len(cv)/2].Round(time.Microsecond), cv[len(cv)-1].Round(time.Microsecond))
-	}
-	b.ReportMetric(p.Seconds(), "s-without-volumes")
-	b.ReportMetric(v.Seconds(), "s-with-volumes")
-	b.ReportMetric(ratio, "ratio")
+	r := benchReport{nodes: *benchNodes, disks: *benchDisks, replicas: k, variants: variants,
+		provisionerArgs: e.argsOf("csi-provisioner"), driverArgs: e.argsOf("driver"), controlPlaneQPS: cmp.Or(*benchQPS, 100),
+		logs: e.provisionLogs()}
+	r.print(os.Stdout)
+	plain, static, driver := variants[0].median(), variants[1].median(), variants[2].median()
+	b.ReportMetric(plain.Seconds(), "s-without-volumes")
+	b.ReportMetric(static.Seconds(), "s-static")
+	b.ReportMetric(driver.Seconds(), "s-with-volumes")
+	b.ReportMetric(driver.Seconds()/static.Seconds(), "ratio-static")
+	b.ReportMetric(driver.Seconds()/plain.Seconds(), "ratio")
 }
 
-func figure(last map[string]time.Duration, m string) string {
-	d, ok := last[m]
-	if !ok {
-		return "-"
+// startBenchCluster is startCluster for the benchmark: kubelet-less nodes
+// only, whose drivers and csi-provisioners run with the shipped settings
+// (cluster.Config.Shipped), the provisioners with args on top.
+func startBenchCluster(ctx context.Context, t testing.TB, fake [][]cluster.DiskSpec, args []string) *env {
+	requireRoot(t)
+	drv, fakeECS := binaries(t)
+	dir, err := os.MkdirTemp("", "e2e-")
+	if err != nil {
+		t.Fatal(err)
 	}
-	return d.Round(time.Millisecond).String()
+	cp, err := cluster.Start(ctx, cluster.Config{Bin: binDir(t), Dir: dir, Driver: drv, FakeECS: fakeECS,
+		APIQPS: *benchQPS, Shipped: true, ProvisionerArgs: args})
+	if err != nil {
+		t.Fatalf("control plane: %v (logs in %s)", err, dir)
+	}
+	t.Cleanup(func() {
+		cp.Stop()
+		if t.Failed() || os.Getenv("E2E_KEEP_LOGS") != "" {
+			t.Logf("cluster logs kept in %s", dir)
+			return
+		}
+		os.RemoveAll(dir)
+	})
+	e := &env{t: t, cp: cp, dir: dir}
+	if err := cp.Deploy(ctx, deployDir, ""); err != nil {
+		t.Fatalf("deploying the manifests: %v", err)
+	}
+	for i, d := range fake {
+		n, err := cp.AddFakeNode(ctx, fmt.Sprintf("fake-%d", i), d)
+		if err != nil {
+			t.Fatalf("fake node: %v (logs in %s)", err, dir)
+		}
+		e.fakes = append(e.fakes, n)
+	}
+	return e
 }
 
-// milestones are the steps of one StatefulSet round, each the time from
-// creating the StatefulSet until every replica reached it. A round without
-// volumes has only "pod created" and "pod scheduled".
+// milestones are the steps of one StatefulSet round, per replica, in the
+// order they happen. A round without volumes has only "pod created" and
+// "pod scheduled"; one with static PVs has no "node selected" (the
+// scheduler binds the PV itself: its "PV created" is the PV getting the
+// claim's claimRef) and no "provisioner annotated".
 var milestones = []string{
-	"claim created", // StatefulSet controller
-	"pod created",   // StatefulSet controller
-	"node selected", // scheduler: selected-node annotation on the claim
-	"PV created",    // csi-provisioner and the driver's CreateVolume
-	"claim bound",   // PV controller
-	"pod scheduled", // scheduler, after its volume binding wait
+	"claim created",         // StatefulSet controller
+	"pod created",           // StatefulSet controller
+	"node selected",         // scheduler: selected-node annotation on the claim
+	"provisioner annotated", // PV controller: volume.kubernetes.io/storage-provisioner on the claim
+	"PV created",            // csi-provisioner and the driver's CreateVolume (static: the scheduler's claimRef)
+	"claim bound",           // PV controller
+	"pod scheduled",         // scheduler, after its volume binding wait
 }
 
-// round is what timeStatefulSet measured.
+// round is what runRound measured.
 type round struct {
 	took time.Duration
 	// last holds, per milestone, when the last replica reached it.
 	last map[string]time.Duration
+	// replicas holds, per replica (ordinal), when it reached each
+	// milestone; claims holds each replica's claim name and UID.
+	replicas map[string]map[string]time.Time
+	claims   map[string]claimID
+	created  time.Time // when the StatefulSet arrived
+	// api is the apiserver's requests during the round, by "VERB
+	// resource[/subresource]".
+	api map[string]float64
+	// cpu is the CPU seconds the cluster's programs used during the
+	// round; drv the drivers' own metrics of it (see driverMetricNames).
+	cpu, drv map[string]float64
 }
 
-// timeStatefulSet creates a StatefulSet of k replicas (claiming from class,
-// or without volumes when class is ""), returns the time until all pods are
-// scheduled and all claims bound, with the milestones on the way, then
-// removes it and waits until every disk is free again.
-func (e *env) timeStatefulSet(ctx context.Context, name, class string, k int) round {
+type claimID struct{ name, uid string }
+
+// runRound creates a StatefulSet of k replicas in variant v (claiming from
+// v.class, or without volumes), measures the time until all pods are
+// scheduled and all claims bound, with the milestones on the way and the
+// apiserver's requests meanwhile, then removes it and waits until every
+// disk is free again.
+func (e *env) runRound(ctx context.Context, v *benchVariant, i, k int) round {
+	name := fmt.Sprintf("%s%d", v.prefix, i)
+	if v.static {
+		e.makeStaticPVs(ctx, name, ssd.SizeBytes)
+	}
 	fctx, stop := context.WithCancel(ctx)
 	defer stop()
 	p := e.follow(fctx, name)
-	start := time.Now()
-	e.apply(ctx, statefulSet(name, class, k, "512Mi"))
-	e.waitFor(ctx, name+" scheduled", func() error {
-		c := e.claimsOf(ctx, name)
-		if c.scheduled != k || (class != "" && len(c.bound) != k) {
-			return fmt.Errorf("%d scheduled, %d bound of %d", c.scheduled, len(c.bound), k)
+	before, cpuBefore, drvBefore := e.apiRequests(ctx), e.cpuSeconds(), e.driverMetrics(ctx, driverMetricNames...)
+	sts := statefulSet(name, v.class, k, "512Mi")
+	if v.annotated {
+		sts = annotatedClaims(e.t, sts)
+	}
+	e.apply(ctx, sts)
+	// The round ends when the informers saw every replica's pod scheduled
+	// and claim bound: no polling of the API inside the round, whose
+	// requests are counted.
+	e.waitFor(ctx, name+" scheduled and bound", func() error {
+		s, c := p.count("pod scheduled"), p.count("claim bound")
+		if s != k || (v.class != "" && c != k) {
+			return fmt.Errorf("%d scheduled, %d bound of %d (as the informers saw them)", s, c, k)
 		}
 		return nil
 	})
-	res := round{took: time.Since(start), last: map[string]time.Duration{}}
-	if class != "" {
-		e.checkPlacement(e.claimsOf(ctx, name))
-	}
-	// The informers trail the API, more so on a loaded machine: wait until
-	// they saw the end (at most 30 s; milestones they missed get no figure).
-	for caughtUp := time.Now().Add(30 * time.Second); time.Now().Before(caughtUp); time.Sleep(200 * time.Millisecond) {
-		if p.count("pod scheduled") == k && (class == "" || p.count("claim bound") == k) {
-			break
-		}
-	}
+	after, cpuAfter, drvAfter := e.apiRequests(ctx), e.cpuSeconds(), e.driverMetrics(ctx, driverMetricNames...)
 	stop()
-	// Time runs from the StatefulSet's arrival (not counting kubectl's
-	// start) to the last milestone (not counting waitFor's polling), both
-	// as the informers saw them.
+	res := round{last: map[string]time.Duration{}, replicas: map[string]map[string]time.Time{},
+		api: benchDiff(after, before), cpu: benchDiff(cpuAfter, cpuBefore), drv: benchDiff(drvAfter, drvBefore)}
 	p.mu.Lock()
+	res.created, res.claims = p.created, p.claims
 	for m, replicas := range p.reached {
+		for r, at := range replicas {
+			if res.replicas[r] == nil {
+				res.replicas[r] = map[string]time.Time{}
+			}
+			res.replicas[r][m] = at
+		}
 		if len(replicas) != k || p.created.IsZero() {
 			continue // not every replica seen: no figure rather than a wrong one
 		}
@@ -139,14 +221,63 @@ func (e *env) timeStatefulSet(ctx context.Context, name, class string, k int) ro
 		}
 	}
 	p.mu.Unlock()
-	if d, ok := res.last["pod scheduled"]; ok && (class == "" || res.last["claim bound"] > 0) {
-		res.took = max(d, res.last["claim bound"])
-	}
+	// Time runs from the StatefulSet's arrival (not counting kubectl's
+	// start) to the last milestone, both as the informers saw them.
+	res.took = max(res.last["pod scheduled"], res.last["claim bound"])
 
+	c := e.claimsOf(ctx, name)
+	if c.scheduled != k || (v.class != "" && len(c.bound) != k) {
+		e.t.Fatalf("%s: the informers saw the end, the API has %d scheduled, %d bound of %d", name, c.scheduled, len(c.bound), k)
+	}
+	switch {
+	case v.static:
+		e.checkStaticPlacement(c)
+	case v.class != "":
+		e.checkPlacement(c)
+	}
+	e.removeRound(ctx, name, v)
+	return res
+}
+
+// annotatedClaims gives the claim template of the StatefulSet sts the
+// annotation the PV controller otherwise adds to each claim once the
+// scheduler has selected its node (volume.kubernetes.io/storage-provisioner,
+// and its beta name, with the driver's name): what csi-provisioner waits
+// for, besides the selected node, before it provisions. The PV controller
+// then finds it set and skips its write; provisioning itself stays
+// dynamic. The variant measures what that pass of the PV controller, one
+// claim at a time, costs.
+func annotatedClaims(t testing.TB, sts string) string {
+	t.Helper()
+	const template = "- metadata: {name: data}"
+	if !strings.Contains(sts, template) {
+		t.Fatalf("no claim template %q in\n%s", template, sts)
+	}
+	return strings.Replace(sts, template, fmt.Sprintf("- metadata: {name: data, annotations: {volume.kubernetes.io/storage-provisioner: %[1]s, volume.beta.kubernetes.io/storage-provisioner: %[1]s}}",
+		cluster.DriverName), 1)
+}
+
+// diff is after - before, by key, where positive.
+func benchDiff(after, before map[string]float64) map[string]float64 {
+	out := map[string]float64{}
+	for k, n := range after {
+		if d := n - before[k]; d > 0 {
+			out[k] = d
+		}
+	}
+	return out
+}
+
+// removeRound deletes the round's StatefulSet, pods and claims (and the
+// static PVs) and waits until every disk is free again.
+func (e *env) removeRound(ctx context.Context, name string, v *benchVariant) {
 	e.kubectl(ctx, "", "delete", "statefulset", "-n", "default", name, "--wait=false")
 	e.forceDeletePods(ctx, "-l", "app="+name)
-	if class != "" {
+	if v.class != "" {
 		e.kubectl(ctx, "", "delete", "pvc", "-n", "default", "--all", "--wait=false")
+	}
+	if v.static {
+		e.kubectl(ctx, "", "delete", "pv", "-l", staticLabel+"="+name, "--wait=false")
 	}
 	e.waitFor(ctx, name+" gone, disks free", func() error {
 		if pods := e.list(ctx, "pods", "-n", "default"); len(pods) > 0 {
@@ -162,7 +293,6 @@ func (e *env) timeStatefulSet(ctx context.Context, name, class string, k int) ro
 		}
 		return nil
 	})
-	return res
 }
 
 // progress holds when each replica of one StatefulSet (by its ordinal)
@@ -171,6 +301,7 @@ type progress struct {
 	mu      sync.Mutex
 	created time.Time
 	reached map[string]map[string]time.Time
+	claims  map[string]claimID // by replica
 }
 
 func (p *progress) mark(m, replica string) {
@@ -193,7 +324,8 @@ func (p *progress) count(m string) int {
 
 // follow records, from informers until ctx ends, the progress of the
 // StatefulSet name. (Informers rather than kubectl watches, which end for
-// good on a watch error and fall behind on a loaded machine.)
+// good on a watch error and fall behind on a loaded machine.) It returns
+// once the informers have synced.
 func (e *env) follow(ctx context.Context, name string) *progress {
 	e.t.Helper()
 	cfg, err := clientcmd.BuildConfigFromFlags("", e.cp.Kubeconfig)
@@ -205,7 +337,7 @@ func (e *env) follow(ctx context.Context, name string) *progress {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	p := &progress{reached: map[string]map[string]time.Time{}}
+	p := &progress{reached: map[string]map[string]time.Time{}, claims: map[string]claimID{}}
 	claimPrefix, podPrefix := "data-"+name+"-", name+"-"
 	factory := informers.NewSharedInformerFactory(client, 0)
 	on := func(inf cache.SharedIndexInformer, seen func(obj any)) {
@@ -220,8 +352,16 @@ func (e *env) follow(ctx context.Context, name string) *progress {
 		c := obj.(*corev1.PersistentVolumeClaim)
 		if r, ok := strings.CutPrefix(c.Name, claimPrefix); ok {
 			p.mark("claim created", r)
+			p.mu.Lock()
+			p.claims[r] = claimID{name: c.Name, uid: string(c.UID)}
+			p.mu.Unlock()
 			if c.Annotations["volume.kubernetes.io/selected-node"] != "" {
 				p.mark("node selected", r)
+			}
+			// What csi-provisioner waits for, besides the selected node,
+			// before it provisions a WaitForFirstConsumer claim.
+			if c.Annotations["volume.kubernetes.io/storage-provisioner"] != "" {
+				p.mark("provisioner annotated", r)
 			}
 			if c.Status.Phase == corev1.ClaimBound {
 				p.mark("claim bound", r)
@@ -261,23 +401,4 @@ func (e *env) follow(ctx context.Context, name string) *progress {
 	}
 	e.t.Cleanup(factory.Shutdown)
 	return p
-}
-
-// createVolumeDurations reads the duration of every CreateVolume call from
-// the drivers' logs: the driver's own share of provisioning.
-func (e *env) createVolumeDurations() []time.Duration {
-	var out []time.Duration
-	re := regexp.MustCompile(`method="/csi.v1.Controller/CreateVolume".* duration="([^"]+)"`)
-	for _, n := range e.fakes {
-		b, err := os.ReadFile(n.Log("driver"))
-		if err != nil {
-			e.t.Fatal(err)
-		}
-		for _, m := range re.FindAllSubmatch(b, -1) {
-			if d, err := time.ParseDuration(string(m[1])); err == nil {
-				out = append(out, d)
-			}
-		}
-	}
-	return out
 }

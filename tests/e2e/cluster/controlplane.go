@@ -32,6 +32,16 @@ type Config struct {
 	// APIQPS is the controller-manager's and scheduler's --kube-api-qps
 	// (default 100, burst twice that).
 	APIQPS int
+	// Shipped runs every node's driver and csi-provisioner with the
+	// shipped values of the settings the harness otherwise changes for the
+	// pace of its tests (see hostProcess: the driver's disk rescan
+	// interval, the provisioner's API client limits and capacity poll
+	// interval), for measurements of what the project ships.
+	Shipped bool
+	// ProvisionerArgs are flags ("--name=value" or "--name") set on every
+	// node's csi-provisioner last, each replacing the flag's shipped or
+	// harness value, for measurements of other settings.
+	ProvisionerArgs []string
 	// NodeNetwork gives the cluster a network of its own (see network):
 	// the apiserver listens on its bridge, and each real node runs in a
 	// network namespace with an address the apiserver reaches, so that

@@ -246,9 +246,11 @@ func (cp *ControlPlane) hostProcess(n *Node, container string, h hostSide) (args
 			}
 			args = setFlag(args, "metrics-address", host+":0")
 		}
-		// Harness: the tests change disks under the driver and wait for
-		// the LocalDisks to follow; the shipped rescan is every 30 s.
-		args = setFlag(args, "disk-rescan-interval", "3s")
+		if !cp.cfg.Shipped {
+			// Harness: the tests change disks under the driver and wait for
+			// the LocalDisks to follow; the shipped rescan is every 30 s.
+			args = setFlag(args, "disk-rescan-interval", "3s")
+		}
 		if h.metadataURL != "" {
 			// Harness: the instance metadata server and the ECS OpenAPI
 			// are the node's fake ECS on loopback.
@@ -266,23 +268,35 @@ func (cp *ControlPlane) hostProcess(n *Node, container string, h hostSide) (args
 		// kubeconfig carries a TokenRequest token of the DaemonSet's
 		// ServiceAccount, bound to the node's DaemonSet pod.
 		args = setFlag(args, "kubeconfig", h.kubeconfig)
-		// Harness: capacity is polled every few seconds (default one
-		// minute): the tests wait for capacity to follow a delete.
-		poll := cp.cfg.CapacityPoll
-		if poll == 0 {
-			poll = 5 * time.Second
+		if !cp.cfg.Shipped {
+			// Harness: capacity is polled every few seconds (default one
+			// minute): the tests wait for capacity to follow a delete.
+			poll := cp.cfg.CapacityPoll
+			if poll == 0 {
+				poll = 5 * time.Second
+			}
+			args = setFlag(args, "capacity-poll-interval", poll.String())
+			// Harness: one apiserver takes the claims of a whole test at once
+			// (bursts of several StatefulSets); the default 5 QPS, burst 10,
+			// would make the tests measure the client's rate limit.
+			args = setFlag(args, "kube-api-qps", "50")
+			args = setFlag(args, "kube-api-burst", "100")
 		}
-		args = setFlag(args, "capacity-poll-interval", poll.String())
-		// Harness: one apiserver takes the claims of a whole test at once
-		// (bursts of several StatefulSets); the default 5 QPS, burst 10,
-		// would make the tests measure the client's rate limit.
-		args = setFlag(args, "kube-api-qps", "50")
-		args = setFlag(args, "kube-api-burst", "100")
 		if n.Pod == "" {
 			// Harness: the real node runs no DaemonSet pod (it is not
 			// labelled for one, see AddRealNode), so there is no pod
 			// to look up the CSIStorageCapacity objects' owner from.
 			args = setFlag(args, "capacity-ownerref-level", strconv.Itoa(-1))
+		}
+		// Harness: settings under measurement (Config.ProvisionerArgs).
+		for _, a := range cp.cfg.ProvisionerArgs {
+			name, value, hasValue := strings.Cut(strings.TrimPrefix(a, "--"), "=")
+			if !hasValue {
+				args = slices.DeleteFunc(args, func(x string) bool { return x == "--"+name || strings.HasPrefix(x, "--"+name+"=") })
+				args = append(args, "--"+name)
+				continue
+			}
+			args = setFlag(args, name, value)
 		}
 	}
 	return args, env, nil

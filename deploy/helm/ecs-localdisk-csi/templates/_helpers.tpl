@@ -44,6 +44,10 @@ silently ignores a setting.
 {{- if not (has .Values.diskSource (list "ecs" "static")) -}}
 {{- fail (printf "diskSource is %q; set ecs (the instance's local disks from the ECS API) or static (the disks listed in static.devices)" .Values.diskSource) -}}
 {{- end -}}
+{{- $provisioner := .Values.sidecars.csiProvisioner -}}
+{{- if or (le (float64 $provisioner.kubeAPIQPS) 0.0) (lt (int $provisioner.kubeAPIBurst) 1) -}}
+{{- fail (printf "sidecars.csiProvisioner.kubeAPIQPS (%v) and kubeAPIBurst (%v) must be positive: csi-provisioner takes a rate of 0 for its default of 5 and a negative one for no limit at all" $provisioner.kubeAPIQPS $provisioner.kubeAPIBurst) -}}
+{{- end -}}
 {{- if and (eq .Values.diskSource "ecs") .Values.static.devices -}}
 {{- fail "static.devices is only read with diskSource=static: unset it (--set static.devices=null), and with diskSource=ecs narrow the candidate devices with extraArgs: [--devices=...]" -}}
 {{- end -}}
