@@ -7,6 +7,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/klog/v2"
 	"k8s.io/utils/clock"
 
 	v1alpha1 "github.com/ecs-localdisk/ecs-localdisk-csi/pkg/apis/v1alpha1"
@@ -66,15 +67,15 @@ func (m *Mirror) tell(ctx context.Context, v inventory.DiskView, before, after v
 	entered := func(phase string) bool { return after.Phase == phase && before.Phase != phase }
 	switch {
 	case entered(v1alpha1.PhaseFailed):
-		m.emit(m.nodeRef, ReasonCleanupFailed, fmt.Sprintf("Cleanup (%s) of local disk %s (%s) failed: %s. It is retried every minute and the disk "+
+		m.emitOnNode(ctx, ReasonCleanupFailed, fmt.Sprintf("Cleanup (%s) of local disk %s (%s) failed: %s. It is retried every minute and the disk "+
 			"stays out of capacity until it succeeds; check the device (dmesg, SMART). kubectl get localdisk %s shows the latest error.",
 			after.Cleanup.Policy, v.ID, v.Device, after.Reason, name))
 	case entered(v1alpha1.PhaseExcluded):
-		m.emit(m.nodeRef, ReasonDiskExcluded, fmt.Sprintf("Local disk %s (%s) is excluded: %s. The driver does not allocate, format or wipe it. "+
+		m.emitOnNode(ctx, ReasonDiskExcluded, fmt.Sprintf("Local disk %s (%s) is excluded: %s. The driver does not allocate, format or wipe it. "+
 			"If what it holds is not needed, erase its signatures (wipefs -a) and it becomes free.", v.ID, v.Device, after.Reason))
 	case entered(v1alpha1.PhaseMissing) && (after.Volume == nil || v.Status != string(state.Allocated)):
 		// No volume, or a deleted one being cleaned: the node's concern.
-		m.emit(m.nodeRef, ReasonDiskMissing, fmt.Sprintf("Local disk %s (%s, last seen at %s) is not found; it is out of capacity until it is back.",
+		m.emitOnNode(ctx, ReasonDiskMissing, fmt.Sprintf("Local disk %s (%s, last seen at %s) is not found; it is out of capacity until it is back.",
 			v.ID, v.Identity, v.Device))
 	case entered(v1alpha1.PhaseMissing):
 		m.tellVolume(ctx, after.Volume, ReasonDiskMissing, fmt.Sprintf("The local disk %s (%s, last seen at %s on node %s) of this volume is not found: "+
@@ -94,6 +95,18 @@ func (m *Mirror) tellVolume(ctx context.Context, vol *v1alpha1.VolumeRef, reason
 	if vol.ClaimName != "" {
 		m.emit(m.objectRef(ctx, "PersistentVolumeClaim", vol.ClaimNamespace, vol.ClaimName), reason, msg)
 	}
+}
+
+// emitOnNode emits an event on this node's Node; without its UID when the
+// Node cannot be read (kubectl describe then does not show it, kubectl get
+// events does).
+func (m *Mirror) emitOnNode(ctx context.Context, reason, msg string) {
+	ref, err := m.nodeOf(ctx)
+	if err != nil {
+		klog.ErrorS(err, "Event on the node without its UID", "reason", reason)
+		ref = &corev1.ObjectReference{Kind: "Node", APIVersion: "v1", Name: m.cfg.Node}
+	}
+	m.emit(ref, reason, msg)
 }
 
 func (m *Mirror) emit(ref *corev1.ObjectReference, reason, msg string) {

@@ -155,13 +155,10 @@ var errNotReady = errors.New("the node's inventory is not ready")
 // new disks, updates the status of changed ones, deletes those of disks the
 // node no longer knows, and emits the events of what changed.
 func (m *Mirror) Sync(ctx context.Context) error {
-	// The Node is read at every sync: one deleted and registered again
-	// has a new UID, which the objects made from now on must own.
-	n, err := m.cfg.Core.CoreV1().Nodes().Get(ctx, m.cfg.Node, metav1.GetOptions{})
-	if err != nil {
-		return fmt.Errorf("reading node %s: %w", m.cfg.Node, err)
-	}
-	m.nodeRef = &corev1.ObjectReference{Kind: "Node", APIVersion: "v1", Name: n.Name, UID: n.UID}
+	// The Node is read again by each sync that needs it (nodeOf): one
+	// deleted and registered again has a new UID, which the objects made
+	// from now on must own. A sync that only updates statuses reads none.
+	m.nodeRef = nil
 	objs, err := m.objects()
 	if err != nil {
 		return err
@@ -231,13 +228,30 @@ func (m *Mirror) objects() (map[string]*v1alpha1.LocalDisk, error) {
 	return out, nil
 }
 
+// nodeOf returns the reference to this node's Node, read once per sync.
+func (m *Mirror) nodeOf(ctx context.Context) (*corev1.ObjectReference, error) {
+	if m.nodeRef != nil {
+		return m.nodeRef, nil
+	}
+	n, err := m.cfg.Core.CoreV1().Nodes().Get(ctx, m.cfg.Node, metav1.GetOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("reading node %s: %w", m.cfg.Node, err)
+	}
+	m.nodeRef = &corev1.ObjectReference{Kind: "Node", APIVersion: "v1", Name: n.Name, UID: n.UID}
+	return m.nodeRef, nil
+}
+
 // create makes the LocalDisk of v, owned by the Node (it goes with the
 // Node), with the cordon the node has recorded.
 func (m *Mirror) create(ctx context.Context, v inventory.DiskView) (*v1alpha1.LocalDisk, error) {
+	node, err := m.nodeOf(ctx)
+	if err != nil {
+		return nil, err
+	}
 	o := &v1alpha1.LocalDisk{
 		TypeMeta: metav1.TypeMeta{APIVersion: v1alpha1.Group + "/" + v1alpha1.Version, Kind: v1alpha1.Kind},
 		ObjectMeta: metav1.ObjectMeta{Name: v1alpha1.ObjectName(m.cfg.Node, v.ID), OwnerReferences: []metav1.OwnerReference{{
-			APIVersion: "v1", Kind: "Node", Name: m.nodeRef.Name, UID: m.nodeRef.UID}}},
+			APIVersion: "v1", Kind: "Node", Name: node.Name, UID: node.UID}}},
 		Spec: v1alpha1.LocalDiskSpec{Node: m.cfg.Node, DiskID: v.ID, Cordoned: v.Cordoned, Damaged: v.Damaged},
 	}
 	u, err := toUnstructured(o)

@@ -486,21 +486,57 @@ func TestMirrorFollowsANewNode(t *testing.T) {
 	if err := f.core.CoreV1().Nodes().Delete(f.ctx, node, metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	if err := f.trySync(); err == nil || !strings.Contains(err.Error(), "reading node "+node) {
-		t.Fatalf("sync without its Node: %v", err)
-	}
-	if _, err := f.core.CoreV1().Nodes().Create(f.ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: node, UID: "node-uid-2"}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
 	// The garbage collector deletes the old Node's object.
 	for name := range f.objects() {
 		if err := f.dyn.Resource(v1alpha1.GroupVersionResource).Delete(f.ctx, name, metav1.DeleteOptions{}); err != nil {
 			t.Fatal(err)
 		}
 	}
+	if err := f.trySync(); err == nil || !strings.Contains(err.Error(), "reading node "+node) {
+		t.Fatalf("sync without its Node: %v", err)
+	}
+	if _, err := f.core.CoreV1().Nodes().Create(f.ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: node, UID: "node-uid-2"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
 	f.sync()
 	o := byDisk(f.objects(), "serial-D0")
 	if o == nil || len(o.OwnerReferences) != 1 || o.OwnerReferences[0].UID != "node-uid-2" {
 		t.Fatalf("object after the Node came back: %+v", o)
+	}
+}
+
+// TestStatusOnlySyncReadsNoNode: a sync that only updates statuses (an
+// allocation) makes no request for the Node, so a burst of allocations
+// costs the API server one status update per disk and nothing more; the
+// sync that creates objects reads the Node once.
+func TestStatusOnlySyncReadsNoNode(t *testing.T) {
+	f := newFixture(t, fakeDisk(0, 100<<30), fakeDisk(1, 100<<30))
+	nodeGets := func() int {
+		n := 0
+		for _, a := range f.core.Actions() {
+			if a.GetVerb() == "get" && a.GetResource().Resource == "nodes" {
+				n++
+			}
+		}
+		f.core.ClearActions()
+		return n
+	}
+	f.sync()
+	if n := nodeGets(); n != 1 {
+		t.Fatalf("the sync creating two objects read the Node %d times, want 1", n)
+	}
+	if _, err := f.inv.Allocate(f.ctx, inventory.Request{Name: "pvc-1"}); err != nil {
+		t.Fatal(err)
+	}
+	f.sync()
+	v, err := f.inv.Allocate(f.ctx, inventory.Request{Name: "pvc-1"}) // the same volume again
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o := byDisk(f.objects(), v.Disk.ID); o == nil || o.Status.Volume == nil || o.Status.Volume.ID != v.ID {
+		t.Fatalf("the allocation is not mirrored: %+v", o)
+	}
+	if n := nodeGets(); n != 0 {
+		t.Fatalf("a status-only sync read the Node %d times", n)
 	}
 }
