@@ -323,3 +323,41 @@ func TestCapacityWithoutDiskseqProbesEveryCall(t *testing.T) {
 		t.Fatalf("capacity %d with other media carrying xfs behind /dev/f0 on a kernel without diskseq; want 100", a)
 	}
 }
+
+// TestAllocateSeesWhatTheCountersMiss: after Capacity found three disks
+// blank (their verdicts hold), one gets an xfs the device's counters do
+// not show (unflushed), one a partition of the kernel's, and one's device
+// node is bind-mounted (another driver's raw volume). CreateVolume, which
+// looks at the device in full rather than trust a verdict, gives
+// out none of them: each is excluded with what it shows, and the fourth
+// disk, untouched, is the one given out.
+func TestAllocateSeesWhatTheCountersMiss(t *testing.T) {
+	m := mounter.NewFake()
+	src := disk.NewFakeSource(dsk(0, 100), dsk(1, 100), dsk(2, 100), dsk(3, 200))
+	inv := start(t, t.TempDir(), src, m)
+	if a := capacityOf(t, inv); a != 500 {
+		t.Fatalf("capacity %d", a)
+	}
+	m.Scribble("/dev/f0", disk.Probe{Signatures: []string{"xfs"}, FSType: "xfs", UUID: "u-1"})
+	m.SetPartitions("/dev/f1", "f1p1")
+	if err := m.BindMount("/dev/f2", "/var/lib/kubelet/plugins/other/dev", false); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 4; i++ {
+		v, err := inv.Allocate(context.Background(), Request{Name: "pvc"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if v.Disk.ID != "serial-3" {
+			t.Fatalf("CreateVolume gave %s, which another actor changed after it was found blank", v.Disk.ID)
+		}
+	}
+	if d := inv.rec.Disks["serial-0"]; d.Status != state.Excluded || !strings.Contains(d.Reason, "xfs") {
+		t.Fatalf("disk with an unflushed xfs: %+v", d)
+	}
+	for id, why := range map[string]string{"serial-1": "partitions f1p1", "serial-2": "mounted"} {
+		if d := inv.rec.Disks[id]; d.Status != state.Excluded || !strings.Contains(d.Reason, why) {
+			t.Fatalf("%s in use: %+v, want excluded as %q (free again once unused)", id, d, why)
+		}
+	}
+}

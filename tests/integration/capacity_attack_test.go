@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ecs-localdisk/ecs-localdisk-csi/internal/testutil"
+	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/mounter"
 	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/state"
 )
 
@@ -132,7 +133,7 @@ func TestCapacitySeesOtherMediaBehindTheDevice(t *testing.T) {
 // TestCapacityFindsUnflushedWrites: a writer puts the first MiB of an
 // xfs on a counted disk and keeps the device open without a sync, so the
 // data may sit in the page cache where the device's counters do not show
-// it. CreateVolume never hands the disk out (it probes in full), and once
+// it. Once
 // the disk's verdict is older than ProbeMaxAge a background probe finds
 // the xfs: GetCapacity drops the disk within a bounded wait, the disk is
 // excluded, and the writer's bytes are as written.
@@ -168,6 +169,47 @@ func TestCapacityFindsUnflushedWrites(t *testing.T) {
 	var st unix.Stat_t
 	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
 		t.Fatal(err) // the writer still holds the device
+	}
+}
+
+// TestCreateVolumeSeesUnflushedWrites: GetCapacity found two disks blank;
+// a writer puts the first MiB of an xfs on the smaller one and keeps the
+// device open without a sync, so the device's counters do not move and
+// the disk's verdict still holds by them. CreateVolume, which would pick
+// the smaller disk, probes it in full rather than trust the verdict, and
+// excludes it: the bigger disk is given out, and the writer's bytes are as
+// written.
+func TestCreateVolumeSeesUnflushedWrites(t *testing.T) {
+	const size = 64 << 20
+	e := newEnv(t, []int64{size / 2, size}, nil)
+	xfs := fsImage(t, e.dir, "xfs")
+	if avail, _ := e.capacity(); avail != size+size/2 {
+		t.Fatalf("GetCapacity %d; want %d", avail, size+size/2)
+	}
+	dev := e.loops[0].Path
+	m := mounter.New()
+	before, err := m.Counters(dev)
+	if err != nil || before.Writes == "" || before.Media == "" {
+		t.Fatalf("counters of %s: %+v, %v; the kernel must count its I/O for this test", dev, before, err)
+	}
+	f := writeBuffered(t, dev, xfs)
+	defer f.Close()
+	sum := deviceSum(t, dev)
+	if after, err := m.Counters(dev); err != nil || after != before {
+		t.Fatalf("the write reached the device's counters (%+v, then %+v, %v): this test is about data they do not show yet", before, after, err)
+	}
+	v, err := e.createSized("pvc-after-write", testutil.MountCap("ext4"), nil, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v.VolumeContext["disk"] == loopID(e.loops[0]) {
+		t.Fatalf("disk %s with an unflushed xfs was handed out", dev)
+	}
+	if d := e.diskRecord(loopID(e.loops[0])); d == nil || d.Status != state.Excluded || !strings.Contains(d.Reason, "xfs") {
+		t.Fatalf("disk with unflushed xfs: %+v; want excluded", d)
+	}
+	if deviceSum(t, dev) != sum {
+		t.Fatal("the writer's bytes changed")
 	}
 }
 
