@@ -11,6 +11,7 @@ import (
 	"math"
 	"os"
 	"regexp"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -25,6 +26,7 @@ type benchReport struct {
 	driverArgs             string
 	controlPlaneQPS        int
 	logs                   provisionLogs
+	load                   [2]string // runningLoad before and after the rounds
 }
 
 // Budgets of the driver's share of provisioning, printed beside the
@@ -46,7 +48,8 @@ func (r *benchReport) print(w io.Writer) {
 	fmt.Fprintf(w, "csi-provisioner: %s\n", r.provisionerArgs)
 	fmt.Fprintf(w, "driver: %s\n", r.driverArgs)
 	fmt.Fprintf(w, "kube-controller-manager, kube-scheduler: --kube-api-qps=%d --kube-api-burst=%d (the suite's)\n", r.controlPlaneQPS, 2*r.controlPlaneQPS)
-	fmt.Fprintf(w, "(Figures from a shared machine, other work running beside: noisy; compare medians, and rounds of one run.)\n")
+	fmt.Fprintf(w, "Machine: %d CPUs; before the rounds %s, after them %s. Noisy figures: compare medians, and rounds of one run.\n",
+		runtime.NumCPU(), r.load[0], r.load[1])
 
 	fmt.Fprintf(w, "\nRound times (from the StatefulSet's creation until every pod is scheduled and every claim bound):\n")
 	for _, v := range r.variants {

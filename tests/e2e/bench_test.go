@@ -71,7 +71,9 @@ func BenchmarkStatefulSetBinding(b *testing.B) {
 		fake = append(fake, disks(*benchDisks, ssd))
 	}
 	k := *benchNodes * *benchDisks
-	e := startBenchCluster(ctx, b, fake, strings.Fields(*benchProvisioner))
+	// Kubelet-less nodes only, their drivers and csi-provisioners run with
+	// the shipped settings, the provisioners with the flag's on top.
+	e := startCluster(ctx, b, topology{fake: fake, apiQPS: *benchQPS, shipped: true, provisionerArgs: strings.Fields(*benchProvisioner)})
 	e.apply(ctx, "../../examples/storageclasses/ssd-ext4.yaml")
 	e.apply(ctx, staticStorageClass())
 	variants := []*benchVariant{
@@ -82,6 +84,7 @@ func BenchmarkStatefulSetBinding(b *testing.B) {
 	if *benchAnnotated {
 		variants = append(variants, &benchVariant{name: "driver, annotated", prefix: "ann", class: driverClass, annotated: true})
 	}
+	loadBefore := runningLoad()
 	for i := 0; i < *benchRounds; i++ {
 		for _, v := range variants {
 			v.rounds = append(v.rounds, e.runRound(ctx, v, i, k))
@@ -89,7 +92,7 @@ func BenchmarkStatefulSetBinding(b *testing.B) {
 	}
 	r := benchReport{nodes: *benchNodes, disks: *benchDisks, replicas: k, variants: variants,
 		provisionerArgs: e.argsOf("csi-provisioner"), driverArgs: e.argsOf("driver"), controlPlaneQPS: cmp.Or(*benchQPS, 100),
-		logs: e.provisionLogs()}
+		logs: e.provisionLogs(), load: [2]string{loadBefore, runningLoad()}}
 	r.print(os.Stdout)
 	plain, static, driver := variants[0].median(), variants[1].median(), variants[2].median()
 	b.ReportMetric(plain.Seconds(), "s-without-volumes")
@@ -97,43 +100,6 @@ func BenchmarkStatefulSetBinding(b *testing.B) {
 	b.ReportMetric(driver.Seconds(), "s-with-volumes")
 	b.ReportMetric(driver.Seconds()/static.Seconds(), "ratio-static")
 	b.ReportMetric(driver.Seconds()/plain.Seconds(), "ratio")
-}
-
-// startBenchCluster is startCluster for the benchmark: kubelet-less nodes
-// only, whose drivers and csi-provisioners run with the shipped settings
-// (cluster.Config.Shipped), the provisioners with args on top.
-func startBenchCluster(ctx context.Context, t testing.TB, fake [][]cluster.DiskSpec, args []string) *env {
-	requireRoot(t)
-	drv, fakeECS := binaries(t)
-	dir, err := os.MkdirTemp("", "e2e-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cp, err := cluster.Start(ctx, cluster.Config{Bin: binDir(t), Dir: dir, Driver: drv, FakeECS: fakeECS,
-		APIQPS: *benchQPS, Shipped: true, ProvisionerArgs: args})
-	if err != nil {
-		t.Fatalf("control plane: %v (logs in %s)", err, dir)
-	}
-	t.Cleanup(func() {
-		cp.Stop()
-		if t.Failed() || os.Getenv("E2E_KEEP_LOGS") != "" {
-			t.Logf("cluster logs kept in %s", dir)
-			return
-		}
-		os.RemoveAll(dir)
-	})
-	e := &env{t: t, cp: cp, dir: dir}
-	if err := cp.Deploy(ctx, deployDir, ""); err != nil {
-		t.Fatalf("deploying the manifests: %v", err)
-	}
-	for i, d := range fake {
-		n, err := cp.AddFakeNode(ctx, fmt.Sprintf("fake-%d", i), d)
-		if err != nil {
-			t.Fatalf("fake node: %v (logs in %s)", err, dir)
-		}
-		e.fakes = append(e.fakes, n)
-	}
-	return e
 }
 
 // milestones are the steps of one StatefulSet round, per replica, in the

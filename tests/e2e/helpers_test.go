@@ -103,6 +103,10 @@ type topology struct {
 	// dropRule removes one permission from the shipped RBAC (see
 	// cluster.Rendered.DropRule); by default the E2E_DROP_RULE variable's.
 	dropRule string
+	// shipped runs the nodes' csi-provisioner with the shipped manifests'
+	// flags (cluster.Config.Shipped), provisionerArgs set over them.
+	shipped         bool
+	provisionerArgs []string
 }
 
 // deployDir holds the shipped manifests.
@@ -127,7 +131,8 @@ func startCluster(ctx context.Context, t testing.TB, topo topology) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cp, err := cluster.Start(ctx, cluster.Config{Bin: binDir(t), Dir: dir, Driver: drv, FakeECS: fake, CapacityPoll: topo.poll, APIQPS: topo.apiQPS, NodeNetwork: topo.network, Images: topo.images})
+	cp, err := cluster.Start(ctx, cluster.Config{Bin: binDir(t), Dir: dir, Driver: drv, FakeECS: fake, CapacityPoll: topo.poll, APIQPS: topo.apiQPS, NodeNetwork: topo.network, Images: topo.images,
+		Shipped: topo.shipped, ProvisionerArgs: topo.provisionerArgs})
 	if err != nil {
 		t.Fatalf("control plane: %v (logs in %s)", err, dir)
 	}

@@ -644,7 +644,7 @@ func printRunning(samples []*runningSample, rounds int, load string) map[string]
 	}
 	took := map[string]time.Duration{} // median by kind
 	fmt.Printf("Pod scheduled -> Running on a real node (kubelet, containerd), a fresh 1 TiB sparse loop disk per volume pod;\n")
-	fmt.Printf("%d rounds, one pod of each kind each, after a warm-up round. The figures are noisy: the machine runs other work.\n", rounds)
+	fmt.Printf("%d rounds, one pod of each kind each, after a warm-up round. Noisy figures: compare medians (the machine's load is below).\n", rounds)
 	fmt.Printf("Machine: %d CPUs, %s.\n", runtime.NumCPU(), load)
 	fmt.Printf("  %-10s %9s %9s %13s %6s %13s %14s\n", "pod", "median", "max", "vs no volume", "ratio", "vs emptyDir", "API (1 s) med")
 	for _, k := range runningKinds {
