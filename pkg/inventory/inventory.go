@@ -189,14 +189,6 @@ type Inventory struct {
 	cancel  context.CancelFunc
 	cleaner sync.WaitGroup
 	active  map[string]bool // disk IDs with a cleaner running
-
-	// changes numbers the changes of rec (under mu); saver says which
-	// are on disk (commit.go).
-	changes uint64
-	saver   *saver
-	// beforeWrite, set by tests only, runs before each save is written;
-	// an error fails the save.
-	beforeWrite func() error
 }
 
 // New returns an inventory that is not ready until Start succeeds.
@@ -214,7 +206,7 @@ func New(cfg Config) *Inventory {
 		cfg.ProbeMaxAge = 30 * time.Second
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Inventory{cfg: cfg, devices: map[string]disk.Disk{}, lastPath: map[string]string{}, lastNum: map[string]string{}, reserved: map[string]bool{}, allocating: map[string]chan struct{}{}, checks: map[string]*sync.Mutex{}, verdicts: map[string]*blankVerdict{}, zeroing: map[string]*zeroJob{}, saver: newSaver(), ctx: ctx, cancel: cancel, active: map[string]bool{}, started: make(chan struct{})}
+	return &Inventory{cfg: cfg, devices: map[string]disk.Disk{}, lastPath: map[string]string{}, lastNum: map[string]string{}, reserved: map[string]bool{}, allocating: map[string]chan struct{}{}, checks: map[string]*sync.Mutex{}, verdicts: map[string]*blankVerdict{}, zeroing: map[string]*zeroJob{}, ctx: ctx, cancel: cancel, active: map[string]bool{}, started: make(chan struct{})}
 }
 
 // Start loads the state record, discovers the devices, reconciles the two,
@@ -380,10 +372,10 @@ func (inv *Inventory) refresh(ctx context.Context) error {
 	next := inv.rec.Clone()
 	next.Problems = texts
 	devices, excluded := reconcile(next, found, inv.claimed)
-	if err := inv.commitLocked(next); err != nil {
+	if err := inv.saveLocked(next); err != nil {
 		return err
 	}
-	inv.devices, inv.excluded = devices, excluded
+	inv.rec, inv.devices, inv.excluded = next, devices, excluded
 	for id, d := range devices {
 		inv.lastPath[id], inv.lastNum[id] = d.Path, d.DevNum
 	}
@@ -536,11 +528,7 @@ func (inv *Inventory) Allocate(ctx context.Context, req Request) (Volume, error)
 			return Volume{}, ErrNotReady
 		}
 		if v, ok := inv.byNameLocked(req.Name); ok {
-			n := inv.changes
 			inv.mu.Unlock()
-			if err := inv.flush(n); err != nil {
-				return Volume{}, err
-			}
 			return v, compatible(v, req)
 		}
 		best, err := inv.pickLocked(req, unconfirmed)
@@ -556,53 +544,14 @@ func (inv *Inventory) Allocate(ctx context.Context, req Request) (Volume, error)
 
 		inv.mu.Lock()
 		delete(inv.reserved, best)
-		v, done, p, err := inv.allocateLocked(req, best, checkErr)
+		v, done, err := inv.allocateLocked(req, best, checkErr)
 		inv.mu.Unlock()
 		if checkErr != nil {
 			unconfirmed[best] = true
 		}
-		if p != nil {
-			if err := inv.flush(p.n); err != nil {
-				inv.undoAllocation(p)
-				return Volume{}, err
-			}
-		}
 		if done || err != nil {
 			return v, err
 		}
-	}
-}
-
-// allocation is a change Allocate flushes before it reports the volume:
-// change n, which gave disk id to volume vid (none when vid is empty), the
-// disk's record before being before.
-type allocation struct {
-	n       uint64
-	id, vid string
-	before  *state.Disk
-}
-
-// undoAllocation takes back allocation a, which could not be saved: its
-// disk goes back to how it was, unless something changed it since. No one
-// can know the volume yet (its ID was never returned, and the calls of its
-// name wait for this one).
-func (inv *Inventory) undoAllocation(a *allocation) {
-	if a.vid == "" {
-		return
-	}
-	inv.mu.Lock()
-	d := inv.rec.Disks[a.id]
-	if d == nil || d.Status != state.Allocated || d.Volume == nil || d.Volume.ID != a.vid {
-		inv.mu.Unlock()
-		return
-	}
-	next := inv.rec.Clone()
-	next.Disks[a.id] = a.before // records are never changed in place
-	n := inv.applyLocked(next)
-	inv.mu.Unlock()
-	klog.InfoS("Allocation taken back: it could not be saved", "volumeID", a.vid, "disk", a.id)
-	if err := inv.flush(n); err != nil {
-		klog.ErrorS(err, "Saving node state without the allocation taken back; the next save records the disk as it was", "disk", a.id)
 	}
 }
 
@@ -676,34 +625,31 @@ func (inv *Inventory) pickLocked(req Request, skip map[string]bool) (string, err
 // allocateLocked gives disk id to the new volume once checkBlank has looked
 // at the device (checkErr). A disk found holding or used by something else
 // is excluded, and done is false so that the caller picks again; so it is
-// when the disk changed hands while it was checked. The allocation is
-// applied in memory only: the caller flushes the change it returns, if
-// any, before it reports the volume. inv.mu must be held.
-func (inv *Inventory) allocateLocked(req Request, id string, checkErr error) (Volume, bool, *allocation, error) {
+// when the disk changed hands while it was checked. inv.mu must be held.
+func (inv *Inventory) allocateLocked(req Request, id string, checkErr error) (Volume, bool, error) {
 	if v, ok := inv.byNameLocked(req.Name); ok {
-		return v, true, &allocation{n: inv.changes}, compatible(v, req)
+		return v, true, compatible(v, req)
 	}
 	d := inv.rec.Disks[id]
 	if d == nil || !inv.allocatableLocked(d) {
-		return Volume{}, false, nil, nil
+		return Volume{}, false, nil
 	}
 	switch {
 	case isForeign(checkErr):
-		return Volume{}, false, nil, inv.excludeLocked(id, checkErr.Error())
+		return Volume{}, false, inv.excludeLocked(id, checkErr.Error())
 	case checkErr != nil:
 		// Renamed, swapped, or a probe that failed: not given out now,
 		// and not excluded either; the next call looks again.
 		klog.InfoS("Disk not allocated: its device could not be confirmed", "disk", id, "err", checkErr.Error())
-		return Volume{}, false, nil, nil
+		return Volume{}, false, nil
 	}
-	before := d
 	next := inv.rec.Clone()
 	d = next.Disks[id]
 	vid := VolumeID{Node: inv.cfg.Node, Disk: d.ID, Nonce: newNonce()}.String()
 	if len(vid) > MaxVolumeIDLength {
 		// Every later call would be refused for the ID's length: better
 		// no volume than one nobody can use.
-		return Volume{}, true, nil, fmt.Errorf("volume ID %s would be %d bytes, more than the CSI limit of %d: the node ID %q (%d bytes) is too long for disk %s",
+		return Volume{}, true, fmt.Errorf("volume ID %s would be %d bytes, more than the CSI limit of %d: the node ID %q (%d bytes) is too long for disk %s",
 			vid, len(vid), MaxVolumeIDLength, inv.cfg.Node, len(inv.cfg.Node), d.ID)
 	}
 	d.Status, d.UpdatedAt, d.Reason = state.Allocated, time.Now().UTC(), ""
@@ -712,9 +658,11 @@ func (inv *Inventory) allocateLocked(req Request, id string, checkErr error) (Vo
 		ID: vid, Name: req.Name, CapacityBytes: d.SizeBytes, Parameters: req.Parameters,
 		FSUUID: fsUUID(vid), CreatedAt: d.UpdatedAt, PV: req.PV, ClaimNamespace: req.ClaimNamespace, ClaimName: req.ClaimName,
 	}
-	a := &allocation{n: inv.applyLocked(next), id: d.ID, vid: vid, before: before}
+	if err := inv.commitLocked(next); err != nil {
+		return Volume{}, true, err
+	}
 	klog.InfoS("Disk allocated", "volumeID", vid, "name", req.Name, "disk", d.ID, "device", inv.devices[d.ID].Path, "sizeBytes", d.SizeBytes, "residual", d.Residual)
-	return inv.volumeLocked(d), true, a, nil
+	return inv.volumeLocked(d), true, nil
 }
 
 func inRange(size, required, limit int64) bool {
@@ -750,6 +698,26 @@ func fsUUID(volumeID string) string {
 	s[6] = (s[6] & 0x0f) | 0x50 // version 5 layout
 	s[8] = (s[8] & 0x3f) | 0x80 // RFC 4122 variant
 	return fmt.Sprintf("%x-%x-%x-%x-%x", s[0:4], s[4:6], s[6:8], s[8:10], s[10:16])
+}
+
+func (inv *Inventory) commitLocked(next *state.Record) error {
+	if err := inv.saveLocked(next); err != nil {
+		return err
+	}
+	inv.rec = next
+	return nil
+}
+
+// saveLocked persists next and tells the observer. inv.mu must be held.
+func (inv *Inventory) saveLocked(next *state.Record) error {
+	start := time.Now()
+	err := inv.cfg.Store.Save(next)
+	inv.cfg.Observer.StateSaved(time.Since(start), err)
+	if err != nil {
+		return fmt.Errorf("saving node state: %w", err)
+	}
+	inv.cfg.Observer.Changed()
+	return nil
 }
 
 func (inv *Inventory) countLocked(s state.Status) int {

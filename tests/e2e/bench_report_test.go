@@ -206,7 +206,7 @@ func (r *benchReport) printDriverMetrics(w io.Writer, v *benchVariant) {
 		}
 	}
 	if saves > 0 {
-		fmt.Fprintf(w, "    state saves (both copies written, each fsync'd and renamed; allocations saved in groups, other changes one by one): %.0f, mean %s, %.0f%% over 25ms\n",
+		fmt.Fprintf(w, "    state saves (both copies written, each fsync'd and renamed; one per change, under the node's inventory lock): %.0f, mean %s, %.0f%% over 25ms\n",
 			saves, benchMS(time.Duration(saveSecs/saves*float64(time.Second))), 100*(saves-fast)/saves)
 	}
 }
