@@ -38,6 +38,16 @@ const (
 	targetDriverToStatic     = 1.8
 )
 
+// header writes a table's header: label in a column of width, then one
+// column per variant.
+func (r *benchReport) header(w io.Writer, width int, label string) {
+	fmt.Fprintf(w, "  %-*s", width, label)
+	for _, v := range r.variants {
+		fmt.Fprintf(w, " %18s", v.name)
+	}
+	fmt.Fprintln(w)
+}
+
 // print writes the report: settings, round times and ratios, milestones,
 // per-replica steps, API requests, CPU, and the steps of the driver's
 // variants.
@@ -67,11 +77,7 @@ func (r *benchReport) print(w io.Writer) {
 	}
 
 	fmt.Fprintf(w, "\nMilestones: median over rounds of the time from the StatefulSet's creation until the last replica got there\n")
-	fmt.Fprintf(w, "  %-22s", "milestone")
-	for _, v := range r.variants {
-		fmt.Fprintf(w, " %18s", v.name)
-	}
-	fmt.Fprintln(w)
+	r.header(w, 22, "milestone")
 	for _, m := range milestones {
 		fmt.Fprintf(w, "  %-22s", m)
 		for _, v := range r.variants {
@@ -148,11 +154,7 @@ func (r *benchReport) printCPU(w io.Writer) {
 	last := len(r.variants) - 1
 	slices.SortStableFunc(rows, func(a, b string) int { return cmp.Compare(medians[last][b], medians[last][a]) })
 	fmt.Fprintf(w, "\nCPU seconds per round (median over rounds; all nodes' processes of a program summed, with the tools they ran; /proc, in 10 ms ticks)\n")
-	fmt.Fprintf(w, "  %-28s", "program")
-	for _, v := range r.variants {
-		fmt.Fprintf(w, " %18s", v.name)
-	}
-	fmt.Fprintln(w)
+	r.header(w, 28, "program")
 	totals := make([]float64, len(r.variants))
 	for _, p := range rows {
 		fmt.Fprintf(w, "  %-28s", p)
@@ -303,11 +305,7 @@ func (r *benchReport) printAPI(w io.Writer) {
 	})
 	fmt.Fprintf(w, "\nAPI requests per round (apiserver_request_total, summed over codes; median over rounds), rows with >= 5 in a variant and all of %s\n",
 		strings.Join(alwaysShown, ", "))
-	fmt.Fprintf(w, "  %-56s", "request")
-	for _, v := range r.variants {
-		fmt.Fprintf(w, " %18s", v.name)
-	}
-	fmt.Fprintln(w)
+	r.header(w, 56, "request")
 	for _, k := range rows {
 		fmt.Fprintf(w, "  %-56s", k)
 		for i := range r.variants {
