@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -20,16 +21,58 @@ import (
 type step struct {
 	argv           string // expected command line, space-separated
 	stdout, stderr string
-	code           int // exit status; 0 is success
+	code           int    // exit status; 0 is success
+	concurrent     bool   // may run in any order with the concurrent steps next to it
+	hook           func() // called when the step runs, before it answers
 }
 
-// scripted returns a Real whose exec expects exactly steps, in order.
+// probeSteps are the two programs of a Probe, which run at once.
+func probeSteps(blkid, wipefs step) []step {
+	blkid.concurrent, wipefs.concurrent = true, true
+	return []step{blkid, wipefs}
+}
+
+// scripted returns a Real whose exec expects exactly steps, in order;
+// adjacent concurrent steps may come in any order among themselves.
 func scripted(t *testing.T, steps ...step) *Real {
 	t.Helper()
+	var (
+		mu   sync.Mutex
+		used = make([]bool, len(steps))
+	)
+	// take marks and returns the step a command line runs: the first one
+	// not yet run, or among the concurrent steps that lead the rest, the
+	// one with that command line.
+	take := func(argv string) step {
+		mu.Lock()
+		defer mu.Unlock()
+		first := -1
+		for i := range steps {
+			if used[i] {
+				continue
+			}
+			if first < 0 {
+				first = i
+			}
+			if i != first && (!steps[i].concurrent || !steps[first].concurrent) {
+				break
+			}
+			if steps[i].argv == argv {
+				used[i] = true
+				return steps[i]
+			}
+		}
+		if first < 0 {
+			t.Errorf("ran %q after every scripted command", argv)
+			return step{argv: argv}
+		}
+		used[first] = true
+		return steps[first] // its RunScript reports the wrong command line
+	}
 	fe := &testingexec.FakeExec{}
-	for _, s := range steps {
-		s := s
+	for range steps {
 		fe.CommandScript = append(fe.CommandScript, func(cmd string, args ...string) utilexec.Cmd {
+			s := take(strings.Join(append([]string{cmd}, args...), " "))
 			fc := &testingexec.FakeCmd{}
 			fc.RunScript = []testingexec.FakeAction{func() ([]byte, []byte, error) {
 				if got := strings.Join(fc.Argv, " "); got != s.argv {
@@ -39,6 +82,9 @@ func scripted(t *testing.T, steps ...step) *Real {
 					t.Errorf("%s: stdin not set", s.argv)
 				} else if b, _ := io.ReadAll(fc.Stdin); len(b) != 0 {
 					t.Errorf("%s: stdin %q, want empty", s.argv, b)
+				}
+				if s.hook != nil {
+					s.hook()
 				}
 				var err error
 				if s.code != 0 {
@@ -77,25 +123,25 @@ func TestProbeVerdicts(t *testing.T) {
 		steps []step
 		want  string // Signatures|FSType|UUID
 	}{
-		{"blank", []step{{argv: blkid, code: 2}, {argv: wipefs}}, "||"},
-		{"ext4", []step{
-			{argv: blkid, stdout: "DEVNAME=" + dev + "\nUUID=u-1\nBLOCK_SIZE=4096\nTYPE=ext4\nUSAGE=filesystem\n"},
-			{argv: wipefs, stdout: "ext4\n"},
-		}, "ext4|ext4|u-1"},
-		{"gpt", []step{
-			{argv: blkid, stdout: "DEVNAME=" + dev + "\nPTUUID=p\nPTTYPE=gpt\n"},
-			{argv: wipefs, stdout: "gpt\ngpt\nPMBR\n"},
-		}, "gpt,PMBR||"},
-		{"lvm", []step{
-			{argv: blkid, stdout: "UUID=l\nTYPE=LVM2_member\nUSAGE=raid\n"},
-			{argv: wipefs, stdout: "LVM2_member\n"},
-		}, "LVM2_member||"},
-		{"ambivalent", []step{
-			{argv: blkid, code: 8, stderr: "blkid: ambivalent result"},
-			{argv: wipefs, stdout: "xfs\next4\n"},
-		}, "ambivalent,xfs,ext4||"},
+		{"blank", probeSteps(step{argv: blkid, code: 2}, step{argv: wipefs}), "||"},
+		{"ext4", probeSteps(
+			step{argv: blkid, stdout: "DEVNAME=" + dev + "\nUUID=u-1\nBLOCK_SIZE=4096\nTYPE=ext4\nUSAGE=filesystem\n"},
+			step{argv: wipefs, stdout: "ext4\n"},
+		), "ext4|ext4|u-1"},
+		{"gpt", probeSteps(
+			step{argv: blkid, stdout: "DEVNAME=" + dev + "\nPTUUID=p\nPTTYPE=gpt\n"},
+			step{argv: wipefs, stdout: "gpt\ngpt\nPMBR\n"},
+		), "gpt,PMBR||"},
+		{"lvm", probeSteps(
+			step{argv: blkid, stdout: "UUID=l\nTYPE=LVM2_member\nUSAGE=raid\n"},
+			step{argv: wipefs, stdout: "LVM2_member\n"},
+		), "LVM2_member||"},
+		{"ambivalent", probeSteps(
+			step{argv: blkid, code: 8, stderr: "blkid: ambivalent result"},
+			step{argv: wipefs, stdout: "xfs\next4\n"},
+		), "ambivalent,xfs,ext4||"},
 		// Only wipefs sees it (a backup superblock, say): still not blank.
-		{"wipefs only", []step{{argv: blkid, code: 2}, {argv: wipefs, stdout: "zfs_member\n"}}, "zfs_member||"},
+		{"wipefs only", probeSteps(step{argv: blkid, code: 2}, step{argv: wipefs, stdout: "zfs_member\n"}), "zfs_member||"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -109,14 +155,15 @@ func TestProbeVerdicts(t *testing.T) {
 		})
 	}
 	t.Run("blkid fails", func(t *testing.T) {
-		_, err := scripted(t, step{argv: blkid, code: 4, stderr: "blkid: I/O error\n"}).Probe(ctx, dev)
+		// wipefs runs too, at the same time; blkid's failure is the one told.
+		_, err := scripted(t, probeSteps(step{argv: blkid, code: 4, stderr: "blkid: I/O error\n"}, step{argv: wipefs, code: 1, stderr: "wipefs: error"})...).Probe(ctx, dev)
 		var te *ToolError
 		if !errors.As(err, &te) || te.ExitCode != 4 || te.Output != "blkid: I/O error" || !strings.Contains(err.Error(), "blkid -p -o export") {
 			t.Fatalf("err = %v", err)
 		}
 	})
 	t.Run("wipefs fails", func(t *testing.T) {
-		_, err := scripted(t, step{argv: blkid, code: 2}, step{argv: wipefs, code: 1, stderr: "wipefs: error"}).Probe(ctx, dev)
+		_, err := scripted(t, probeSteps(step{argv: blkid, code: 2}, step{argv: wipefs, code: 1, stderr: "wipefs: error"})...).Probe(ctx, dev)
 		if err == nil || !strings.Contains(err.Error(), "wipefs: error") {
 			t.Fatalf("err = %v", err)
 		}
@@ -128,10 +175,57 @@ func TestProbeVerdicts(t *testing.T) {
 	})
 }
 
+// TestProbeRunsBothToolsAtOnce: blkid and wipefs run at the same time
+// (each waits here until the other has started, so run one after the
+// other, the first gives up), and the device stays open meanwhile, so
+// that the second reader finds the first one's reads in the page cache.
+func TestProbeRunsBothToolsAtOnce(t *testing.T) {
+	dev := fakeDevice(t)
+	blkidUp, wipefsUp := make(chan struct{}), make(chan struct{})
+	meet := func(mine, other chan struct{}) func() {
+		return func() {
+			close(mine)
+			select {
+			case <-other:
+			case <-time.After(10 * time.Second):
+				t.Errorf("the other program did not start while this one ran")
+			}
+			if !openHere(t, dev) {
+				t.Errorf("%s is not held open while the programs run", dev)
+			}
+		}
+	}
+	r := scripted(t, probeSteps(
+		step{argv: "blkid -p -o export " + dev, code: 2, hook: meet(blkidUp, wipefsUp)},
+		step{argv: "wipefs --no-act --noheadings --output TYPE " + dev, hook: meet(wipefsUp, blkidUp)},
+	)...)
+	if p, err := r.Probe(context.Background(), dev); err != nil || len(p.Signatures) != 0 {
+		t.Fatalf("probe = %+v, %v", p, err)
+	}
+	if openHere(t, dev) {
+		t.Errorf("%s is still open after the probe", dev)
+	}
+}
+
+// openHere says whether this process has path open.
+func openHere(t *testing.T, path string) bool {
+	t.Helper()
+	fds, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, fd := range fds {
+		if target, err := os.Readlink("/proc/self/fd/" + fd.Name()); err == nil && target == path {
+			return true
+		}
+	}
+	return false
+}
+
 func TestFormatCommandLines(t *testing.T) {
 	ctx := context.Background()
 	dev := fakeDevice(t)
-	blank := []step{{argv: "blkid -p -o export " + dev, code: 2}, {argv: "wipefs --no-act --noheadings --output TYPE " + dev}}
+	blank := probeSteps(step{argv: "blkid -p -o export " + dev, code: 2}, step{argv: "wipefs --no-act --noheadings --output TYPE " + dev})
 	d := Ext4Defaults
 	for _, c := range []struct {
 		fs    string
@@ -157,7 +251,7 @@ func TestFormatErrors(t *testing.T) {
 	dev := fakeDevice(t)
 	blkid, wipefs := "blkid -p -o export "+dev, "wipefs --no-act --noheadings --output TYPE "+dev
 	// Not blank: mkfs never runs.
-	r := scripted(t, step{argv: blkid, stdout: "TYPE=xfs\nUSAGE=filesystem\n"}, step{argv: wipefs, stdout: "xfs\n"})
+	r := scripted(t, probeSteps(step{argv: blkid, stdout: "TYPE=xfs\nUSAGE=filesystem\n"}, step{argv: wipefs, stdout: "xfs\n"})...)
 	if err := r.Format(ctx, dev, "ext4", "U", 0, nil); !errors.Is(err, ErrNotBlank) || !strings.Contains(err.Error(), "xfs") {
 		t.Fatalf("format over xfs: %v", err)
 	}
@@ -170,8 +264,8 @@ func TestFormatErrors(t *testing.T) {
 	}
 	// A failing mkfs: its output, trimmed and bounded, is in the error.
 	long := strings.Repeat("x", 10000)
-	r = scripted(t, step{argv: blkid, code: 2}, step{argv: wipefs},
-		step{argv: "mkfs.xfs -q -K -m uuid=U " + dev, code: 1, stderr: "\n  mkfs.xfs: too small\n" + long, stdout: "usage"})
+	r = scripted(t, append(probeSteps(step{argv: blkid, code: 2}, step{argv: wipefs}),
+		step{argv: "mkfs.xfs -q -K -m uuid=U " + dev, code: 1, stderr: "\n  mkfs.xfs: too small\n" + long, stdout: "usage"})...)
 	err := r.Format(ctx, dev, "xfs", "U", 0, nil)
 	var te *ToolError
 	if !errors.As(err, &te) || te.ExitCode != 1 || !strings.HasPrefix(te.Output, "mkfs.xfs: too small") ||
@@ -190,12 +284,11 @@ func TestFormatKeepsTail(t *testing.T) {
 		t.Fatal(err)
 	}
 	fe := &testingexec.FakeExec{}
-	for _, code := range []int{2, 0} {
-		code := code
+	for range 2 { // the probe: blkid finds nothing (exit 2), nor does wipefs
 		fe.CommandScript = append(fe.CommandScript, func(cmd string, args ...string) utilexec.Cmd {
 			fc := &testingexec.FakeCmd{RunScript: []testingexec.FakeAction{func() ([]byte, []byte, error) {
-				if code != 0 {
-					return nil, nil, testingexec.FakeExitError{Status: code}
+				if cmd == "blkid" {
+					return nil, nil, testingexec.FakeExitError{Status: 2}
 				}
 				return nil, nil, nil
 			}}}

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 	"unicode/utf8"
 	"unsafe"
@@ -190,14 +191,32 @@ func exitCode(err error) int {
 // USAGE=filesystem), so an LVM or RAID member is a signature but no FSType.
 // A device that cannot be opened and read (blkid and wipefs would call it
 // blank) or any other failure is an error.
+//
+// The two programs run at once, and the device stays open from before
+// they start until both end: the kernel drops a block device's page cache
+// when its last opener closes it, so that each program would otherwise
+// read the signature areas from the disk again, one after the other.
 func (r *Real) Probe(ctx context.Context, device string) (disk.Probe, error) {
 	var p disk.Probe
 	// blkid and wipefs both report a device they cannot open as blank (exit
-	// status 2, and 0 with no output): read it first.
-	if err := readable(device); err != nil {
+	// status 2, and 0 with no output): open and read it first.
+	f, err := openReadable(device)
+	if err != nil {
 		return p, err
 	}
+	defer f.Close()
+	var (
+		wg   sync.WaitGroup
+		wOut []byte
+		wErr error
+	)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		wOut, wErr = r.run(ctx, "wipefs", "--no-act", "--noheadings", "--output", "TYPE", device)
+	}()
 	out, err := r.run(ctx, "blkid", "-p", "-o", "export", device)
+	wg.Wait()
 	switch code := exitCode(err); {
 	case err == nil:
 		var typ, usage, ptType, uuid string
@@ -230,11 +249,10 @@ func (r *Real) Probe(ctx context.Context, device string) (disk.Probe, error) {
 	default:
 		return disk.Probe{}, err
 	}
-	out, err = r.run(ctx, "wipefs", "--no-act", "--noheadings", "--output", "TYPE", device)
-	if err != nil {
-		return disk.Probe{}, err
+	if wErr != nil {
+		return disk.Probe{}, wErr
 	}
-	for _, l := range strings.Split(string(out), "\n") {
+	for _, l := range strings.Split(string(wOut), "\n") {
 		if l = strings.TrimSpace(l); l != "" {
 			p.Signatures = appendNew(p.Signatures, l)
 		}
@@ -242,17 +260,18 @@ func (r *Real) Probe(ctx context.Context, device string) (disk.Probe, error) {
 	return p, nil
 }
 
-// readable opens the device and reads its first block.
-func readable(device string) error {
+// openReadable opens the device and reads its first block; the caller
+// closes it.
+func openReadable(device string) (*os.File, error) {
 	f, err := os.Open(device)
 	if err != nil {
-		return fmt.Errorf("probe %s: %w", device, err)
+		return nil, fmt.Errorf("probe %s: %w", device, err)
 	}
-	defer f.Close()
 	if _, err := f.Read(make([]byte, 4096)); err != nil {
-		return fmt.Errorf("probe %s: reading: %w", device, err)
+		f.Close()
+		return nil, fmt.Errorf("probe %s: reading: %w", device, err)
 	}
-	return nil
+	return f, nil
 }
 
 func appendNew(list []string, s string) []string {
