@@ -3,12 +3,12 @@ package driver
 import (
 	"context"
 	"fmt"
-	"slices"
 	"testing"
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 
+	"github.com/ecs-localdisk/ecs-localdisk-csi/internal/testutil"
 	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/disk"
 )
 
@@ -38,15 +38,6 @@ func BenchmarkCreateVolume(b *testing.B) {
 		}
 		b.StartTimer()
 	}
-}
-
-// quantile is the q-quantile (0..1) of ds, which it sorts.
-func quantile(ds []time.Duration, q float64) time.Duration {
-	if len(ds) == 0 {
-		return 0
-	}
-	slices.Sort(ds)
-	return ds[min(len(ds)-1, int(q*float64(len(ds))))]
 }
 
 // BenchmarkCreateDeleteCycle times CreateVolume then DeleteVolume of one
@@ -81,6 +72,6 @@ func BenchmarkCreateDeleteCycle(b *testing.B) {
 			b.StartTimer()
 		}
 	}
-	b.ReportMetric(float64(quantile(all, 0.5).Microseconds()), "us-p50/cycle")
-	b.ReportMetric(float64(quantile(all, 0.99).Microseconds()), "us-p99/cycle")
+	b.ReportMetric(float64(testutil.Quantile(all, 0.5).Microseconds()), "us-p50/cycle")
+	b.ReportMetric(float64(testutil.Quantile(all, 0.99).Microseconds()), "us-p99/cycle")
 }

@@ -2,11 +2,12 @@ package integration
 
 import (
 	"context"
-	"slices"
 	"testing"
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+
+	"github.com/ecs-localdisk/ecs-localdisk-csi/internal/testutil"
 )
 
 // BenchmarkGetCapacity24Disks times GetCapacity, as csi-provisioner calls
@@ -40,9 +41,7 @@ func BenchmarkGetCapacity24Disks(b *testing.B) {
 			all = append(all, call(e))
 		}
 	}
-	slices.Sort(all)
-	slices.Sort(cold)
-	b.ReportMetric(float64(cold[len(cold)/2].Microseconds()), "us-first-call")
-	b.ReportMetric(float64(all[len(all)/2].Microseconds()), "us-p50/call")
-	b.ReportMetric(float64(all[min(len(all)-1, len(all)*99/100)].Microseconds()), "us-p99/call")
+	b.ReportMetric(float64(testutil.Quantile(cold, 0.5).Microseconds()), "us-first-call")
+	b.ReportMetric(float64(testutil.Quantile(all, 0.5).Microseconds()), "us-p50/call")
+	b.ReportMetric(float64(testutil.Quantile(all, 0.99).Microseconds()), "us-p99/call")
 }
