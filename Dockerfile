@@ -9,7 +9,8 @@ COPY pkg pkg
 COPY internal internal
 ARG VERSION=dev
 ARG COMMIT=unknown
-RUN CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X main.version=${VERSION} -X main.commit=${COMMIT}" -o /out/ecs-localdisk-csi ./cmd/ecs-localdisk-csi
+RUN CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X main.version=${VERSION} -X main.commit=${COMMIT}" -o /out/ecs-localdisk-csi ./cmd/ecs-localdisk-csi \
+ && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X main.version=${VERSION}" -o /out/ecs-localdisk-csi-controller ./cmd/ecs-localdisk-csi-controller
 
 # Run: Debian 12 slim, pinned by digest, with every tool the driver runs
 # (pkg/mounter Tools; a test checks this list against them).
@@ -17,5 +18,6 @@ FROM docker.io/library/debian:bookworm-slim@sha256:3783cc01769c7b2b1b83a5c5ad96c
 RUN apt-get update \
  && apt-get install -y --no-install-recommends util-linux mount e2fsprogs xfsprogs coreutils \
  && rm -rf /var/lib/apt/lists/*
-COPY --from=build /out/ecs-localdisk-csi /usr/local/bin/ecs-localdisk-csi
+# "ecs-localdisk-csi controller" runs the cluster component from beside it.
+COPY --from=build /out/ecs-localdisk-csi /out/ecs-localdisk-csi-controller /usr/local/bin/
 ENTRYPOINT ["/usr/local/bin/ecs-localdisk-csi"]

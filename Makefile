@@ -19,8 +19,9 @@ KUBECTL ?= kubectl
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
-build: ## Build bin/ecs-localdisk-csi with the version and commit stamped in
+build: ## Build bin/ecs-localdisk-csi (the node driver) and bin/ecs-localdisk-csi-controller (the cluster component) with the version and commit stamped in
 	$(GO) build $(GOFLAGS) -ldflags "$(LDFLAGS)" -o bin/$(BINARY) ./cmd/$(BINARY)
+	$(GO) build $(GOFLAGS) -ldflags "$(LDFLAGS)" -o bin/$(BINARY)-controller ./cmd/$(BINARY)-controller
 	@bin/$(BINARY) --version
 
 demo: build ## Run the driver on three loop-device disks and walk volumes through their life (root)

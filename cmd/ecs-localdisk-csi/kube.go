@@ -7,11 +7,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/kubernetes/scheme"
-	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/client-go/tools/record"
 	"k8s.io/klog/v2"
 
@@ -27,32 +23,13 @@ func kubeConfig(o options.Options) (*rest.Config, error) {
 	if o.Kubeconfig == "" && os.Getenv("KUBERNETES_SERVICE_HOST") == "" {
 		return nil, nil
 	}
-	return restConfig(o.Kubeconfig, o.KubeAPIQPS, o.KubeAPIBurst, "node "+o.NodeID)
-}
-
-// restConfig is the client configuration from kubeconfig, else the pod's
-// service account, with the client's rate limits and a user agent naming
-// the component.
-func restConfig(kubeconfig string, qps float64, burst int, component string) (*rest.Config, error) {
-	var cfg *rest.Config
-	var err error
-	if kubeconfig != "" {
-		cfg, err = clientcmd.BuildConfigFromFlags("", kubeconfig)
-	} else {
-		cfg, err = rest.InClusterConfig()
-	}
-	if err != nil {
-		return nil, err
-	}
-	cfg.QPS, cfg.Burst = float32(qps), burst
-	cfg.UserAgent = "ecs-localdisk-csi/" + version + " (" + component + ")"
-	return cfg, nil
+	return kube.RESTConfig(o.Kubeconfig, o.KubeAPIQPS, o.KubeAPIBurst, "ecs-localdisk-csi/"+version+" (node "+o.NodeID+")")
 }
 
 // newMirror builds the LocalDisk mirror and its event recorder; the
 // returned stop flushes and ends the recorder.
 func newMirror(ctx context.Context, cfg *rest.Config, node string, inv *inventory.Inventory) (*kube.Mirror, func(), error) {
-	core, err := kubernetes.NewForConfig(cfg)
+	core, err := kube.NewCoreClient(cfg)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -61,8 +38,8 @@ func newMirror(ctx context.Context, cfg *rest.Config, node string, inv *inventor
 		return nil, nil, err
 	}
 	broadcaster := record.NewBroadcaster(record.WithContext(ctx))
-	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: core.CoreV1().Events("")})
-	recorder := broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "ecs-localdisk-csi", Host: node})
+	broadcaster.StartRecordingToSink(core.EventSink())
+	recorder := broadcaster.NewRecorder(kube.Scheme, corev1.EventSource{Component: "ecs-localdisk-csi", Host: node})
 	m := kube.NewMirror(kube.MirrorConfig{Node: node, Dynamic: dyn, Core: core, Inventory: inv, Recorder: recorder})
 	return m, broadcaster.Shutdown, nil
 }

@@ -1,6 +1,7 @@
 // Command ecs-localdisk-csi is the CSI driver that gives each volume one whole
 // local disk of an ECS instance. One process serves Identity, Controller and
-// Node on one socket; it runs once per node.
+// Node on one socket; it runs once per node. "ecs-localdisk-csi controller"
+// runs the cluster component, ecs-localdisk-csi-controller, in its place.
 package main
 
 import (
@@ -11,9 +12,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
-	"runtime"
 	"runtime/debug"
-	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -21,6 +20,7 @@ import (
 	"google.golang.org/grpc"
 	"k8s.io/klog/v2"
 
+	"github.com/ecs-localdisk/ecs-localdisk-csi/internal/cli"
 	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/cloud"
 	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/disk"
 	"github.com/ecs-localdisk/ecs-localdisk-csi/pkg/driver"
@@ -41,32 +41,7 @@ var (
 )
 
 // versionLine is what --version prints.
-func versionLine() string {
-	c := commit
-	if c == "" {
-		c = vcsCommit()
-	}
-	return fmt.Sprintf("ecs-localdisk-csi %s (commit %s, %s)", version, c, runtime.Version())
-}
-
-// vcsCommit is the commit the go command stamped into the binary, "unknown"
-// outside a git checkout (the image's build stage has no .git).
-func vcsCommit() string {
-	info, ok := debug.ReadBuildInfo()
-	if !ok {
-		return "unknown"
-	}
-	rev, dirty := "unknown", ""
-	for _, s := range info.Settings {
-		switch {
-		case s.Key == "vcs.revision" && len(s.Value) >= 12:
-			rev = s.Value[:12]
-		case s.Key == "vcs.modified" && s.Value == "true":
-			dirty = "-dirty"
-		}
-	}
-	return rev + dirty
-}
+func versionLine() string { return cli.VersionLine("ecs-localdisk-csi", version, commit) }
 
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
@@ -76,24 +51,13 @@ func main() {
 // --version, 1 on a runtime failure, 2 on bad flags.
 func run(args []string, stdout, stderr io.Writer) int {
 	if len(args) > 0 && args[0] == "controller" {
-		return runController(args[1:], stdout, stderr)
+		return execController(args[1:], stderr)
 	}
 	var o options.Options
-	fs := newFlagSet(&o)
-	fs.SetOutput(stderr)
-	err := fs.Parse(args)
-	switch {
-	case errors.Is(err, flag.ErrHelp):
-		printUsage(fs, stdout, usageHeader)
-		return 0
-	case err != nil:
-		// flag printed the error.
-		fmt.Fprintln(stderr, "Run ecs-localdisk-csi --help for the flags.")
-		return 2
-	case fs.NArg() > 0:
-		fmt.Fprintf(stderr, "unexpected arguments: %q\n", fs.Args())
-		return 2
-	case o.Version:
+	if code, done := cli.Parse(newFlagSet(&o), args, stdout, stderr, usageHeader); done {
+		return code
+	}
+	if o.Version {
 		fmt.Fprintln(stdout, versionLine())
 		return 0
 	}
@@ -109,53 +73,15 @@ func run(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-// newFlagSet is the driver's flags and klog's, in one set. -h and --help
-// (not defined, so flag answers ErrHelp) print printUsage.
+// newFlagSet is the driver's flags and klog's, in one set.
 func newFlagSet(o *options.Options) *flag.FlagSet {
-	fs := flag.NewFlagSet("ecs-localdisk-csi", flag.ContinueOnError)
-	o.AddFlags(fs)
-	logging := flag.NewFlagSet("klog", flag.ContinueOnError)
-	klog.InitFlags(logging)
-	logging.VisitAll(func(f *flag.Flag) { fs.Var(f.Value, f.Name, "klog: "+f.Usage) })
-	fs.Usage = func() {} // run prints the help, or a pointer to it
-	return fs
+	return cli.NewFlagSet("ecs-localdisk-csi", o.AddFlags)
 }
 
 // usageHeader opens the driver's --help.
 const usageHeader = "Usage: ecs-localdisk-csi --node-id=NODE --disk-source=static|ecs [flags]\n" +
 	"       ecs-localdisk-csi controller [flags]   (the cluster component; --help for its flags)\n\n" +
 	"The CSI driver of ECS local disks: one volume, one whole disk. Runs once per node.\n\nDriver flags:\n"
-
-// printUsage prints the header, the command's own flags, then klog's.
-func printUsage(fs *flag.FlagSet, out io.Writer, header string) {
-	fmt.Fprint(out, header)
-	var logging []*flag.Flag
-	fs.VisitAll(func(f *flag.Flag) {
-		if strings.HasPrefix(f.Usage, "klog: ") {
-			logging = append(logging, f)
-			return
-		}
-		printFlag(out, f, f.Usage)
-	})
-	fmt.Fprint(out, "\nLogging flags (klog):\n")
-	for _, f := range logging {
-		printFlag(out, f, strings.TrimPrefix(f.Usage, "klog: "))
-	}
-}
-
-// printFlag prints one flag as "  --name type" and its usage, with the
-// default when it is not the zero value.
-func printFlag(out io.Writer, f *flag.Flag, usage string) {
-	kind, usage := flag.UnquoteUsage(&flag.Flag{Name: f.Name, Usage: usage, Value: f.Value})
-	line := "  --" + f.Name
-	if kind != "" {
-		line += " " + kind
-	}
-	if f.DefValue != "" && f.DefValue != "false" && f.DefValue != "0" {
-		usage += fmt.Sprintf(" (default %q)", f.DefValue)
-	}
-	fmt.Fprintf(out, "%s\n      %s\n", line, usage)
-}
 
 // newSource builds the disk source the options ask for.
 // observers are the inventory's observers: the metrics, when they are on,
@@ -212,17 +138,29 @@ func newSource(o options.Options, m *mounter.Real, met *metrics.Metrics) (disk.S
 		return nil, err
 	}
 	md := cloud.NewMetadata(o.MetadataEndpoint)
-	cfg := cloud.SourceConfig{Metadata: md, API: &lazyAPI{credentialsFile: o.CredentialsFile, ramRole: o.RAMRole, endpoint: o.ECSEndpoint, md: md, onRequest: met.ECSRequestFunc()}, Devices: devices, CachePath: cloud.CachePathIn(o.StateDir)}
+	cfg := cloud.SourceConfig{Metadata: md, API: &cloud.LazyAPI{CredentialsFile: o.CredentialsFile, RAMRole: o.RAMRole, Endpoint: o.ECSEndpoint, Metadata: md, OnRequest: met.ECSRequestFunc()}, Devices: devices, CachePath: cloud.CachePathIn(o.StateDir)}
 	if o.SerialLessFallback {
 		cfg.Fallback = &cloud.Fallback{StartWith: o.StartWith(), Pinner: cloud.DevicePinner{}}
 	}
 	return cloud.NewSource(cfg)
 }
 
+// tuneGC sets the garbage collector's target to 50 unless GOGC is in the
+// environment: the driver's live heap is about 1 MB, which Go's default
+// (100) lets grow to a 4 MB heap all the same, and 50 to 2 MB. Collecting
+// so small a heap costs microseconds. BenchmarkIdleRSS measured 1.3 MiB
+// less idle memory.
+func tuneGC() {
+	if _, set := os.LookupEnv("GOGC"); !set {
+		debug.SetGCPercent(50)
+	}
+}
+
 // serve runs the driver until SIGINT or SIGTERM. It first claims the state
 // directory and the endpoint, so that a second driver on either fails before
 // it touches a disk.
 func serve(o options.Options) error {
+	tuneGC()
 	lock, err := state.LockDir(o.StateDir)
 	if err != nil {
 		return err

@@ -20,9 +20,9 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/dynamic/dynamicinformer"
-	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/dynamic/dynamiclister"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/record"
 	"k8s.io/klog/v2"
@@ -45,9 +45,9 @@ type MirrorConfig struct {
 	// Node is this node's name.
 	Node string
 	// Dynamic writes the LocalDisks; Core reads the Node, PVs and claims
-	// that events are about.
+	// that events are about (NewCoreClient).
 	Dynamic dynamic.Interface
-	Core    kubernetes.Interface
+	Core    Core
 	// Inventory is the node's inventory.
 	Inventory Inventory
 	// Recorder emits the events; nil emits none.
@@ -132,19 +132,37 @@ func (m *Mirror) Run(ctx context.Context) {
 // mirror on every change, and waits for its cache; ok is false when ctx
 // ended first. stop ends the informer.
 func (m *Mirror) watch(ctx context.Context) (stop func(), ok bool) {
-	factory := dynamicinformer.NewFilteredDynamicSharedInformerFactory(m.cfg.Dynamic, 0, "", func(o *metav1.ListOptions) {
+	res := m.cfg.Dynamic.Resource(v1alpha1.GroupVersionResource)
+	mine := func(o metav1.ListOptions) metav1.ListOptions {
 		o.FieldSelector = "spec.node=" + m.cfg.Node
-	})
-	inf := factory.ForResource(v1alpha1.GroupVersionResource)
+		return o
+	}
+	// As client-go's dynamic informer does: a client that cannot stream
+	// the initial list (a fake) gets list and watch.
+	lw := cache.ToListWatcherWithWatchListSemantics(&cache.ListWatch{
+		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			return res.List(ctx, mine(o))
+		},
+		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			return res.Watch(ctx, mine(o))
+		},
+	}, m.cfg.Dynamic)
+	inf := cache.NewSharedIndexInformerWithOptions(lw, &unstructured.Unstructured{},
+		cache.SharedIndexInformerOptions{ObjectDescription: v1alpha1.GroupVersionResource.String()})
 	wake := func(any) { m.Changed() }
-	if _, err := inf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{AddFunc: wake, DeleteFunc: wake,
+	if _, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{AddFunc: wake, DeleteFunc: wake,
 		UpdateFunc: func(_, o any) { wake(o) }}); err != nil {
 		klog.ErrorS(err, "LocalDisk mirror not started")
 		return func() {}, false
 	}
-	m.lister = inf.Lister()
-	factory.Start(ctx.Done())
-	return factory.Shutdown, cache.WaitForCacheSync(ctx.Done(), inf.Informer().HasSynced)
+	m.lister = dynamiclister.NewRuntimeObjectShim(dynamiclister.New(inf.GetIndexer(), v1alpha1.GroupVersionResource))
+	ictx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		inf.RunWithContext(ictx)
+	}()
+	return func() { cancel(); <-done }, cache.WaitForCacheSync(ctx.Done(), inf.HasSynced)
 }
 
 // errNotReady: the inventory has not loaded its record yet.
@@ -233,7 +251,7 @@ func (m *Mirror) nodeOf(ctx context.Context) (*corev1.ObjectReference, error) {
 	if m.nodeRef != nil {
 		return m.nodeRef, nil
 	}
-	n, err := m.cfg.Core.CoreV1().Nodes().Get(ctx, m.cfg.Node, metav1.GetOptions{})
+	n, err := m.cfg.Core.Node(ctx, m.cfg.Node)
 	if err != nil {
 		return nil, fmt.Errorf("reading node %s: %w", m.cfg.Node, err)
 	}
@@ -329,11 +347,11 @@ func (m *Mirror) objectRef(ctx context.Context, kind, namespace, name string) *c
 	var uid types.UID
 	switch kind {
 	case "PersistentVolume":
-		if pv, err := m.cfg.Core.CoreV1().PersistentVolumes().Get(ctx, name, metav1.GetOptions{}); err == nil {
+		if pv, err := m.cfg.Core.PersistentVolume(ctx, name); err == nil {
 			uid = pv.UID
 		}
 	case "PersistentVolumeClaim":
-		if pvc, err := m.cfg.Core.CoreV1().PersistentVolumeClaims(namespace).Get(ctx, name, metav1.GetOptions{}); err == nil {
+		if pvc, err := m.cfg.Core.PersistentVolumeClaim(ctx, namespace, name); err == nil {
 			uid = pvc.UID
 		}
 	}

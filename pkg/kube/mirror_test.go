@@ -16,6 +16,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	dynamicfake "k8s.io/client-go/dynamic/fake"
+	"k8s.io/client-go/kubernetes"
 	kubefake "k8s.io/client-go/kubernetes/fake"
 	clienttesting "k8s.io/client-go/testing"
 	"k8s.io/client-go/tools/record"
@@ -69,7 +70,7 @@ func newFixture(t *testing.T, disks ...disk.Disk) *fixture {
 	f.core = kubefake.NewClientset(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: node, UID: "node-uid-1"}},
 		&corev1.PersistentVolume{ObjectMeta: metav1.ObjectMeta{Name: "pvc-1", UID: "pv-uid-1"}},
 		&corev1.PersistentVolumeClaim{ObjectMeta: metav1.ObjectMeta{Name: "data-web-0", Namespace: "shop", UID: "pvc-uid-1"}})
-	f.mirror = NewMirror(MirrorConfig{Node: node, Dynamic: f.dyn, Core: f.core, Inventory: f.inv, Recorder: f.recorder, Clock: f.clock})
+	f.mirror = NewMirror(MirrorConfig{Node: node, Dynamic: f.dyn, Core: clientsetCore{f.core}, Inventory: f.inv, Recorder: f.recorder, Clock: f.clock})
 	stop, ok := f.mirror.watch(ctx)
 	t.Cleanup(func() { cancel(); stop() })
 	if !ok {
@@ -128,6 +129,21 @@ func (f *fixture) events() []string {
 	out := f.recorder.events
 	f.recorder.events = nil
 	return out
+}
+
+// clientsetCore is Core over a clientset (here client-go's fake).
+type clientsetCore struct{ c kubernetes.Interface }
+
+func (k clientsetCore) Node(ctx context.Context, name string) (*corev1.Node, error) {
+	return k.c.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+}
+
+func (k clientsetCore) PersistentVolume(ctx context.Context, name string) (*corev1.PersistentVolume, error) {
+	return k.c.CoreV1().PersistentVolumes().Get(ctx, name, metav1.GetOptions{})
+}
+
+func (k clientsetCore) PersistentVolumeClaim(ctx context.Context, namespace, name string) (*corev1.PersistentVolumeClaim, error) {
+	return k.c.CoreV1().PersistentVolumeClaims(namespace).Get(ctx, name, metav1.GetOptions{})
 }
 
 // testRecorder keeps the events with the whole reference they are about.

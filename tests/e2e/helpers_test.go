@@ -53,7 +53,9 @@ func binaries(t testing.TB) (driver, fakeECS string) {
 			return
 		}
 		driverBin, fakeECSBin = filepath.Join(dir, "ecs-localdisk-csi"), filepath.Join(dir, "fakeecs")
-		for bin, pkg := range map[string]string{driverBin: "./cmd/ecs-localdisk-csi", fakeECSBin: "./tests/fakeecs"} {
+		// "ecs-localdisk-csi controller" runs the controller binary beside it.
+		ctrlBin := filepath.Join(dir, "ecs-localdisk-csi-controller")
+		for bin, pkg := range map[string]string{driverBin: "./cmd/ecs-localdisk-csi", ctrlBin: "./cmd/ecs-localdisk-csi-controller", fakeECSBin: "./tests/fakeecs"} {
 			cmd := exec.Command("go", "build", "-o", bin, pkg)
 			cmd.Dir = "../.."
 			if out, err := cmd.CombinedOutput(); err != nil {

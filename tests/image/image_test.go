@@ -348,6 +348,12 @@ func TestImage(t *testing.T) {
 			t.Errorf("%v --version = %q, want %q", entrypoint, got, want)
 		}
 		t.Logf("%v --version: %s", entrypoint, got)
+		// The Deployment runs the cluster component as "<entrypoint>
+		// controller": the entrypoint runs the controller binary beside it.
+		got, err = e.runIn(e.container(t, image), append(entrypoint, "controller", "--help")...)
+		if err != nil || !strings.Contains(got, "Usage: ecs-localdisk-csi controller") || !strings.Contains(got, "Controller flags:") {
+			t.Errorf("%v controller --help: %v\n%s", entrypoint, err, got)
+		}
 	})
 
 	t.Run("tools", func(t *testing.T) {

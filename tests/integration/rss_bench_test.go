@@ -29,16 +29,20 @@ import (
 // dropped first under memory pressure), and its peak (VmHWM). The floor,
 // measured in the same run, is testdata/rssfloor: a program that links the
 // same third-party packages, runs their initialisation and does nothing.
+// Both are built as the image builds the driver (static, stripped): the
+// memory of a file-backed page count depends on the size and layout of the
+// executable.
 func BenchmarkIdleRSS(b *testing.B) {
 	testutil.RequireRoot(b)
 	dir := b.TempDir()
 	bin := filepath.Join(dir, "ecs-localdisk-csi")
-	if out, err := exec.Command("go", "build", "-o", bin, "../../cmd/ecs-localdisk-csi").CombinedOutput(); err != nil {
-		b.Fatalf("building the driver: %v\n%s", err, out)
-	}
 	floor := filepath.Join(dir, "rssfloor")
-	if out, err := exec.Command("go", "build", "-o", floor, "./testdata/rssfloor").CombinedOutput(); err != nil {
-		b.Fatalf("building the floor: %v\n%s", err, out)
+	for out, pkg := range map[string]string{bin: "../../cmd/ecs-localdisk-csi", floor: "./testdata/rssfloor"} {
+		cmd := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", out, pkg)
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0") // as the Dockerfile
+		if msg, err := cmd.CombinedOutput(); err != nil {
+			b.Fatalf("building %s: %v\n%s", pkg, err, msg)
+		}
 	}
 	checkFloorImports(b)
 	var devices []string
@@ -64,26 +68,43 @@ func BenchmarkIdleRSS(b *testing.B) {
 	}
 }
 
-// checkFloorImports fails unless the floor program imports every
-// third-party package the driver's own packages import.
+// checkFloorImports fails unless the floor program imports exactly the
+// third-party packages that the node driver's own packages import.
 func checkFloorImports(b *testing.B) {
-	list := func(pkgs ...string) map[string]bool {
-		out, err := exec.Command("go", append([]string{"list", "-f", `{{join .Imports "\n"}}`}, pkgs...)...).Output()
-		if err != nil {
-			b.Fatalf("go list %v: %v", pkgs, err)
-		}
-		m := map[string]bool{}
-		for _, p := range strings.Fields(string(out)) {
-			if strings.Contains(p, ".") && !strings.HasPrefix(p, "github.com/ecs-localdisk/") {
-				m[p] = true
+	const own = "github.com/ecs-localdisk/"
+	thirdParty := func(imports []string, into map[string]bool) {
+		for _, p := range imports {
+			if first, _, _ := strings.Cut(p, "/"); strings.Contains(first, ".") && !strings.HasPrefix(p, own) {
+				into[p] = true
 			}
 		}
-		return m
 	}
-	floor := list("./testdata/rssfloor")
-	for p := range list("../../cmd/ecs-localdisk-csi", "../../pkg/...") {
+	list := func(args ...string) [][]string {
+		out, err := exec.Command("go", append([]string{"list", "-f", `{{.ImportPath}} {{join .Imports " "}}`}, args...)...).Output()
+		if err != nil {
+			b.Fatalf("go list %v: %v", args, err)
+		}
+		var pkgs [][]string
+		for _, l := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+			pkgs = append(pkgs, strings.Fields(l))
+		}
+		return pkgs
+	}
+	driver, floor := map[string]bool{}, map[string]bool{}
+	for _, p := range list("-deps", "../../cmd/ecs-localdisk-csi") {
+		if strings.HasPrefix(p[0], own) {
+			thirdParty(p[1:], driver)
+		}
+	}
+	thirdParty(list("./testdata/rssfloor")[0][1:], floor)
+	for p := range driver {
 		if !floor[p] {
-			b.Fatalf("testdata/rssfloor does not import %s, which the driver imports: add it", p)
+			b.Fatalf("testdata/rssfloor does not import %s, which the node driver imports: add it", p)
+		}
+	}
+	for p := range floor {
+		if !driver[p] {
+			b.Fatalf("testdata/rssfloor imports %s, which the node driver does not: remove it", p)
 		}
 	}
 }

@@ -1,6 +1,6 @@
-// Command rssfloor links the third-party packages the driver imports, runs
-// their initialisation and waits to be killed: BenchmarkIdleRSS measures its
-// memory as the floor of the driver's.
+// Command rssfloor links the third-party packages the node driver imports,
+// runs their initialisation and waits to be killed: BenchmarkIdleRSS
+// measures its memory as the floor of the driver's.
 package main
 
 import (
@@ -15,7 +15,6 @@ import (
 	_ "github.com/aliyun/alibaba-cloud-sdk-go/sdk/requests"
 	_ "github.com/aliyun/alibaba-cloud-sdk-go/services/ecs"
 	_ "github.com/container-storage-interface/spec/lib/go/csi"
-	_ "github.com/kubernetes-csi/csi-lib-utils/leaderelection"
 	_ "github.com/kubernetes-csi/csi-lib-utils/protosanitizer"
 	_ "github.com/prometheus/client_golang/prometheus"
 	_ "github.com/prometheus/client_golang/prometheus/collectors"
@@ -28,27 +27,20 @@ import (
 	_ "google.golang.org/protobuf/reflect/protoreflect"
 	_ "google.golang.org/protobuf/types/known/wrapperspb"
 	_ "k8s.io/api/core/v1"
-	_ "k8s.io/api/policy/v1"
-	_ "k8s.io/api/storage/v1"
 	_ "k8s.io/apimachinery/pkg/api/equality"
 	_ "k8s.io/apimachinery/pkg/api/errors"
-	_ "k8s.io/apimachinery/pkg/api/meta"
 	_ "k8s.io/apimachinery/pkg/api/resource"
 	_ "k8s.io/apimachinery/pkg/apis/meta/v1"
 	_ "k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	_ "k8s.io/apimachinery/pkg/labels"
 	_ "k8s.io/apimachinery/pkg/runtime"
 	_ "k8s.io/apimachinery/pkg/runtime/schema"
+	_ "k8s.io/apimachinery/pkg/runtime/serializer"
 	_ "k8s.io/apimachinery/pkg/types"
 	_ "k8s.io/apimachinery/pkg/util/validation"
+	_ "k8s.io/apimachinery/pkg/watch"
 	_ "k8s.io/client-go/dynamic"
-	_ "k8s.io/client-go/dynamic/dynamicinformer"
-	_ "k8s.io/client-go/informers"
-	_ "k8s.io/client-go/kubernetes"
-	_ "k8s.io/client-go/kubernetes/scheme"
-	_ "k8s.io/client-go/kubernetes/typed/core/v1"
-	_ "k8s.io/client-go/listers/core/v1"
-	_ "k8s.io/client-go/listers/storage/v1"
+	_ "k8s.io/client-go/dynamic/dynamiclister"
 	_ "k8s.io/client-go/rest"
 	_ "k8s.io/client-go/tools/cache"
 	_ "k8s.io/client-go/tools/clientcmd"
