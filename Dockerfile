@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# Build: Go 1.26.4 on Alpine, pinned by digest. The binary is static.
+# Build: Go 1.26.4 on Alpine, pinned by digest. The binaries are static.
 FROM docker.io/library/golang:1.26.4-alpine@sha256:3ad57304ad93bbec8548a0437ad9e06a455660655d9af011d58b993f6f615648 AS build
 WORKDIR /src
 COPY go.mod go.sum ./

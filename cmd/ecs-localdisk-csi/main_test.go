@@ -91,8 +91,9 @@ func TestVersionLine(t *testing.T) {
 // TestControllerSubcommand builds both commands as the image installs
 // them, side by side: "ecs-localdisk-csi controller" runs the controller
 // binary with the arguments after "controller" and ends with its exit code
-// and output. Without the controller binary it fails with exit code 1 and
-// says what is missing.
+// and output. Without the controller binary, or with a file of its name
+// that is not executable, it fails with exit code 1 and says what is
+// missing.
 func TestControllerSubcommand(t *testing.T) {
 	dir := t.TempDir()
 	node, ctrl := filepath.Join(dir, "ecs-localdisk-csi"), filepath.Join(dir, "ecs-localdisk-csi-controller")
@@ -124,6 +125,13 @@ func TestControllerSubcommand(t *testing.T) {
 	if code, _, errs := runBin(node, "controller", "--node-id=n1"); code != 2 || !strings.Contains(errs, "flag provided but not defined: -node-id") {
 		t.Errorf("controller --node-id=n1: exit %d, stderr %q", code, errs)
 	}
+	// A controller file that is not executable is not the controller.
+	if err := os.Chmod(ctrl, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if code, out, errs := runBin(node, "controller", "--help"); code != 1 || out != "" || !strings.Contains(errs, "ecs-localdisk-csi-controller, which is not installed beside this binary or on PATH") {
+		t.Errorf("controller --help with a controller file that is not executable: exit %d, stdout %q, stderr %q; want 1 and what is missing", code, out, errs)
+	}
 	if err := os.Remove(ctrl); err != nil {
 		t.Fatal(err)
 	}
@@ -135,7 +143,7 @@ func TestControllerSubcommand(t *testing.T) {
 // TestNodeDriverLinksNoClientset: the node driver, which runs on every
 // node, links neither client-go's clientset, its informers nor leader
 // election. Those register every API group of Kubernetes at start, which
-// cost the node driver about 14 MiB of its idle memory; only the cluster
+// cost the node driver about 10 MiB of its idle memory; only the cluster
 // component (ecs-localdisk-csi-controller) needs them.
 func TestNodeDriverLinksNoClientset(t *testing.T) {
 	out, err := exec.Command("go", "list", "-deps", ".").Output()

@@ -69,13 +69,14 @@ func (k *CoreClient) PersistentVolumeClaim(ctx context.Context, namespace, name 
 	return get[corev1.PersistentVolumeClaim](ctx, k.c, "persistentvolumeclaims", namespace, name)
 }
 
-// get reads the object name of resource, in namespace unless it is "".
+// get reads the object name of resource, in namespace unless it is "",
+// in protobuf as client-go's typed clients read core objects.
 func get[T any, P interface {
 	*T
 	runtime.Object
 }](ctx context.Context, c rest.Interface, resource, namespace, name string) (*T, error) {
 	var o T
-	err := c.Get().NamespaceIfScoped(namespace, namespace != "").Resource(resource).Name(name).
+	err := c.Get().UseProtobufAsDefault().NamespaceIfScoped(namespace, namespace != "").Resource(resource).Name(name).
 		VersionedParams(&metav1.GetOptions{}, metav1.ParameterCodec).Do(ctx).Into(P(&o))
 	if err != nil {
 		return nil, err

@@ -147,6 +147,8 @@ func (m *Mirror) watch(ctx context.Context) (stop func(), ok bool) {
 			return res.Watch(ctx, mine(o))
 		},
 	}, m.cfg.Dynamic)
+	// No namespace index: LocalDisks are cluster-scoped, and the lister
+	// only lists them all.
 	inf := cache.NewSharedIndexInformerWithOptions(lw, &unstructured.Unstructured{},
 		cache.SharedIndexInformerOptions{ObjectDescription: v1alpha1.GroupVersionResource.String()})
 	wake := func(any) { m.Changed() }

@@ -106,10 +106,12 @@ func TestImageBuildStageInputsAreComplete(t *testing.T) {
 		}
 		copyTree(t, filepath.Join(repo, c[0]), target)
 	}
-	cmd := exec.Command(goTool, "build", "-trimpath", "-o", filepath.Join(t.TempDir(), "ecs-localdisk-csi"), "./cmd/ecs-localdisk-csi")
-	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOWORK=off", "GOFLAGS=-mod=readonly")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("building from only what the Dockerfile's build stage copies (%v) fails: %v\n%s", copies, err, out)
+	for _, pkg := range []string{"./cmd/ecs-localdisk-csi", "./cmd/ecs-localdisk-csi-controller"} {
+		cmd := exec.Command(goTool, "build", "-trimpath", "-o", filepath.Join(t.TempDir(), filepath.Base(pkg)), pkg)
+		cmd.Dir = dir
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOWORK=off", "GOFLAGS=-mod=readonly")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("building %s from only what the Dockerfile's build stage copies (%v) fails: %v\n%s", pkg, copies, err, out)
+		}
 	}
 }
