@@ -116,3 +116,32 @@ func dropLabel(sample, name string) string {
 	}
 	return sample[:open] + "{" + strings.Join(kept, ",") + "}"
 }
+
+// driverMemory is, for each node driver of the cluster (the processes of
+// ecs-localdisk-csi whose command line names the cluster's directory), the
+// memory fields of its /proc/<pid>/status in KiB: VmRSS, RssAnon, RssFile
+// and VmHWM.
+func (e *env) driverMemory() []map[string]int64 {
+	var out []map[string]int64
+	pids, _ := filepath.Glob("/proc/[0-9]*")
+	for _, p := range pids {
+		cmdline, err := os.ReadFile(filepath.Join(p, "cmdline"))
+		prog, _, _ := strings.Cut(string(cmdline), "\x00")
+		if err != nil || filepath.Base(prog) != "ecs-localdisk-csi" || !strings.Contains(string(cmdline), e.dir+"/") {
+			continue
+		}
+		status, err := os.ReadFile(filepath.Join(p, "status"))
+		if err != nil {
+			continue
+		}
+		m := map[string]int64{}
+		for _, l := range strings.Split(string(status), "\n") {
+			k, v, ok := strings.Cut(l, ":")
+			if ok && (k == "VmRSS" || k == "RssAnon" || k == "RssFile" || k == "VmHWM") {
+				m[k], _ = strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+			}
+		}
+		out = append(out, m)
+	}
+	return out
+}

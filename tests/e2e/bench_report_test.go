@@ -26,7 +26,8 @@ type benchReport struct {
 	driverArgs             string
 	controlPlaneQPS        int
 	logs                   provisionLogs
-	load                   [2]string // runningLoad before and after the rounds
+	load                   [2]string          // runningLoad before and after the rounds
+	driverMemory           []map[string]int64 // each node driver's memory after the rounds (driverMemory)
 }
 
 // Budgets of the driver's share of provisioning, printed beside the
@@ -104,6 +105,7 @@ func (r *benchReport) print(w io.Writer) {
 
 	r.printAPI(w)
 	r.printCPU(w)
+	r.printDriverMemory(w)
 	for _, v := range r.variants[2:] {
 		r.printDriverSteps(w, v)
 		r.printDriverMetrics(w, v)
@@ -137,6 +139,24 @@ func benchMedianOver(v *benchVariant, of func(round) map[string]float64) map[str
 		out[k] = ns[(len(ns)-1)/2]
 	}
 	return out
+}
+
+// printDriverMemory prints the node drivers' memory after the rounds:
+// median and largest over the drivers, in MiB.
+func (r *benchReport) printDriverMemory(w io.Writer) {
+	if len(r.driverMemory) == 0 {
+		fmt.Fprintf(w, "\nNode drivers' memory: no driver process found\n")
+		return
+	}
+	fmt.Fprintf(w, "\nNode drivers' memory after the rounds, MiB (%d drivers; LocalDisk mirror and events on; built by go build, not static and stripped as in the image): median / largest\n", len(r.driverMemory))
+	for _, f := range []string{"VmRSS", "RssAnon", "RssFile", "VmHWM"} {
+		var v []float64
+		for _, m := range r.driverMemory {
+			v = append(v, float64(m[f])/1024)
+		}
+		slices.Sort(v)
+		fmt.Fprintf(w, "  %-8s %6.1f / %6.1f\n", f, v[(len(v)-1)/2], v[len(v)-1])
+	}
 }
 
 // printCPU prints the CPU time the cluster's programs used per round: on

@@ -92,7 +92,7 @@ func BenchmarkStatefulSetBinding(b *testing.B) {
 	}
 	r := benchReport{nodes: *benchNodes, disks: *benchDisks, replicas: k, variants: variants,
 		provisionerArgs: e.argsOf("csi-provisioner"), driverArgs: e.argsOf("driver"), controlPlaneQPS: cmp.Or(*benchQPS, 100),
-		logs: e.provisionLogs(), load: [2]string{loadBefore, runningLoad()}}
+		logs: e.provisionLogs(), load: [2]string{loadBefore, runningLoad()}, driverMemory: e.driverMemory()}
 	r.print(os.Stdout)
 	plain, static, driver := variants[0].median(), variants[1].median(), variants[2].median()
 	b.ReportMetric(plain.Seconds(), "s-without-volumes")
